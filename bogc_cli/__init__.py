@@ -1,0 +1,3 @@
+"""bogc: a command-line experiment runner for multimodal learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from bogc_cli.cli import main
+
+main()

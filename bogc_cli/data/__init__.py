@@ -1,0 +1,1 @@
+"""Datasets over prepared caches, batching and modality masking."""

@@ -1,0 +1,203 @@
+"""The prepared cache: the one on-disk format every dataset is turned into.
+
+Layout of a cache folder::
+
+    manifest.json                 see ``Manifest``
+    <split>/<modality>.npy        one array per split and modality, first axis = samples
+    <split>/labels.npy            int64 class indices, shape [N]
+    <split>/ids.txt               optional: one source id per sample (file name, row number)
+
+Splits are ``train``, ``val`` and ``test``. Arrays are plain ``.npy`` so they can be
+memory-mapped. Frames are stored as uint8, spectrograms as float16, feature vectors as
+float32. A modality's ``kind`` tells the model what it is:
+
+- ``audio``: spectrogram ``[C, F, T]`` (C is 1 for a mono spectrogram)
+- ``image``: ``[C, H, W]``
+- ``video``: frames ``[T, C, H, W]``
+- ``vector``: features ``[D]``
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bogc_cli import __version__
+from bogc_cli.atomic import save_numpy, write_json, write_text
+from bogc_cli.errors import UserError
+
+CACHE_FORMAT = "bogc-cache/1"
+SPLITS = ("train", "val", "test")
+KINDS = ("audio", "image", "video", "vector")
+KIND_NDIM = {"audio": 3, "image": 3, "video": 4, "vector": 1}
+
+
+@dataclass
+class ModalitySpec:
+    """What one modality's arrays hold: ``kind`` (see module doc), per-sample ``shape``, ``dtype``."""
+
+    kind: str
+    shape: list[int]
+    dtype: str
+
+
+@dataclass
+class Manifest:
+    """Everything needed to read a cache back and to know where it came from."""
+
+    dataset: str
+    classes: list[str]
+    modalities: dict[str, ModalitySpec]
+    splits: dict[str, int]
+    preset: str | None = None
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    format: str = CACHE_FORMAT
+    tool_version: str = __version__
+    created: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "Manifest":
+        obj = dict(obj)
+        obj["modalities"] = {k: ModalitySpec(**v) for k, v in obj["modalities"].items()}
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+@dataclass
+class SplitArrays:
+    """One split in memory (or memory-mapped): ``inputs[modality]`` is ``[N, *shape]``, ``labels`` is ``[N]``."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray
+    ids: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: np.ndarray) -> "SplitArrays":
+        ids = [self.ids[i] for i in index] if self.ids is not None else None
+        return SplitArrays({m: a[index] for m, a in self.inputs.items()}, self.labels[index], ids)
+
+
+def class_counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
+    counts = np.bincount(labels.astype(np.int64), minlength=len(classes))
+    return {c: int(n) for c, n in zip(classes, counts)}
+
+
+def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices ``[0, N)`` into (train, val), stratified by label and seeded.
+
+    Returns two sorted int64 index arrays. Falls back to an unstratified split when some
+    class has too few samples to stratify.
+    """
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(labels.shape[0])
+    if fraction <= 0:
+        return index, index[:0]
+    try:
+        train, val = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError:
+        train, val = train_test_split(index, test_size=fraction, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def write_cache(
+    out: str | Path,
+    *,
+    dataset: str,
+    classes: list[str],
+    kinds: dict[str, str],
+    splits: dict[str, SplitArrays],
+    preset: str | None = None,
+    params: dict[str, Any] | None = None,
+    sources: dict[str, Any] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> Manifest:
+    """Write ``splits`` (arrays already in their storage dtype) and the manifest to ``out``.
+
+    The manifest is written last, so a folder with a manifest is a complete cache.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    modalities: dict[str, ModalitySpec] = {}
+    for split_name, split in splits.items():
+        if split_name not in SPLITS:
+            raise ValueError(f"unknown split {split_name!r}")
+        for m, arr in split.inputs.items():
+            if kinds[m] not in KINDS:
+                raise ValueError(f"unknown kind {kinds[m]!r} for modality {m!r}")
+            spec = ModalitySpec(kinds[m], list(arr.shape[1:]), str(arr.dtype))
+            if m in modalities and modalities[m] != spec:
+                raise ValueError(f"modality {m!r} has shape/dtype {spec} in {split_name} but {modalities[m]} elsewhere")
+            modalities[m] = spec
+            save_numpy(out / split_name / f"{m}.npy", np.ascontiguousarray(arr))
+        save_numpy(out / split_name / "labels.npy", split.labels.astype(np.int64))
+        if split.ids is not None:
+            write_text(out / split_name / "ids.txt", "\n".join(split.ids) + "\n")
+    manifest = Manifest(
+        dataset=dataset,
+        preset=preset,
+        classes=list(classes),
+        modalities=modalities,
+        splits={s: len(a) for s, a in splits.items()},
+        class_counts={s: class_counts(a.labels, classes) for s, a in splits.items()},
+        params=params or {},
+        sources=sources or {},
+        skipped=skipped or [],
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    write_json(out / "manifest.json", manifest.to_json())
+    return manifest
+
+
+def read_manifest(root: str | Path) -> Manifest:
+    root = Path(root)
+    path = root / "manifest.json"
+    if not root.is_dir():
+        raise UserError(f"prepared dataset folder {root} does not exist: run `bogc prepare` first, or fix dataset.root")
+    if not path.is_file():
+        raise UserError(f"{root} has no manifest.json: it is not a prepared cache (run `bogc prepare` on the raw data)")
+    try:
+        return Manifest.from_json(json.loads(path.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is corrupt ({exc}); prepare the dataset again") from None
+
+
+def load_split(root: str | Path, manifest: Manifest, split: str, modalities: list[str] | None = None,
+               mmap: bool = True) -> SplitArrays:
+    """Open one split of a cache; arrays are memory-mapped unless ``mmap`` is False."""
+    root = Path(root)
+    names = modalities if modalities is not None else list(manifest.modalities)
+    mode = "r" if mmap else None
+    inputs = {}
+    for m in names:
+        inputs[m] = _load_npy(root / split / f"{m}.npy", mode)
+    labels = np.asarray(_load_npy(root / split / "labels.npy", None), dtype=np.int64)
+    ids_path = root / split / "ids.txt"
+    ids = ids_path.read_text().splitlines() if ids_path.is_file() else None
+    for m, arr in inputs.items():
+        if arr.shape[0] != labels.shape[0]:
+            raise UserError(f"{root / split / (m + '.npy')} has {arr.shape[0]} samples but labels.npy has "
+                            f"{labels.shape[0]}: prepare the dataset again")
+    return SplitArrays(inputs, labels, ids)
+
+
+def _load_npy(path: Path, mmap_mode: str | None) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"missing file {path}: the prepared cache is incomplete; prepare the dataset again")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read {path} ({exc}); prepare the dataset again") from None

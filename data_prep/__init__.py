@@ -1,0 +1,1 @@
+"""Raw dataset -> prepared cache. One module per dataset, plus media helpers."""
