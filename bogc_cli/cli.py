@@ -1,0 +1,304 @@
+"""The ``bogc`` command line: prepare, train, eval, missing-modality, report, list.
+
+Every error a user can cause ends in one message naming the key, path or option at fault,
+and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bogc_cli import __version__
+from bogc_cli.errors import UserError
+
+app = typer.Typer(
+    name="bogc",
+    help="Multimodal learning experiments: train with BOGC or baseline balancing methods, evaluate, "
+         "test robustness to missing modalities and build result tables from YAML recipes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+def _csv_list(value: str | None, name: str, cast=str) -> list | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return [cast(v) for v in items]
+    except ValueError:
+        raise UserError(f"{name} {value!r}: expected a comma-separated list of {cast.__name__}s") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"bogc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+# ------------------------------------------------------------------------------------------ prepare
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="Dataset to prepare (see `bogc list`)."),
+    raw: Path = typer.Option(..., "--raw", help="Folder with the raw download."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the prepared cache to."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Preparation preset (see `bogc list`)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the validation carve-out and pairings."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Validation share carved from train."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes."),
+    strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones."),
+) -> None:
+    """Turn a raw dataset download into a prepared cache that `bogc train` reads."""
+    from data_prep import PREPARERS
+
+    if dataset not in PREPARERS:
+        from bogc_cli.data.registry import DATASETS
+
+        hint = " (synthetic is built in and needs no preparation)" if dataset == "synthetic" else ""
+        raise UserError(f"cannot prepare {dataset!r}{hint}; preparable: {', '.join(PREPARERS)}"
+                        + ("" if dataset in DATASETS else f"; known datasets: {', '.join(DATASETS)}"))
+    if not raw.exists():
+        raise UserError(f"--raw {raw} does not exist: point it at the folder of the raw {dataset} download")
+    manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
+                                  workers=workers, strict=strict, log=lambda msg: console.print(msg, highlight=False))
+    table = Table(title=f"{dataset} prepared in {out}" + (f" (preset {manifest.preset})" if manifest.preset else ""))
+    table.add_column("split")
+    table.add_column("samples", justify="right")
+    table.add_column("per class", overflow="fold")
+    for split, n in manifest.splits.items():
+        counts = manifest.class_counts.get(split, {})
+        table.add_row(split, str(n), " ".join(f"{c}:{k}" for c, k in counts.items()))
+    console.print(table)
+    mods = ", ".join(f"{m} {s.kind} {tuple(s.shape)} {s.dtype}" for m, s in manifest.modalities.items())
+    console.print(f"modalities: {mods}", highlight=False)
+    if manifest.skipped:
+        console.print(f"[yellow]skipped {len(manifest.skipped)} file(s):[/yellow]")
+        for item in manifest.skipped:
+            console.print(f"  {item.get('file')}: {item.get('reason')}", highlight=False)
+
+
+# ------------------------------------------------------------------------------------------ train
+@app.command()
+def train(
+    recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.epochs=5 (repeatable)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, one run each: 0,1,2."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides output.dir)."),
+) -> None:
+    """Train a recipe (once per seed) and evaluate each run's best-validation checkpoint on test."""
+    from bogc_cli.engine.trainer import train_run
+    from bogc_cli.recipe import load_recipe
+
+    overrides = list(set_)
+    if out is not None:
+        overrides.append(f"output.dir={out}")
+    rec = load_recipe(recipe, overrides)
+    seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
+    results = []
+    for seed in seed_list:
+        result = train_run(rec.for_seed(seed), console)
+        console.print(f"run written to [bold]{result.run_dir}[/bold]")
+        results.append(result)
+    console.print(_summary_table(results))
+
+
+def _summary_table(results) -> Table:
+    modalities = list(results[0].test.get("unimodal_accuracy", {}))
+    first = results[0].test
+    table = Table(title=f"{first['dataset']} / {first['method']}: test metrics at the best-validation epoch")
+    for col in ["seed", "best epoch", "val acc", "test acc", "macro-F1", *[f"{m} head acc" for m in modalities], "time"]:
+        table.add_column(col, justify="right")
+    for r in results:
+        t = r.test
+        table.add_row(str(r.seed), str(r.best_epoch), f"{r.val_accuracy:.3f}", f"{t['accuracy']:.3f}",
+                      f"{t['macro_f1']:.3f}", *[f"{t['unimodal_accuracy'][m]:.3f}" for m in modalities],
+                      f"{r.seconds:.0f}s")
+    if len(results) > 1:
+        def ms(values):
+            return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+        table.add_row("mean ± std", "", ms([r.val_accuracy for r in results]),
+                      ms([r.test["accuracy"] for r in results]), ms([r.test["macro_f1"] for r in results]),
+                      *[ms([r.test["unimodal_accuracy"][m] for r in results]) for m in modalities], "",
+                      style="bold")
+    return table
+
+
+# ------------------------------------------------------------------------------------------ eval
+@app.command("eval")
+def eval_(
+    target: Path = typer.Argument(..., help="Run directory (uses best.pt) or a checkpoint file."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Accuracy, macro-F1, per-class accuracy and each modality head's accuracy of a trained run."""
+    from bogc_cli.engine.inference import evaluate_run, load_run
+
+    run = load_run(target, device=_device(device))
+    result, path = evaluate_run(run, split)
+    table = Table(title=f"{result['dataset']} / {result['method']} / seed {result['seed']}: {split} "
+                        f"({run.checkpoint.name}, epoch {run.epoch}, n={result['n']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("accuracy", f"{result['accuracy']:.4f}")
+    table.add_row("macro-F1", f"{result['macro_f1']:.4f}")
+    for m, acc in result["unimodal_accuracy"].items():
+        table.add_row(f"{m} head accuracy", f"{acc:.4f}")
+    for c, acc in result["per_class_accuracy"].items():
+        table.add_row(f"class {c} accuracy", f"{acc:.4f}")
+    console.print(table)
+    console.print(f"written to {path}")
+
+
+def _device(value: str) -> str:
+    if value not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device {value!r}: valid are auto, cpu, cuda")
+    return value
+
+
+# ------------------------------------------------------------------------------------------ missing-modality
+@app.command("missing-modality")
+def missing_modality(
+    run_dir: Path = typer.Argument(..., help="Run directory (uses best.pt) or a checkpoint file."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Modalities to drop, e.g. audio,visual "
+                                             "(default: all)."),
+    rates: str = typer.Option("0,0.1,0.3,0.5,0.7,1.0", "--rates", help="Missing rates in [0, 1]."),
+    fill: Optional[str] = typer.Option(None, "--fill", help="zero-input, zero-feature or mean-feature "
+                                       "(default: the run's model.fill)."),
+    seed: int = typer.Option(0, "--seed", help="Seed choosing which samples miss a modality."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+) -> None:
+    """Test accuracy with a seeded fraction of samples missing each modality; writes CSV and a plot."""
+    from bogc_cli.engine.inference import load_run
+    from bogc_cli.engine.missing import evaluate_missing, write_csv
+    from bogc_cli.models.multimodal import FILLS
+
+    if fill is not None and fill not in FILLS:
+        raise UserError(f"--fill {fill!r}: valid are {', '.join(FILLS)}")
+    rate_list = _csv_list(rates, "--rates", float)
+    run = load_run(run_dir, device=_device(device))
+    df = evaluate_missing(run, _csv_list(modalities, "--modalities"), rate_list, fill, seed)
+    out_dir = run.run_dir
+    csv_path = out_dir / "missing_modality.csv"
+    write_csv(df, csv_path)
+    from bogc_cli.report.plots import plot_missing_modality
+
+    png = out_dir / "missing_modality.png"
+    from bogc_cli.fusion import method_label
+
+    title = f"{run.recipe.dataset_label()} / {method_label(run.recipe)} / seed {run.recipe.seed} (fill {run.model.fill})"
+    plot_missing_modality(df[~df["missing"].str.contains(r"\+")], png, title)
+    table = Table(title=f"missing-modality accuracy ({run.model.fill}, mask seed {seed})")
+    table.add_column("missing")
+    single = df[~df["missing"].str.contains(r"\+")]
+    for r in rate_list:
+        table.add_column(f"{r:g}", justify="right")
+    for m, rows in single.groupby("missing", sort=False):
+        by_rate = dict(zip(rows["rate"], rows["accuracy"]))
+        table.add_row(m, *[f"{by_rate[r]:.3f}" for r in rate_list])
+    console.print(table)
+    multi = df[df["missing"].str.contains(r"\+")]
+    for _, row in multi.iterrows():
+        console.print(f"all of {row['missing']} missing: accuracy {row['accuracy']:.3f}", highlight=False)
+    console.print(f"written to {csv_path} and {png}")
+
+
+# ------------------------------------------------------------------------------------------ report
+@app.command()
+def report(
+    results_dir: Path = typer.Argument(..., help="A results folder holding run directories."),
+    format_: str = typer.Option("md,csv,tex", "--format", help="Table formats: md, csv, tex."),
+) -> None:
+    """Aggregate every run below RESULTS_DIR into tables (mean ± std over seeds) in RESULTS_DIR/tables/."""
+    from bogc_cli.report import run_report
+
+    if not results_dir.is_dir():
+        raise UserError(f"{results_dir} is not a folder: give a results folder (e.g. results/quickstart)")
+    result = run_report(results_dir, _csv_list(format_, "--format"))
+    for table in result.tables:
+        console.print(table)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    console.print(f"wrote {len(result.paths)} file(s) to {results_dir / 'tables'}")
+
+
+# ------------------------------------------------------------------------------------------ list
+@app.command("list")
+def list_() -> None:
+    """Datasets, encoders, fusion heads and methods, with their options."""
+    from bogc_cli.data.options import dataset_option_model
+    from bogc_cli.data.registry import DATASETS
+    from bogc_cli.fusion import METHODS
+    from bogc_cli.models.encoders import ENCODERS
+    from bogc_cli.models.fusion_heads import FUSION_HEADS
+
+    t = Table(title="datasets (dataset.name)")
+    for col in ("name", "modalities", "presets", "options", "about"):
+        t.add_column(col, overflow="fold")
+    for info in DATASETS.values():
+        presets = [f"{p} (prepare)" for p in info.prepare_presets] + [f"{p} (view)" for p in info.view_presets]
+        opts = ", ".join(dataset_option_model(info.name).model_fields)
+        t.add_row(info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", opts or "-",
+                  info.description)
+    console.print(t)
+    t = Table(title="encoders (model.encoders)")
+    t.add_column("name")
+    t.add_column("inputs")
+    t.add_column("about", overflow="fold")
+    for name, (_, kinds, about) in ENCODERS.items():
+        t.add_row(name, ", ".join(kinds), about)
+    console.print(t)
+    t = Table(title="fusion heads (model.fusion)")
+    t.add_column("name")
+    t.add_column("about", overflow="fold")
+    for name, about in FUSION_HEADS.items():
+        t.add_row(name, about)
+    console.print(t)
+    t = Table(title="methods (method.name)")
+    for col in ("name", "options", "modalities", "about"):
+        t.add_column(col, overflow="fold")
+    for name, cls in METHODS.items():
+        opts = ", ".join(f"{k}={f.default if not f.is_required() else '<required>'}"
+                         for k, f in cls.Options.model_fields.items())
+        mods = f">= {cls.min_modalities}" + (f", <= {cls.max_modalities}" if cls.max_modalities else "")
+        t.add_row(name, opts or "-", mods, cls.summary)
+    console.print(t)
+
+
+def main() -> None:
+    """Entry point: run the app; user errors -> one message, exit 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

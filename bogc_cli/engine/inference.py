@@ -1,0 +1,81 @@
+"""Load a finished run (or a checkpoint) back and evaluate it on a split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bogc_cli.atomic import write_json
+from bogc_cli.data.loader import make_loader
+from bogc_cli.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.runtime import autocast_factory, pick_device
+from bogc_cli.engine.setup import RunParts, build_parts
+from bogc_cli.errors import UserError
+from bogc_cli.fusion import method_label
+from bogc_cli.recipe import Recipe, validate_recipe
+
+
+@dataclass
+class LoadedRun:
+    checkpoint: Path
+    run_dir: Path
+    recipe: Recipe
+    parts: RunParts
+    device: torch.device
+    autocast: object
+    epoch: int
+
+    @property
+    def model(self):
+        return self.parts.model
+
+    def loader(self, split: str):
+        if split not in self.parts.data.splits:
+            raise UserError(f"split {split!r} does not exist; valid: {', '.join(self.parts.data.splits)}")
+        return make_loader(self.parts.data.splits[split], self.recipe.train.eval_batch_size, shuffle=False)
+
+
+def load_run(target: str | Path, device: str = "auto") -> LoadedRun:
+    """Rebuild the model and data of a run directory or checkpoint file (on ``device``)."""
+    path = resolve_checkpoint(target)
+    state = load_checkpoint(path)
+    recipe = validate_recipe(state["recipe"], f"recipe saved in {path}")
+    parts = build_parts(recipe)
+    if parts.data.classes != state["data"]["classes"]:
+        raise UserError(f"the data at {recipe.dataset.root} has classes {parts.data.classes}, but {path} was "
+                        f"trained on {state['data']['classes']}: point dataset.root at the data it was trained on")
+    dev = pick_device(device)
+    parts.model.load_state_dict(state["model"])
+    parts.model.to(dev).eval()
+    return LoadedRun(path, path.parent, recipe, parts, dev, autocast_factory(dev, recipe.train.precision),
+                     int(state.get("epoch", 0)))
+
+
+def evaluate_run(run: LoadedRun, split: str = "test") -> tuple[dict, Path]:
+    """Evaluate on ``split``; write eval.json (best.pt on test) or eval-<ckpt>-<split>.json; return (result, path)."""
+    result = evaluate_predictions(predict(run.model, run.loader(split), run.device, run.autocast),
+                                  run.parts.data.classes)
+    result = {"experiment": run.recipe.experiment, "dataset": run.recipe.dataset_label(),
+              "method": method_label(run.recipe), "seed": run.recipe.seed, "split": split,
+              "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result}
+    if split == "test" and run.checkpoint.name == "best.pt":
+        path = run.run_dir / "eval.json"
+        previous = _read_json(path)
+        # keep the training-time fields (timings, val accuracy) that only training knows
+        result = {**previous, **result}
+    else:
+        path = run.run_dir / f"eval-{run.checkpoint.stem}-{split}.json"
+    write_json(path, result)
+    return result, path
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,62 @@
+"""Live training display: a rich progress bar on a terminal, one line per epoch otherwise."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainProgress:
+    """Shows epoch, step, running loss, last validation accuracy and the run's ETA."""
+
+    def __init__(self, console: Console, title: str, epochs: int, steps_per_epoch: int):
+        self.console = console
+        self.title = title
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self.live = console.is_terminal
+        self.val_acc = float("nan")
+        self.progress = None
+        if self.live:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                TextColumn("step {task.fields[step]}/{task.fields[steps]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("val acc {task.fields[val]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
+            )
+            self.task = self.progress.add_task(title, total=epochs * steps_per_epoch, epoch=0, epochs=epochs,
+                                               step=0, steps=steps_per_epoch, loss=float("nan"), val="-")
+
+    def __enter__(self) -> "TrainProgress":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def step(self, epoch: int, step: int, loss: float | None) -> None:
+        if self.progress is not None:
+            fields = {"epoch": epoch, "step": step}
+            if loss is not None:
+                fields["loss"] = loss
+            self.progress.update(self.task, advance=1, **fields)
+
+    def epoch_done(self, record: dict) -> None:
+        self.val_acc = record["val_accuracy"]
+        if self.progress is not None:
+            self.progress.update(self.task, val=f"{self.val_acc:.3f}")
+        else:
+            self.console.print(
+                f"{self.title} epoch {record['epoch']}/{self.epochs}  loss {record['train_loss']:.4f}  "
+                f"train acc {record['train_accuracy']:.3f}  val acc {record['val_accuracy']:.3f}  "
+                f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s", highlight=False)

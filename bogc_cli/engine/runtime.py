@@ -1,0 +1,51 @@
+"""Seeding, device and precision choices."""
+
+from __future__ import annotations
+
+import os
+import random
+from contextlib import nullcontext
+from functools import partial
+
+import numpy as np
+import torch
+
+from bogc_cli.errors import UserError
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use train.device=cpu or auto")
+        return torch.device("cuda")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
+
+
+def autocast_factory(device: torch.device, precision: str):
+    """A zero-argument callable returning the autocast context for this device and precision."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext
+    return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated on CUDA; peak resident set size of this process otherwise."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

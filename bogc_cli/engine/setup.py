@@ -1,0 +1,59 @@
+"""Turn a validated recipe into the pieces of a run: data, model, method class and options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bogc_cli.data.bundle import DataBundle, dataset_root, load_data, requested_modalities
+from bogc_cli.errors import UserError
+from bogc_cli.fusion import Method, method_class, method_label, method_options
+from bogc_cli.models.build import build_model
+from bogc_cli.models.multimodal import MultimodalModel
+from bogc_cli.recipe import Recipe, StrictModel
+
+
+@dataclass
+class RunParts:
+    data: DataBundle
+    model: MultimodalModel
+    method_cls: type[Method]
+    options: StrictModel
+
+
+def run_dir_for(recipe: Recipe, seed: int | None = None) -> Path:
+    seed = recipe.seed if seed is None else seed
+    return Path(recipe.output.dir) / recipe.experiment / recipe.dataset_label() / method_label(recipe) / f"seed{seed}"
+
+
+def build_parts(recipe: Recipe) -> RunParts:
+    """Load the data the method needs and build the model; refuse impossible combinations first."""
+    cls = method_class(recipe.method.name)
+    options = method_options(recipe)
+    data = load_data(recipe)
+    available = list(data.modalities)
+    reason = cls.check_modalities(options, available)
+    if reason:
+        raise UserError(reason)
+    used = cls.used_modalities(options, available)
+    if used != available:
+        data = load_data(recipe, use=used)
+    model = build_model(recipe.model, data.modalities, data.num_classes,
+                        all_modalities=list(data.manifest.modalities))
+    return RunParts(data, model, cls, options)
+
+
+def resolved_recipe(recipe: Recipe) -> Recipe:
+    """The recipe with defaults of the chosen dataset and method filled in and the data path absolute."""
+    from bogc_cli.data.options import dataset_option_model
+
+    data = recipe.to_dict()
+    ds_model = dataset_option_model(recipe.dataset.name)
+    data["dataset"].update(ds_model.model_validate(recipe.dataset_options()).model_dump(mode="json"))
+    if recipe.dataset.name != "synthetic":
+        data["dataset"]["root"] = str(dataset_root(recipe).resolve())
+    data["method"].update(method_options(recipe).model_dump(mode="json"))
+    return Recipe.model_validate(data)
+
+
+__all__ = ["RunParts", "build_parts", "requested_modalities", "resolved_recipe", "run_dir_for"]

@@ -1,0 +1,172 @@
+"""The train loop: one run = one recipe at one seed, written to its run directory.
+
+Run directory (``results/<experiment>/<dataset>/<method>/seed<N>/``):
+``recipe.yaml`` (resolved) and ``environment.json``, ``metrics.jsonl`` (one line per epoch),
+``best.pt`` (highest validation accuracy; never chosen on test), ``last.pt`` (with optimiser
+and scheduler state), ``eval.json`` (test metrics of best.pt).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from bogc_cli import __version__
+from bogc_cli.atomic import write_json, write_text
+from bogc_cli.data.loader import make_loader, to_device
+from bogc_cli.engine.checkpoint import save_checkpoint
+from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.optim import build_optimizer, build_scheduler
+from bogc_cli.engine.progress import TrainProgress
+from bogc_cli.engine.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
+from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for
+from bogc_cli.fusion import StepContext, method_label
+from bogc_cli.recipe import Recipe
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    seed: int
+    best_epoch: int
+    val_accuracy: float
+    test: dict
+    seconds: float
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    env = {"bogc": __version__, "git_commit": _git_commit(), "torch": torch.__version__,
+           "python": platform.python_version(), "platform": platform.platform(), "device": str(device),
+           "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def data_info(parts) -> dict:
+    return {"classes": parts.data.classes,
+            "modalities": {m: vars(s) for m, s in parts.data.modalities.items()}}
+
+
+def train_run(recipe: Recipe, console: Console) -> RunResult:
+    """Train one seed of a recipe end to end and evaluate its best-validation checkpoint on test."""
+    assert recipe.seeds is None, "train_run takes a single-seed recipe (Recipe.for_seed)"
+    started = time.perf_counter()
+    seed = recipe.seed
+    device = pick_device(recipe.train.device)
+    seed_everything(seed, recipe.train.deterministic)
+    resolved = resolved_recipe(recipe)
+    parts = build_parts(resolved)
+    model = parts.model.to(device)
+    run_dir = run_dir_for(resolved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "recipe.yaml", resolved.to_yaml())
+    write_json(run_dir / "environment.json", environment(device))
+
+    cfg = resolved.train
+    pin = device.type == "cuda"
+    train_loader = make_loader(parts.data.splits["train"], cfg.batch_size, shuffle=True, seed=seed,
+                               num_workers=cfg.num_workers, pin_memory=pin)
+    val_loader = make_loader(parts.data.splits["val"], cfg.eval_batch_size, shuffle=False,
+                             num_workers=cfg.num_workers, pin_memory=pin)
+    optimizer = build_optimizer(model.parameters(), resolved.optim)
+    scheduler = build_scheduler(optimizer, resolved.optim, cfg.epochs)
+    autocast = autocast_factory(device, cfg.precision)
+    ctx = StepContext(device=device, optimizer=optimizer, autocast=autocast, grad_clip=resolved.optim.grad_clip)
+    method = parts.method_cls(parts.options, model, ctx)
+    recipe_dict = resolved.to_dict()
+    info = data_info(parts)
+
+    title = f"{resolved.dataset_label()}/{method_label(resolved)}/seed{seed}"
+    records: list[dict] = []
+    best_acc, best_epoch = -1.0, 0
+    all_step_ms: list[float] = []
+    with TrainProgress(console, title, cfg.epochs, len(train_loader)) as progress:
+        for epoch in range(1, cfg.epochs + 1):
+            record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress)
+            all_step_ms += step_ms
+            record.update(method.on_epoch_end(epoch))
+            record["lr"] = scheduler.get_last_lr()[0]
+            scheduler.step()
+            val = evaluate_predictions(predict(model, val_loader, device, autocast), parts.data.classes)
+            record.update({"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+            record.update({f"val_unimodal_accuracy.{m}": a for m, a in val["unimodal_accuracy"].items()})
+            record["peak_memory_mb"] = peak_memory_mb(device)
+            records.append(record)
+            if val["accuracy"] > best_acc:
+                best_acc, best_epoch = val["accuracy"], epoch
+                save_checkpoint(run_dir / "best.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val,
+                                data=info, method_state=method.state_dict())
+            save_checkpoint(run_dir / "last.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val, data=info,
+                            method_state=method.state_dict(), optimizer=optimizer, scheduler=scheduler)
+            write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            progress.epoch_done(record)
+
+    from bogc_cli.engine.checkpoint import load_checkpoint
+
+    model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+    test_loader = make_loader(parts.data.splits["test"], cfg.eval_batch_size, shuffle=False)
+    test = evaluate_predictions(predict(model, test_loader, device, autocast), parts.data.classes)
+    seconds = time.perf_counter() - started
+    summary = {
+        "experiment": resolved.experiment, "dataset": resolved.dataset_label(), "method": method_label(resolved),
+        "seed": seed, "split": "test", "checkpoint": "best.pt", "epoch": best_epoch, **test,
+        "val_accuracy": best_acc,
+        "step_time_ms_median": statistics.median(all_step_ms) if all_step_ms else float("nan"),
+        "epoch_time_s_mean": statistics.fmean(r["epoch_time_s"] for r in records),
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in records),
+        "train_seconds": seconds,
+    }
+    write_json(run_dir / "eval.json", summary)
+    return RunResult(run_dir, seed, best_epoch, best_acc, summary, seconds)
+
+
+def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress) -> tuple[dict, list[float]]:
+    model.train()
+    method.on_epoch_start(epoch)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t_epoch = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    log_sums: dict[str, torch.Tensor] = {}
+    seen, step_ms = 0, []
+    for step, raw in enumerate(loader, start=1):
+        batch = to_device(raw, device)
+        t0 = time.perf_counter()
+        result = method.step(batch)
+        sync()
+        step_ms.append((time.perf_counter() - t0) * 1000)
+        n = len(batch)
+        loss_sum += result.loss * n
+        correct += (result.fused_logits.argmax(1) == batch.labels).sum()
+        for k, v in result.logs.items():
+            log_sums[k] = log_sums.get(k, 0) + v.detach().float() * n
+        seen += n
+        progress.step(epoch, step, float(result.loss) if progress.live else None)
+    record = {
+        "epoch": epoch,
+        "train_loss": float(loss_sum) / seen,
+        "train_accuracy": float(correct) / seen,
+        **{f"method.{k}": float(v) / seen for k, v in log_sums.items()},
+        "epoch_time_s": time.perf_counter() - t_epoch,
+        "step_time_ms_median": statistics.median(step_ms),
+        "steps": len(step_ms),
+    }
+    return record, step_ms

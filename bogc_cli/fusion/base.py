@@ -1,0 +1,136 @@
+"""The Method interface: how one optimisation step turns a batch into a parameter update.
+
+A method is built from its recipe block (``method.*``), the model and a ``StepContext``.
+The default ``step`` is: forward (under autocast), ``losses`` -> one dict of per-source
+losses, backward of their sum, ``after_backward`` (where gradient-modulating methods edit
+``p.grad``), optimiser step. Methods that need per-loss gradients override ``step`` and use
+``model.param_groups()`` to know which losses touch which parameters. Epoch hooks let a
+method keep state across steps (prototypes, running means); ``state_dict`` saves it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from bogc_cli.data.loader import Batch
+from bogc_cli.models.multimodal import FUSED, MultimodalModel, Outputs
+from bogc_cli.recipe import StrictModel
+
+
+class NoOptions(StrictModel):
+    pass
+
+
+@dataclass
+class StepContext:
+    """What the engine lends a method: device, autocast, the optimiser and gradient clipping."""
+
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    autocast: Callable[[], AbstractContextManager] = nullcontext
+    grad_clip: float | None = None
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    """``loss``: scalar (detached); ``fused_logits``: ``[B, C]`` (detached); ``logs``: scalars to average per epoch."""
+
+    loss: torch.Tensor
+    fused_logits: torch.Tensor
+    logs: dict[str, torch.Tensor]
+
+
+class Method:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[StrictModel]] = NoOptions
+    min_modalities: ClassVar[int] = 1
+    max_modalities: ClassVar[int | None] = None
+
+    def __init__(self, options: StrictModel, model: MultimodalModel, ctx: StepContext):
+        self.options = options
+        self.model = model
+        self.ctx = ctx
+
+    # ------------------------------------------------------------ identity and checks
+    @classmethod
+    def label(cls, options: StrictModel) -> str:
+        """Name of this configuration in run paths and reports."""
+        return cls.name
+
+    @classmethod
+    def used_modalities(cls, options: StrictModel, available: list[str]) -> list[str]:
+        return list(available)
+
+    @classmethod
+    def check_modalities(cls, options: StrictModel, modalities: list[str]) -> str | None:
+        """Return a reason this method cannot run on these modalities, or None."""
+        m = len(modalities)
+        if m < cls.min_modalities:
+            return f"method {cls.name!r} needs at least {cls.min_modalities} modalities, the data has {m}"
+        if cls.max_modalities is not None and m > cls.max_modalities:
+            return (f"method {cls.name!r} is defined for at most {cls.max_modalities} modalities, the run has {m} "
+                    f"({', '.join(modalities)}); choose fewer with dataset.modalities or dataset.preset")
+        return None
+
+    # ------------------------------------------------------------ training
+    def losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-source losses, keyed ``fused`` / modality name (and ``probe:m`` for detached probes)."""
+        raise NotImplementedError
+
+    def after_backward(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
+        """Edit gradients in place before the optimiser step; return scalars to log."""
+        return {}
+
+    def step(self, batch: Batch) -> StepResult:
+        opt = self.ctx.optimizer
+        opt.zero_grad(set_to_none=True)
+        with self.ctx.autocast():
+            out = self.model(batch.inputs)
+            losses = self.losses(out, batch.labels)
+        total = torch.stack([v.float() for v in losses.values()]).sum()
+        total.backward()
+        logs = self.after_backward(out, batch)
+        self.clip_and_step()
+        logs = {**{f"loss.{k}": v.detach() for k, v in losses.items()}, **logs}
+        return StepResult(total.detach(), out.fused_logits.detach(), logs)
+
+    def clip_and_step(self) -> None:
+        if self.ctx.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.ctx.grad_clip)
+        self.ctx.optimizer.step()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.ctx.epoch = epoch
+
+    def on_epoch_end(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    # ------------------------------------------------------------ shared pieces
+    def fused_loss(self, out: Outputs, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.fused_logits.float(), labels)
+
+    def probe_losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Train each unimodal head on *detached* features: it measures, without steering, how
+        much each encoder has learnt (the imbalance signal) when the method itself does not use
+        unimodal losses. With fusion-slices unimodal logits there is nothing to probe."""
+        if self.model.slice_unimodal:
+            return {}
+        return {f"probe:{m}": F.cross_entropy(self.model.unimodal_heads[m](z.detach()).float(), labels)
+                for m, z in out.features.items()}
+
+
+__all__ = ["FUSED", "Method", "NoOptions", "StepContext", "StepResult"]

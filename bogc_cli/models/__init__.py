@@ -1,0 +1,1 @@
+"""Encoders, fusion heads, unimodal heads and the MultimodalModel container."""

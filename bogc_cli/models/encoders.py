@@ -1,0 +1,135 @@
+"""Per-modality encoders. Each maps a batch ``[B, *shape]`` to features ``[B, out_dim]``.
+
+- ``mlp``: vectors ``[B, D]`` (any shape is flattened).
+- ``cnn-small``: spectrograms ``[B, C, F, T]`` or images ``[B, C, H, W]``; video
+  ``[B, T, C, H, W]`` has its frames folded into the batch and features averaged over time.
+- ``resnet18``: torchvision's ResNet-18 from scratch (no downloaded weights), stem adapted
+  to the input's channel count (1 for spectrograms), 512-d features, video as above.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bogc_cli.data.cache import ModalitySpec
+
+
+class MLPEncoder(nn.Module):
+    """``[B, *shape]`` -> ``[B, feature_dim]``: ``layers`` linear layers with ReLU."""
+
+    def __init__(self, in_dim: int, feature_dim: int = 128, hidden_dim: int = 256, layers: int = 2,
+                 dropout: float = 0.0):
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (layers - 1) + [feature_dim]
+        blocks: list[nn.Module] = [nn.Flatten()]
+        for i in range(layers):
+            blocks += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU(inplace=True)]
+            if dropout and i < layers - 1:
+                blocks.append(nn.Dropout(dropout))
+        self.net = nn.Sequential(*blocks)
+        self.out_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class FramesFolded(nn.Module):
+    """Apply a 2-D encoder to video ``[B, T, C, H, W]`` frame by frame and average over T."""
+
+    def __init__(self, frame_encoder: nn.Module):
+        super().__init__()
+        self.frame_encoder = frame_encoder
+        self.out_dim = frame_encoder.out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        feats = self.frame_encoder(x.flatten(0, 1))
+        return feats.view(b, t, -1).mean(dim=1)
+
+
+class SmallCNN(nn.Module):
+    """``[B, C, H, W]`` -> ``[B, feature_dim]``: conv3x3-BN-ReLU-maxpool blocks, global average pool, linear."""
+
+    def __init__(self, in_channels: int, feature_dim: int = 128, channels: list[int] = (32, 64, 128),
+                 dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for width in channels:
+            layers += [nn.Conv2d(prev, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+            prev = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.proj = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(prev, feature_dim),
+                                  nn.ReLU(inplace=True))
+        self.out_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(self.features(x)))
+
+
+class ResNet18Encoder(nn.Module):
+    """torchvision ResNet-18 without its classifier: ``[B, C, H, W]`` -> ``[B, 512]``."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        net.fc = nn.Identity()
+        self.net = net
+        self.out_dim = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _channels(spec: ModalitySpec) -> int:
+    return spec.shape[1] if spec.kind == "video" else spec.shape[0]
+
+
+def _build_mlp(spec: ModalitySpec, cfg) -> nn.Module:
+    in_dim = 1
+    for s in spec.shape:
+        in_dim *= s
+    return MLPEncoder(in_dim, cfg.feature_dim, cfg.hidden_dim, cfg.mlp_layers, cfg.dropout)
+
+
+def _build_cnn_small(spec: ModalitySpec, cfg) -> nn.Module:
+    return SmallCNN(_channels(spec), cfg.feature_dim, list(cfg.cnn_channels), cfg.dropout)
+
+
+def _build_resnet18(spec: ModalitySpec, cfg) -> nn.Module:
+    return ResNet18Encoder(_channels(spec))
+
+
+ENCODERS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
+    "mlp": (_build_mlp, ("vector", "audio", "image", "video"),
+            "fully connected; options model.feature_dim, model.hidden_dim, model.mlp_layers, model.dropout"),
+    "cnn-small": (_build_cnn_small, ("audio", "image", "video"),
+                  "fast CPU CNN; options model.feature_dim, model.cnn_channels, model.dropout"),
+    "resnet18": (_build_resnet18, ("audio", "image", "video"),
+                 "torchvision ResNet-18 from scratch, 512-d, 1-channel stem for spectrograms"),
+}
+
+DEFAULT_ENCODER = {"audio": "cnn-small", "image": "cnn-small", "video": "resnet18", "vector": "mlp"}
+
+
+def build_encoder(name: str, spec: ModalitySpec, cfg) -> nn.Module:
+    """Build encoder ``name`` for a modality; video inputs get their frames folded."""
+    builder, kinds, _ = ENCODERS[name]
+    if spec.kind not in kinds:
+        from bogc_cli.errors import UserError
+
+        raise UserError(f"encoder {name!r} cannot encode {spec.kind} inputs; use one of "
+                        f"{[n for n, (_, k, _) in ENCODERS.items() if spec.kind in k]}")
+    if spec.kind == "video" and name != "mlp":
+        frame_spec = ModalitySpec("image", spec.shape[1:], spec.dtype)
+        return FramesFolded(builder(frame_spec, cfg))
+    return builder(spec, cfg)

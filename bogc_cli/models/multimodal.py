@@ -1,0 +1,127 @@
+"""The MultimodalModel container and its declared gradient sources.
+
+A *gradient source* is one loss: ``"fused"`` (the fusion head's loss L_0) or a modality
+name m (that modality's unimodal loss L_m). The model states which sources touch each of
+its parameter groups, from its structure alone:
+
+- encoder m -> (fused, m)
+- fusion head -> (fused,)            [with ``fusion-slices`` unimodal logits: (fused, every m)]
+- unimodal head m -> (m,)
+
+Methods read ``param_groups()``; they never match parameter names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bogc_cli.data.cache import ModalitySpec
+from bogc_cli.models.encoders import build_encoder
+from bogc_cli.models.fusion_heads import ConcatHead, build_fusion_head
+
+FUSED = "fused"
+FILLS = ("zero-input", "zero-feature", "mean-feature")
+
+
+@dataclass
+class Outputs:
+    """``fused_logits``: ``[B, C]``; ``unimodal_logits[m]``: ``[B, C]``; ``features[m]``: ``[B, d_m]``."""
+
+    fused_logits: torch.Tensor
+    unimodal_logits: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """A set of parameters and the gradient sources (losses) that touch them."""
+
+    name: str
+    role: str  # "encoder" | "fusion" | "unimodal_head"
+    modality: str | None
+    sources: tuple[str, ...]
+    params: tuple[nn.Parameter, ...]
+
+
+class MultimodalModel(nn.Module):
+    """One encoder per modality, a fusion head, and one unimodal head per modality.
+
+    ``forward(inputs, present)``: ``inputs[m]`` is ``[B, *shape_m]``; ``present[m]`` (optional)
+    is a bool ``[B]`` mask of the samples where modality m is available. Missing samples are
+    filled per ``fill``: ``zero-input`` zeroes the input, ``zero-feature`` zeroes the encoder's
+    feature, ``mean-feature`` substitutes the running mean of training features.
+    """
+
+    def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, encoders: dict[str, str],
+                 cfg, fusion: str = "concat", unimodal_logits: str = "heads", fill: str = "zero-feature"):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.num_classes = num_classes
+        self.fill = fill
+        self.encoders = nn.ModuleDict({m: build_encoder(encoders[m], spec, cfg) for m, spec in modalities.items()})
+        dims = [self.encoders[m].out_dim for m in self.modalities]
+        self.fusion_head = build_fusion_head(fusion, dims, num_classes, cfg.fusion_hidden)
+        self.slice_unimodal = unimodal_logits == "fusion-slices"
+        if self.slice_unimodal and not (isinstance(self.fusion_head, ConcatHead) and self.fusion_head.is_linear):
+            raise ValueError("fusion-slices unimodal logits need a linear concat fusion head")
+        self.unimodal_heads = nn.ModuleDict(
+            {} if self.slice_unimodal else {m: nn.Linear(d, num_classes) for m, d in zip(self.modalities, dims)})
+        for m, d in zip(self.modalities, dims):
+            self.register_buffer(f"feature_mean_{m}", torch.zeros(d))
+        self.feature_momentum = 0.1
+
+    # ------------------------------------------------------------------ structure
+    def param_groups(self) -> list[ParamGroup]:
+        groups = [ParamGroup(f"encoder:{m}", "encoder", m, (FUSED, m), tuple(self.encoders[m].parameters()))
+                  for m in self.modalities]
+        fusion_sources = (FUSED, *self.modalities) if self.slice_unimodal else (FUSED,)
+        groups.append(ParamGroup("fusion_head", "fusion", None, fusion_sources, tuple(self.fusion_head.parameters())))
+        groups += [ParamGroup(f"head:{m}", "unimodal_head", m, (m,), tuple(h.parameters()))
+                   for m, h in self.unimodal_heads.items()]
+        return groups
+
+    def feature_mean(self, m: str) -> torch.Tensor:
+        return getattr(self, f"feature_mean_{m}")
+
+    # ------------------------------------------------------------------ forward
+    def encode(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
+               ) -> dict[str, torch.Tensor]:
+        """Features ``{m: [B, d_m]}`` with missing samples filled."""
+        feats = {}
+        for m in self.modalities:
+            x = inputs[m]
+            mask = None if present is None else present.get(m)
+            if mask is not None and self.fill == "zero-input":
+                x = x * mask.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+            z = self.encoders[m](x)
+            if self.training and torch.is_grad_enabled():
+                self._track_mean(m, z, mask)
+            if mask is not None and self.fill != "zero-input":
+                fill = torch.zeros_like(z) if self.fill == "zero-feature" else self.feature_mean(m).to(z.dtype).expand_as(z)
+                z = torch.where(mask.view(-1, 1), z, fill)
+            feats[m] = z
+        return feats
+
+    @torch.no_grad()
+    def _track_mean(self, m: str, z: torch.Tensor, mask: torch.Tensor | None) -> None:
+        z = z.detach().float()
+        if mask is not None:
+            if not bool(mask.any()):
+                return
+            z = z[mask]
+        self.feature_mean(m).lerp_(z.mean(0), self.feature_momentum)
+
+    def heads(self, feats: dict[str, torch.Tensor]) -> Outputs:
+        ordered = [feats[m] for m in self.modalities]
+        fused = self.fusion_head(ordered)
+        if self.slice_unimodal:
+            uni = dict(zip(self.modalities, self.fusion_head.slice_logits(ordered)))
+        else:
+            uni = {m: self.unimodal_heads[m](feats[m]) for m in self.modalities}
+        return Outputs(fused, uni, feats)
+
+    def forward(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None) -> Outputs:
+        return self.heads(self.encode(inputs, present))

@@ -1,0 +1,279 @@
+"""Recipes: the YAML file that says everything a run needs.
+
+A recipe is validated up front, before any data is read or any model built: unknown keys,
+wrong types and invalid choices each produce a ``UserError`` that names the key and lists
+what is valid. ``--set a.b=c`` overrides are applied to the raw mapping before validation,
+so they are checked exactly like keys in the file.
+
+Blocks whose valid keys depend on a choice (``dataset`` on ``dataset.name``, ``method`` on
+``method.name``) are checked in two stages: the common keys here, then the chosen
+dataset's or method's own option model.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bogc_cli.errors import UserError
+
+Kind = Literal["audio", "image", "video", "vector"]
+
+
+class StrictModel(BaseModel):
+    """A recipe block: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OpenModel(BaseModel):
+    """A block whose extra keys are validated later against a chosen sub-schema."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+
+class DatasetBlock(OpenModel):
+    name: str = Field(description="dataset name (see `bogc list`)")
+    root: str | None = Field(None, description="prepared cache or arrays folder; default data/<name>")
+    preset: str | None = Field(None, description="view preset choosing modalities (mfeat: all6, weak3)")
+    modalities: list[str] | None = Field(None, description="subset of the dataset's modalities to use")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="validation carve-out when a dataset has none")
+    split_seed: int = Field(0, description="seed of that carve-out (fixed across training seeds)")
+    kinds: dict[str, Kind] | None = Field(None, description="arrays: modality kind overrides")
+    label: str | None = Field(None, description="name in reports and run paths; default name[-preset]")
+
+
+class ModelBlock(StrictModel):
+    encoders: dict[str, str] | str | None = Field(
+        None, description="encoder per modality, or one name for all; default by kind "
+        "(audio/image: cnn-small, video: resnet18, vector: mlp)")
+    feature_dim: int = Field(128, gt=0, description="feature size of cnn-small and mlp encoders")
+    hidden_dim: int = Field(256, gt=0, description="hidden size of mlp encoders")
+    mlp_layers: int = Field(2, ge=1, description="linear layers in an mlp encoder")
+    cnn_channels: list[int] = Field([32, 64, 128], min_length=1, description="cnn-small conv widths")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    fusion: Literal["concat", "sum", "film", "gated"] = "concat"
+    fusion_hidden: int = Field(0, ge=0, description="hidden layer in the concat head (0 = linear)")
+    unimodal_logits: Literal["heads", "fusion-slices"] = Field(
+        "heads", description="separate unimodal heads, or slices of a linear concat head (OGM-GE style)")
+    fill: Literal["zero-input", "zero-feature", "mean-feature"] = Field(
+        "zero-feature", description="how a missing modality is filled")
+
+
+class MethodBlock(OpenModel):
+    name: str = Field("joint", description="training method (see `bogc list`)")
+    tag: str | None = Field(None, description="suffix for the method's name in results (ablations)")
+
+
+class OptimBlock(StrictModel):
+    name: Literal["sgd", "adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
+    schedule: Literal["none", "step", "cosine"] = "none"
+    step_size: int = Field(30, gt=0, description="step schedule: epochs between decays")
+    milestones: list[int] | None = Field(None, description="step schedule: decay at these epochs instead")
+    gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
+    min_lr: float = Field(0.0, ge=0, description="cosine schedule: final learning rate")
+    grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
+
+
+class TrainBlock(StrictModel):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    deterministic: bool = True
+
+
+class OutputBlock(StrictModel):
+    dir: str = Field("results", description="results root; runs go to <dir>/<experiment>/<dataset>/<method>/seed<N>")
+
+
+class Recipe(StrictModel):
+    experiment: str = Field("default", min_length=1)
+    seed: int = 0
+    seeds: list[int] | None = Field(None, min_length=1, description="several seeds: one run each")
+    dataset: DatasetBlock
+    model: ModelBlock = ModelBlock()
+    method: MethodBlock = MethodBlock()
+    optim: OptimBlock = OptimBlock()
+    train: TrainBlock = TrainBlock()
+    output: OutputBlock = OutputBlock()
+
+    @model_validator(mode="after")
+    def _unique_seeds(self) -> "Recipe":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds must be distinct")
+        return self
+
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    def for_seed(self, seed: int) -> "Recipe":
+        """The single-run recipe for one seed (what is saved in the run directory)."""
+        return self.model_copy(update={"seed": seed, "seeds": None}, deep=True)
+
+    def dataset_label(self) -> str:
+        d = self.dataset
+        return d.label or (f"{d.name}-{d.preset}" if d.preset else d.name)
+
+    def dataset_options(self) -> dict[str, Any]:
+        return dict(self.dataset.model_extra or {})
+
+    def method_options(self) -> dict[str, Any]:
+        return dict(self.method.model_extra or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        if data.get("seeds") is None:
+            data.pop("seeds", None)
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
+    """``["a.b=3", "c=[1,2]"]`` -> ``[(["a","b"], 3), (["c"], [1, 2])]``; values parsed as YAML."""
+    parsed = []
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set {pair!r}: expected key.sub=value (e.g. --set train.epochs=5)")
+        key, raw = pair.split("=", 1)
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise UserError(f"--set {pair!r}: empty part in key {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError:
+            value = raw
+        value = _numeric_string(value)
+        parsed.append((parts, value))
+    return parsed
+
+
+def _numeric_string(value: Any) -> Any:
+    # YAML 1.1 reads "1e-3" as a string; users mean a number.
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value.lower() for c in ".e") else int(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    data = copy.deepcopy(raw)
+    for parts, value in overrides:
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise UserError(f"--set {'.'.join(parts)}: {'.'.join(parts[: i + 1])} is not a block")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path} not found: give the path of a YAML recipe (see recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"recipe {path} is not a text file") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {path} must be a mapping of keys (dataset:, model:, ...), not {type(data).__name__}")
+    return data
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
+                raw: dict[str, Any] | None = None) -> Recipe:
+    """Read, override and fully validate a recipe (common keys, dataset and method options)."""
+    source = str(path) if path is not None else "recipe"
+    data = read_yaml(path) if raw is None else raw
+    data = apply_overrides(data, parse_overrides(overrides or []))
+    recipe = validate_recipe(data, source)
+    return recipe
+
+
+def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, source, Recipe)) from None
+    # Second stage: options that depend on the chosen dataset and method.
+    from bogc_cli.data.options import validate_dataset_options
+    from bogc_cli.fusion import validate_method_options
+
+    validate_dataset_options(recipe, source)
+    validate_method_options(recipe, source)
+    return recipe
+
+
+def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel], prefix: str = "") -> str:
+    """One readable message for all problems, each naming its key and what is valid."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join([prefix, *loc] if prefix else loc)
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(schema, loc[:-1])
+            hint = difflib.get_close_matches(loc[-1], valid, n=1)
+            did = f" (did you mean {'.'.join([*([prefix] if prefix else []), *loc[:-1], hint[0]])}?)" if hint else ""
+            lines.append(f"unknown key {key!r}{did}; valid keys here: {', '.join(valid)}")
+        elif err["type"] == "missing":
+            lines.append(f"missing required key {key!r}")
+        else:
+            got = err.get("input")
+            lines.append(f"{key}: {err['msg']} (got {got!r})")
+    head = f"{source}: " if len(lines) == 1 else f"{source}: {len(lines)} problems:\n  - "
+    return head + "\n  - ".join(lines)
+
+
+def _valid_keys(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    model = schema
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def options_error(source: str, block: str, exc: ValidationError, schema: type[BaseModel], choice: str,
+                  common: list[str]) -> UserError:
+    """A message for a dataset or method option problem, listing the common and the choice's keys."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join([block, *loc])
+        if err["type"] == "extra_forbidden":
+            valid = common + list(schema.model_fields)
+            hint = difflib.get_close_matches(loc[-1], valid, n=1)
+            did = f" (did you mean {block}.{hint[0]}?)" if hint else ""
+            lines.append(f"unknown key {key!r} for {block} {choice!r}{did}; valid keys: {', '.join(valid)}")
+        else:
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+    head = f"{source}: " if len(lines) == 1 else f"{source}: {len(lines)} problems:\n  - "
+    return UserError(head + "\n  - ".join(lines))
