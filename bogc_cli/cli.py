@@ -60,8 +60,9 @@ def prepare(
     out: Path = typer.Option(..., "--out", help="Folder to write the prepared cache to."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Preparation preset (see `bogc list`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation carve-out and pairings."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Validation share carved from train."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Parallel worker processes."),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share carved from "
+                                                 "train (default per dataset: avdigits 0.1, mfeat 0.25, arrays 0.1)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Parallel workers reading files."),
     strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones."),
 ) -> None:
     """Turn a raw dataset download into a prepared cache that `bogc train` reads."""

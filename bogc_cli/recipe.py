@@ -273,6 +273,8 @@ def options_error(source: str, block: str, exc: ValidationError, schema: type[Ba
             hint = difflib.get_close_matches(loc[-1], valid, n=1)
             did = f" (did you mean {block}.{hint[0]}?)" if hint else ""
             lines.append(f"unknown key {key!r} for {block} {choice!r}{did}; valid keys: {', '.join(valid)}")
+        elif err["type"] == "missing":
+            lines.append(f"missing required key {key!r} for {block} {choice!r}")
         else:
             lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     head = f"{source}: " if len(lines) == 1 else f"{source}: {len(lines)} problems:\n  - "

@@ -1,1 +1,33 @@
-"""Raw dataset -> prepared cache. One module per dataset, plus media helpers."""
+"""Raw dataset -> prepared cache. One module per dataset, plus media helpers.
+
+``PREPARERS[name](raw=..., out=..., preset=..., seed=..., val_fraction=..., workers=..., strict=...,
+log=...)`` prepares dataset ``name`` and returns its ``Manifest``. Modules are imported on first
+call, so listing the preparers stays cheap (torchaudio/torchvision load only for avdigits).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable
+
+from bogc_cli.data.cache import Manifest
+
+Preparer = Callable[..., Manifest]
+
+
+def _lazy(module: str) -> Preparer:
+    """A preparer that imports ``data_prep.<module>`` on first call and runs its ``prepare``."""
+
+    def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
+                workers: int = 1, strict: bool = False, **kwargs: Any) -> Manifest:
+        run = importlib.import_module(f"data_prep.{module}").prepare
+        return run(raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction, workers=workers,
+                   strict=strict, **kwargs)
+
+    prepare.__name__ = prepare.__qualname__ = f"prepare_{module}"
+    prepare.__doc__ = f"Prepare the {module} dataset (see data_prep.{module}.prepare)."
+    return prepare
+
+
+PREPARERS: dict[str, Preparer] = {name: _lazy(name) for name in ("avdigits", "mfeat", "arrays")}

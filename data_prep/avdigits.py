@@ -1,0 +1,309 @@
+"""avdigits: FSDD spoken digits (audio) paired by label with MNIST images (image).
+
+Raw layout (``--raw``): FSDD wavs in ``fsdd/recordings/``, ``fsdd/`` or ``recordings/``, and the
+torchvision MNIST root (the folder holding ``MNIST/raw``) in ``mnist/`` or ``--raw`` itself.
+
+Cache contents per split (``train``/``val``/``test``):
+
+- ``audio``: float16 ``[N, 1, 64, 101]`` (``logmel-64``) or ``[N, 1, 129, 101]`` (``stft``), dB,
+  normalised with the train split's global mean/std (stored in ``manifest.params``);
+- ``image``: uint8 ``[N, 1, 28, 28]``, an MNIST image of the same digit from the matching MNIST
+  split, drawn without replacement by ``numpy.random.default_rng(seed)``;
+- ``labels``: int64 ``[N]`` digit; ``ids.txt``: ``<wav name>|mnist_<train|test>_<index>``.
+
+FSDD's official split: recording index 0-4 is test, 5-49 train (2700/300 for v1.0.9). The
+validation split is a stratified, seeded carve-out of train.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+
+from bogc_cli import __version__
+from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, write_cache
+from bogc_cli.data.registry import DATASETS
+from bogc_cli.errors import UserError
+from data_prep._common import (Log, check_out_folder, digest, file_list_checksum, no_log, reusable_manifest,
+                               start_rewrite)
+
+DATASET = "avdigits"
+CLASSES = [str(d) for d in range(10)]
+KINDS = {"audio": "audio", "image": "image"}
+SAMPLE_RATE = 8000
+CLIP_SAMPLES = 8000  # 1 s
+TEST_INDICES = range(0, 5)  # FSDD's official split: recordings 0-4 of each (digit, speaker) are test
+EXPECTED_COUNTS = {"train": 2700, "test": 300}
+DEFAULT_PRESET = "logmel-64"
+DEFAULT_VAL_FRACTION = 0.1
+PRESETS: dict[str, dict[str, Any]] = {
+    "logmel-64": {"transform": "MelSpectrogram+AmplitudeToDB(power)", "sample_rate": SAMPLE_RATE,
+                  "n_fft": 256, "win_length": 200, "hop_length": 80, "n_mels": 64},
+    "stft": {"transform": "Spectrogram(power=1)+AmplitudeToDB(magnitude)", "sample_rate": SAMPLE_RATE,
+             "n_fft": 256, "win_length": 256, "hop_length": 80},
+}
+assert set(PRESETS) == set(DATASETS[DATASET].prepare_presets)
+
+_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)\.wav$")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One FSDD recording ``{digit}_{speaker}_{index}.wav``."""
+
+    path: Path
+    digit: int
+    speaker: str
+    index: int
+
+    @property
+    def split(self) -> str:
+        return "test" if self.index in TEST_INDICES else "train"
+
+
+# ---------------------------------------------------------------------------------------------
+# finding the raw files
+
+
+def find_fsdd(raw: Path) -> Path:
+    """The folder holding the FSDD ``*.wav`` files under ``raw``."""
+    candidates = [raw / "fsdd" / "recordings", raw / "fsdd", raw / "recordings"]
+    for folder in candidates:
+        if folder.is_dir() and any(folder.glob("*.wav")):
+            return folder
+    looked = ", ".join(str(c) for c in candidates)
+    raise UserError(f"no FSDD recordings found: looked for *.wav in {looked}. Put the Free Spoken Digit Dataset's "
+                    "recordings/ folder ({digit}_{speaker}_{index}.wav) under --raw as fsdd/recordings/")
+
+
+def find_mnist_root(raw: Path) -> Path:
+    """The torchvision MNIST root (the folder that contains ``MNIST/raw``) under ``raw``."""
+    candidates = [raw / "mnist", raw]
+    for root in candidates:
+        if (root / "MNIST" / "raw").is_dir():
+            return root
+    looked = ", ".join(str(c / "MNIST" / "raw") for c in candidates)
+    raise UserError(f"no MNIST found: looked for {looked}. Put a torchvision MNIST root under --raw as mnist/ "
+                    "(mnist/MNIST/raw/ holding train-images-idx3-ubyte etc.; "
+                    "torchvision.datasets.MNIST('mnist', download=True) makes one)")
+
+
+def list_clips(folder: Path) -> tuple[list[Clip], list[dict[str, str]]]:
+    """Parse every ``*.wav`` name in ``folder``; names not in FSDD's pattern are returned as skipped."""
+    clips, skipped = [], []
+    for path in sorted(folder.glob("*.wav")):
+        match = _NAME.match(path.name)
+        if match is None:
+            skipped.append({"file": str(path), "reason": "name is not {digit}_{speaker}_{index}.wav"})
+            continue
+        clips.append(Clip(path, int(match[1]), match[2], int(match[3])))
+    clips.sort(key=lambda c: (c.digit, c.speaker, c.index))
+    return clips, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# audio
+
+
+def read_wave(path: Path) -> np.ndarray:
+    """Decode one wav to float32 mono ``[S]`` at 8 kHz in [-1, 1] (downmixed / resampled if needed)."""
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [S, channels]
+    if data.shape[0] == 0:
+        raise ValueError("no audio samples")
+    wave = data.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
+    return wave
+
+
+def fit_length(wave: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
+    """Crop ``wave`` ``[S]`` to ``length`` samples, or zero-pad it at the end: ``[length]``."""
+    return np.pad(wave[:length], (0, max(0, length - wave.shape[0])))
+
+
+def load_waves(clips: list[Clip], workers: int = 1) -> tuple[list[Clip], np.ndarray, list[dict[str, str]]]:
+    """Read ``clips``; returns the readable clips, their waves float32 ``[N, 8000]``, and the skipped files."""
+
+    def read(clip: Clip) -> np.ndarray | str:
+        try:
+            return fit_length(read_wave(clip.path))
+        except (RuntimeError, OSError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+            return f"unreadable wav: {exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(read, clips))
+    kept = [c for c, r in zip(clips, results) if not isinstance(r, str)]
+    skipped = [{"file": str(c.path), "reason": r} for c, r in zip(clips, results) if isinstance(r, str)]
+    waves = np.stack([r for r in results if not isinstance(r, str)]) if kept else np.zeros((0, CLIP_SAMPLES),
+                                                                                         np.float32)
+    return kept, waves.astype(np.float32, copy=False), skipped
+
+
+def spectrogram_transform(preset: str) -> torch.nn.Module:
+    """The torchaudio transform of ``preset``: waves ``[N, 8000]`` -> dB spectrograms ``[N, F, 101]``."""
+    p = PRESETS[preset]
+    if preset == "logmel-64":
+        spec = torchaudio.transforms.MelSpectrogram(sample_rate=p["sample_rate"], n_fft=p["n_fft"],
+                                                    win_length=p["win_length"], hop_length=p["hop_length"],
+                                                    n_mels=p["n_mels"])
+        return torch.nn.Sequential(spec, torchaudio.transforms.AmplitudeToDB(stype="power"))
+    spec = torchaudio.transforms.Spectrogram(n_fft=p["n_fft"], win_length=p["win_length"],
+                                             hop_length=p["hop_length"], power=1.0)
+    return torch.nn.Sequential(spec, torchaudio.transforms.AmplitudeToDB(stype="magnitude"))
+
+
+@torch.no_grad()
+def compute_spectrograms(waves: np.ndarray, preset: str, batch_size: int = 512) -> np.ndarray:
+    """Waves float32 ``[N, 8000]`` -> unnormalised dB spectrograms float32 ``[N, 1, F, 101]``."""
+    transform = spectrogram_transform(preset)
+    chunks = [transform(torch.from_numpy(waves[i:i + batch_size])) for i in range(0, len(waves), batch_size)]
+    if not chunks:
+        return np.zeros((0, 1, 0, 0), np.float32)
+    return torch.cat(chunks).unsqueeze(1).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+
+def load_mnist(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST images uint8 ``[N, 28, 28]`` and labels int64 ``[N]`` via torchvision (no download)."""
+    import torchvision
+
+    try:
+        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
+    except RuntimeError as exc:
+        raise UserError(f"cannot load MNIST from {root / 'MNIST' / 'raw'} ({exc}): it needs the four IDX files "
+                        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                        "t10k-labels-idx1-ubyte") from None
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
+
+
+def draw_images(labels: np.ndarray, mnist_labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each label pick an MNIST index with the same label, without replacement: int64 ``[N]``."""
+    chosen = np.empty(labels.shape[0], np.int64)
+    for digit in np.unique(labels):
+        where = np.flatnonzero(labels == digit)
+        pool = np.flatnonzero(mnist_labels == digit)
+        if pool.size < where.size:
+            raise UserError(f"MNIST has only {pool.size} images of digit {digit} but {where.size} are needed: "
+                            "use the full MNIST")
+        chosen[where] = rng.choice(pool, size=where.size, replace=False)
+    return chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# the whole preparation
+
+
+def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
+            workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
+    """Prepare the avdigits cache in ``out`` from FSDD + MNIST under ``raw``; returns its manifest.
+
+    Idempotent: a complete cache in ``out`` made from the same files and parameters is returned as is.
+    ``val_fraction`` (default 0.1) is the share of FSDD's train split carved out for validation.
+    """
+    raw, out = Path(raw), Path(out)
+    preset = preset or DEFAULT_PRESET
+    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
+    _check_args(raw, out, preset, val_fraction)
+    fsdd_dir, mnist_root = find_fsdd(raw), find_mnist_root(raw)
+    clips, skipped = list_clips(fsdd_dir)
+    sources = _sources(fsdd_dir, mnist_root, clips)
+    params = {**PRESETS[preset], "clip_samples": CLIP_SAMPLES, "pad": "zeros at the end", "seed": seed,
+              "val_fraction": val_fraction, "test_indices": f"{TEST_INDICES.start}-{TEST_INDICES.stop - 1}"}
+    fingerprint = digest({"preset": preset, "params": params, "sources": sources, "version": __version__})
+    if (done := reusable_manifest(out, fingerprint)) is not None:
+        log(f"{out} already holds this avdigits cache; nothing to do")
+        return done
+
+    log(f"reading {len(clips)} FSDD recordings from {fsdd_dir}")
+    clips, waves, unreadable = load_waves(clips, workers)
+    skipped += unreadable
+    for item in skipped:
+        log(f"skipped {item['file']}: {item['reason']}")
+    count_problem = _check_counts(clips, strict, log)
+
+    log(f"computing {preset} spectrograms")
+    audio = compute_spectrograms(waves, preset)
+    labels = np.array([c.digit for c in clips], np.int64)
+    is_test = np.array([c.split == "test" for c in clips], bool)
+    if not is_test.any() or is_test.all():
+        raise UserError(f"{fsdd_dir} has no {'test' if not is_test.any() else 'train'} recordings "
+                        "(index 0-4 is test, 5-49 train): use the complete FSDD recordings folder")
+
+    log(f"pairing with MNIST images from {mnist_root}")
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, mask, mnist_train in (("train", ~is_test, True), ("test", is_test, False)):
+        images, mnist_labels = load_mnist(mnist_root, train=mnist_train)
+        picked = draw_images(labels[mask], mnist_labels, rng)
+        tag = "mnist_train" if mnist_train else "mnist_test"
+        ids = [f"{c.path.name}|{tag}_{i}" for c, i in zip([c for c, m in zip(clips, mask) if m], picked)]
+        splits[split] = SplitArrays({"audio": audio[mask], "image": images[picked][:, None]}, labels[mask], ids)
+
+    train_rows, val_rows = carve_validation(splits["train"].labels, val_fraction, seed)
+    splits = {"train": splits["train"].subset(train_rows), "val": splits["train"].subset(val_rows),
+              "test": splits["test"]}
+    mean, std = _normalise_audio(splits)
+    params["normalisation"] = {"mean": mean, "std": std, "over": "train split after the validation carve-out"}
+    if count_problem:
+        sources["count_check"] = count_problem
+
+    start_rewrite(out)
+    log(f"writing the cache to {out}")
+    return write_cache(out, dataset=DATASET, classes=CLASSES, kinds=KINDS, splits=splits, preset=preset,
+                       params=params, sources={**sources, "fingerprint": fingerprint}, skipped=skipped)
+
+
+def _check_args(raw: Path, out: Path, preset: str, val_fraction: float) -> None:
+    if preset not in PRESETS:
+        raise UserError(f"unknown avdigits preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not raw.is_dir():
+        raise UserError(f"raw folder {raw} does not exist: point --raw at the folder holding fsdd/ and mnist/")
+    check_out_folder(out, raw)
+
+
+def _sources(fsdd_dir: Path, mnist_root: Path, clips: list[Clip]) -> dict[str, Any]:
+    """File counts and cheap checksums (sorted ``name size`` lists) of the raw inputs."""
+    mnist_files = sorted(p for p in (mnist_root / "MNIST" / "raw").iterdir() if p.is_file())
+    return {
+        "fsdd": {"folder": str(fsdd_dir), "wav_files": len(clips),
+                 "file_list_sha256": file_list_checksum(c.path for c in clips)},
+        "mnist": {"root": str(mnist_root), "files": [p.name for p in mnist_files],
+                  "file_list_sha256": file_list_checksum(mnist_files)},
+        "expected": EXPECTED_COUNTS,
+    }
+
+
+def _check_counts(clips: list[Clip], strict: bool, log: Log) -> str | None:
+    """Compare split sizes with FSDD v1.0.9's 2700/300; warn (or raise when ``strict``) when they differ."""
+    counts = {split: sum(c.split == split for c in clips) for split in EXPECTED_COUNTS}
+    if counts == EXPECTED_COUNTS:
+        return None
+    message = (f"FSDD split sizes are train {counts['train']} / test {counts['test']}, not the published "
+               f"{EXPECTED_COUNTS['train']} / {EXPECTED_COUNTS['test']}")
+    if strict:
+        raise UserError(f"{message} (--strict): use the complete FSDD v1.0.9 recordings, or drop --strict")
+    log(f"warning: {message}")
+    return message
+
+
+def _normalise_audio(splits: dict[str, SplitArrays]) -> tuple[float, float]:
+    """Standardise every split's audio with the train split's global mean/std, in place, to float16."""
+    train = splits["train"].inputs["audio"]
+    mean, std = float(train.mean(dtype=np.float64)), float(train.std(dtype=np.float64))
+    std = std if std > 0 else 1.0
+    for split in splits.values():
+        split.inputs["audio"] = ((split.inputs["audio"] - mean) / std).astype(np.float16)
+    return mean, std
