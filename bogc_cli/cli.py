@@ -203,10 +203,10 @@ def missing_modality(
     from bogc_cli.fusion import method_label
 
     title = f"{run.recipe.dataset_label()} / {method_label(run.recipe)} / seed {run.recipe.seed} (fill {run.model.fill})"
-    plot_missing_modality(df[~df["missing"].str.contains(r"\+")], png, title)
+    single = df[~df["missing"].str.contains(r"\+")]
+    plot_missing_modality(single.assign(seed=run.recipe.seed), png, title)
     table = Table(title=f"missing-modality accuracy ({run.model.fill}, mask seed {seed})")
     table.add_column("missing")
-    single = df[~df["missing"].str.contains(r"\+")]
     for r in rate_list:
         table.add_column(f"{r:g}", justify="right")
     for m, rows in single.groupby("missing", sort=False):
