@@ -225,17 +225,18 @@ def report(
     results_dir: Path = typer.Argument(..., help="A results folder holding run directories."),
     format_: str = typer.Option("md,csv,tex", "--format", help="Table formats: md, csv, tex."),
 ) -> None:
-    """Aggregate every run below RESULTS_DIR into tables (mean ± std over seeds) in RESULTS_DIR/tables/."""
+    """Aggregate every run below RESULTS_DIR: tables (mean ± std over seeds) in RESULTS_DIR/tables/, plots in RESULTS_DIR/plots/."""
     from bogc_cli.report import run_report
 
     if not results_dir.is_dir():
         raise UserError(f"{results_dir} is not a folder: give a results folder (e.g. results/quickstart)")
     result = run_report(results_dir, _csv_list(format_, "--format"))
-    for table in result.tables:
+    for table in result.rich_tables:
         console.print(table)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
-    console.print(f"wrote {len(result.paths)} file(s) to {results_dir / 'tables'}")
+    console.print(f"{result.n_runs} run(s); wrote {len(result.paths)} file(s) under {results_dir / 'tables'} "
+                  f"and {results_dir / 'plots'}")
 
 
 # ------------------------------------------------------------------------------------------ list

@@ -1,0 +1,172 @@
+"""Collect finished runs from a results tree into pandas DataFrames.
+
+A results tree looks like ``RESULTS/<experiment>/<dataset>/<method>/seed<N>/``; every run
+directory that holds an ``eval.json`` is one run. The identity of a run (experiment, dataset,
+method, seed) is read from ``eval.json``, never from the folder names, so renamed or moved run
+directories still aggregate correctly.
+
+Problems with single files (unreadable JSON, missing identity keys, a broken CSV) never stop
+aggregation: the file is skipped and a one-line message is appended to the ``warnings`` list the
+caller passed in, so the CLI can print them after the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+EVAL_FILE = "eval.json"
+MISSING_FILE = "missing_modality.csv"
+METRICS_FILE = "metrics.jsonl"
+
+IDENTITY: list[str] = ["experiment", "dataset", "method", "seed"]
+"""Columns that identify a run; every ``eval.json`` must hold them."""
+
+SCALARS: list[str] = [
+    "epoch",
+    "n",
+    "accuracy",
+    "macro_f1",
+    "val_accuracy",
+    "step_time_ms_median",
+    "epoch_time_s_mean",
+    "peak_memory_mb",
+]
+"""Numeric metrics copied from ``eval.json``; any of them may be absent (then NaN)."""
+
+UNIMODAL_PREFIX = "unimodal_accuracy."
+
+MISSING_REQUIRED: list[str] = ["missing", "rate", "accuracy"]
+MISSING_OPTIONAL: list[str] = ["fill", "macro_f1", "n"]
+
+
+def read_eval(path: Path) -> dict:
+    """Read one ``eval.json`` and check that it names its run.
+
+    Raises:
+        ValueError: the file is not valid UTF-8 JSON, is not an object, lacks identity keys,
+            or its seed is not an integer.
+        OSError: the file cannot be read.
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("top level is not a JSON object")
+    absent = [key for key in IDENTITY if data.get(key) is None]
+    if absent:
+        raise ValueError(f"missing identity key(s): {', '.join(absent)}")
+    if not isinstance(data["seed"], int) or isinstance(data["seed"], bool):
+        raise ValueError(f"seed must be an integer, got {data['seed']!r}")
+    return data
+
+
+def _run_records(results_dir: Path, warnings: list[str]) -> list[dict]:
+    """Read every ``eval.json`` under ``results_dir``; skip bad ones with a warning."""
+    records = []
+    for path in sorted(results_dir.rglob(EVAL_FILE)):
+        try:
+            data = read_eval(path)
+        except (OSError, ValueError) as exc:
+            warnings.append(f"skipped {path}: {exc}")
+            continue
+        data["run_dir"] = str(path.parent)
+        records.append(data)
+    return records
+
+
+def _drop_duplicate_runs(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
+    """Keep the first run of each identity; warn about the others (they would count twice)."""
+    dup = df.duplicated(IDENTITY, keep="first")
+    for run_dir in df.loc[dup, "run_dir"]:
+        warnings.append(f"skipped {run_dir}: same experiment/dataset/method/seed as an earlier run")
+    return df.loc[~dup].reset_index(drop=True)
+
+
+def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None) -> pd.DataFrame:
+    """One row per run directory under ``results_dir`` that holds a readable ``eval.json``.
+
+    Columns: ``experiment, dataset, method, seed``, the metric scalars in :data:`SCALARS`
+    (NaN where a run did not record one), one ``unimodal_accuracy.<modality>`` column per
+    modality seen in any run, and ``run_dir``. Corrupt files are skipped and described in
+    ``warnings`` (if given). An empty tree gives an empty frame with these columns.
+    """
+    warnings = [] if warnings is None else warnings
+    records = _run_records(Path(results_dir), warnings)
+    flat = pd.json_normalize(records, max_level=1) if records else pd.DataFrame()
+    unimodal = sorted(c for c in flat.columns if c.startswith(UNIMODAL_PREFIX))
+    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + ["run_dir"])
+    numeric = SCALARS + unimodal
+    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
+    df[["experiment", "dataset", "method"]] = df[["experiment", "dataset", "method"]].astype(str)
+    df = _drop_duplicate_runs(df, warnings)
+    return df.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
+
+
+def read_missing_csv(path: Path) -> pd.DataFrame:
+    """Read one ``missing_modality.csv``; optional columns are added when absent.
+
+    Raises:
+        ValueError: unparsable CSV or a required column is missing.
+        OSError: the file cannot be read.
+    """
+    df = pd.read_csv(path)
+    absent = [c for c in MISSING_REQUIRED if c not in df.columns]
+    if absent:
+        raise ValueError(f"missing column(s): {', '.join(absent)}")
+    df = df.reindex(columns=MISSING_REQUIRED + MISSING_OPTIONAL)
+    df["missing"] = df["missing"].astype(str)
+    df["fill"] = df["fill"].fillna("").astype(str)
+    num = ["rate", "accuracy", "macro_f1", "n"]
+    df[num] = df[num].apply(pd.to_numeric, errors="coerce")
+    return df
+
+
+def find_missing(
+    results_dir: str | os.PathLike,
+    warnings: list[str] | None = None,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """All ``missing_modality.csv`` rows of the runs under ``results_dir``.
+
+    Each row gets the identity columns of its run (from that run's ``eval.json``; the CSV's own
+    ``seed`` column is ignored). Columns: identity, ``missing, rate, fill, accuracy, macro_f1, n,
+    run_dir``. Pass ``runs`` (from :func:`find_runs`) to avoid reading the tree twice.
+    """
+    warnings = [] if warnings is None else warnings
+    runs = find_runs(results_dir, warnings) if runs is None else runs
+    frames = []
+    for run in runs.itertuples(index=False):
+        path = Path(run.run_dir) / MISSING_FILE
+        if not path.is_file():
+            continue
+        try:
+            df = read_missing_csv(path)
+        except (OSError, ValueError) as exc:  # pandas' ParserError is a ValueError
+            warnings.append(f"skipped {path}: {exc}")
+            continue
+        frames.append(df.assign(**{k: getattr(run, k) for k in IDENTITY}, run_dir=run.run_dir))
+    columns = IDENTITY + MISSING_REQUIRED + MISSING_OPTIONAL + ["run_dir"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def mean_std(
+    df: pd.DataFrame, value: str, rows: Sequence[str], cols: Sequence[str]
+) -> pd.DataFrame:
+    """Mean, sample standard deviation (ddof=1) and count of ``value`` per (rows, cols) cell.
+
+    Returns a long frame with columns ``*rows, *cols, mean, std, n``; ``std`` is NaN where
+    ``n == 1``. NaN values are ignored and cells with no values are dropped.
+    """
+    keys = [*rows, *cols]
+    stats = (
+        df.dropna(subset=[value])
+        .groupby(keys, sort=True)[value]
+        .agg(mean="mean", std="std", n="count")
+        .reset_index()
+    )
+    return stats.astype({"n": int})

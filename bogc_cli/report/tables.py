@@ -1,0 +1,318 @@
+"""Result tables (mean ± std over seeds) and their Markdown, CSV, LaTeX and rich renderings.
+
+Tables built from a results tree:
+
+* ``accuracy``   rows = methods, columns = datasets, test accuracy at the best-validation epoch;
+* ``macro_f1``   same layout, macro-averaged F1;
+* ``unimodal``   rows = methods, columns = ``<dataset>/<modality>``, accuracy of each modality's
+  own head (the imbalance signal);
+* ``robustness_<dataset>``  rows = ``method / missing modality``, columns = missing rates;
+* ``robustness_<dataset>_subsets``  rows = methods, columns = the several-modality subsets that
+  were removed at rate 1.0.
+
+When the tree holds several experiments, every table name gets the prefix ``<experiment>_``.
+Markdown, LaTeX and rich show formatted cells ("0.912 ± 0.013"; "0.912" for a single seed); CSV
+keeps the numbers (one line per cell with ``mean, std, n``) for further processing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import rich.table
+
+from bogc_cli.atomic import write_text
+from bogc_cli.errors import UserError
+
+from .aggregate import IDENTITY, UNIMODAL_PREFIX, find_missing, find_runs, mean_std
+
+FORMATS: tuple[str, ...] = ("md", "csv", "tex")
+"""Table file formats ``write_tables`` understands."""
+
+TABLES_DIR = "tables"
+EMPTY_CELL = "-"
+PLUS_MINUS = "±"
+
+RUN_LAYOUT_HINT = (
+    "a run directory looks like <results>/<experiment>/<dataset>/<method>/seed<N>/ and holds "
+    "an eval.json written by `bogc train` or `bogc eval`"
+)
+
+
+def validate_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """Normalise ``"md,csv"`` or ``["md", "csv"]`` to a tuple; unknown names raise UserError."""
+    names = formats.split(",") if isinstance(formats, str) else list(formats)
+    names = [n.strip().lower().lstrip(".") for n in names if n.strip()]
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown or not names:
+        got = ", ".join(repr(n) for n in unknown) or "nothing"
+        raise UserError(
+            f"--format: unknown table format {got}; valid formats: {', '.join(FORMATS)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    """Order methods as ``joint``, ``uniform``, ``unimodal-*``, then the rest alphabetically."""
+    if method == "joint":
+        return (0, method)
+    if method == "uniform":
+        return (1, method)
+    if method.startswith("unimodal-"):
+        return (2, method)
+    return (3, method)
+
+
+def format_cell(mean: float, std: float, n: int, digits: int = 3) -> str:
+    """``"0.912 ± 0.013"``; only the mean when there is a single value (or no std)."""
+    if pd.isna(mean):
+        return EMPTY_CELL
+    if n <= 1 or pd.isna(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} {PLUS_MINUS} {std:.{digits}f}"
+
+
+def format_label(value: object) -> str:
+    """Column label text: rates as ``0.5`` / ``1``, everything else via ``str``."""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:g}"
+    return str(value)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (dataset and experiment names go into file names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "unnamed"
+
+
+def _sort_stats(stats: pd.DataFrame, rows: Sequence[str], col: str) -> pd.DataFrame:
+    """Sort a long stats frame by rows (methods in :func:`method_sort_key` order) then column."""
+    methods = sorted(stats["method"].unique(), key=method_sort_key) if "method" in stats else []
+
+    def key(series: pd.Series) -> pd.Series | pd.Categorical:
+        if series.name == "method":
+            return pd.Categorical(series, categories=methods, ordered=True)
+        return series
+
+    return stats.sort_values([*rows, col], key=key, kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class Table:
+    """One result table: a long frame of (mean, std, n) per cell plus how to lay it out.
+
+    Attributes:
+        name: file stem, e.g. ``"accuracy"`` or ``"robustness_avmnist"``.
+        title: one line describing the table (shown above it in Markdown, rich and LaTeX).
+        stats: columns ``*rows, col, mean, std, n``; one line per cell, already in display order.
+        rows: the columns whose values make up a row label (joined with ``" / "``).
+        col: the column whose values become the table's columns.
+    """
+
+    name: str
+    title: str
+    stats: pd.DataFrame
+    rows: list[str]
+    col: str
+
+    @classmethod
+    def from_values(
+        cls, name: str, title: str, df: pd.DataFrame, value: str, rows: list[str], col: str
+    ) -> Table | None:
+        """Aggregate ``df[value]`` over seeds into a table; ``None`` when there is no value."""
+        stats = mean_std(df, value, rows, [col])
+        if stats.empty:
+            return None
+        return cls(name, title, _sort_stats(stats, rows, col), rows, col)
+
+    @property
+    def row_header(self) -> str:
+        return " / ".join(self.rows)
+
+    def cells(self) -> pd.DataFrame:
+        """Wide frame of formatted strings: index = row labels, columns = column labels."""
+        numbers = self.stats[["mean", "std", "n"]].itertuples(index=False)
+        text = [format_cell(m, s, n) for m, s, n in numbers]
+        wide = self.stats.assign(cell=text).pivot(index=self.rows, columns=self.col, values="cell")
+        row_order = pd.MultiIndex.from_frame(self.stats[self.rows].drop_duplicates())
+        if len(self.rows) == 1:
+            row_order = row_order.get_level_values(0)
+        wide = wide.reindex(index=row_order, columns=sorted(self.stats[self.col].unique()))
+        wide.index = [
+            " / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in wide.index
+        ]
+        wide.index.name = self.row_header
+        wide.columns = [format_label(c) for c in wide.columns]
+        return wide.fillna(EMPTY_CELL)
+
+    def to_markdown(self) -> str:
+        """GitHub pipe table with the title as a heading above it."""
+        flat = self.cells().reset_index()
+        align = ("left",) + ("right",) * (flat.shape[1] - 1)
+        return f"### {self.title}\n\n{flat.to_markdown(index=False, colalign=align)}\n"
+
+    def to_csv(self) -> str:
+        """Machine-readable CSV: one line per cell with numeric ``mean, std, n`` columns."""
+        return self.stats.to_csv(index=False)
+
+    def to_latex(self) -> str:
+        """booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); special characters escaped."""
+        flat = self.cells().reset_index()
+        align = "l" + "r" * (flat.shape[1] - 1)
+        body = flat.to_latex(index=False, escape=True, column_format=align)
+        return f"% {self.title}\n{body}".replace(PLUS_MINUS, r"$\pm$")
+
+    def to_rich(self) -> rich.table.Table:
+        """A rich Table for printing in the terminal."""
+        cells = self.cells()
+        # min_width keeps a narrow table from wrapping its title over several lines
+        table = rich.table.Table(
+            title=self.title, title_justify="left", min_width=len(self.title) + 4
+        )
+        table.add_column(self.row_header, style="bold")
+        for column in cells.columns:
+            table.add_column(column, justify="right")
+        for label, values in cells.iterrows():
+            table.add_row(str(label), *values.tolist())
+        return table
+
+    def render(self, fmt: str) -> str:
+        """Text of this table in one of :data:`FORMATS`."""
+        return {"md": self.to_markdown, "csv": self.to_csv, "tex": self.to_latex}[fmt]()
+
+
+def accuracy_table(runs: pd.DataFrame, metric: str = "accuracy") -> Table | None:
+    """Rows = methods, columns = datasets; ``metric`` is ``"accuracy"`` or ``"macro_f1"``."""
+    label = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}.get(metric, metric)
+    title = f"{label} at the best-validation epoch (mean ± std over seeds)"
+    return Table.from_values(metric, title, runs, metric, ["method"], "dataset")
+
+
+def unimodal_table(runs: pd.DataFrame) -> Table | None:
+    """Rows = methods, columns = ``<dataset>/<modality>``: accuracy of each modality's own head."""
+    heads = [c for c in runs.columns if c.startswith(UNIMODAL_PREFIX)]
+    if not heads:
+        return None
+    long = runs[IDENTITY + heads].melt(
+        id_vars=IDENTITY, value_vars=heads, var_name="modality", value_name="accuracy"
+    )
+    long["head"] = long["dataset"] + "/" + long["modality"].str.removeprefix(UNIMODAL_PREFIX)
+    title = "Unimodal-head test accuracy (mean ± std over seeds)"
+    return Table.from_values("unimodal", title, long, "accuracy", ["method"], "head")
+
+
+def robustness_tables(missing: pd.DataFrame) -> list[Table]:
+    """Per dataset: accuracy vs missing rate for each single missing modality, and a table of
+    the several-modality subsets removed at rate 1.0. Rows of one run with the same
+    (missing, rate, fill) are averaged first, so std is always across training seeds."""
+    if missing.empty:
+        return []
+    keys = [*IDENTITY, "missing", "rate", "fill"]
+    per_run = missing.groupby(keys, as_index=False)[["accuracy"]].mean()
+    tables: list[Table | None] = []
+    for dataset, part in per_run.groupby("dataset", sort=True):
+        fill = ["fill"] if part["fill"].nunique() > 1 else []
+        several = part["missing"].str.contains("+", regex=False)
+        title = (
+            f"{dataset}: test accuracy with one modality missing at rate r "
+            "(mean ± std over seeds)"
+        )
+        tables.append(
+            Table.from_values(
+                f"robustness_{slug(dataset)}", title, part[~several], "accuracy",
+                ["method", "missing", *fill], "rate",
+            )
+        )
+        subsets = part[several & np.isclose(part["rate"], 1.0)]
+        title = f"{dataset}: test accuracy with several modalities missing (rate 1.0)"
+        tables.append(
+            Table.from_values(
+                f"robustness_{slug(dataset)}_subsets", title, subsets, "accuracy",
+                ["method", *fill], "missing",
+            )
+        )
+    return [t for t in tables if t is not None]
+
+
+def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]:
+    """All tables for the runs of one experiment."""
+    tables = [
+        accuracy_table(runs, "accuracy"), accuracy_table(runs, "macro_f1"), unimodal_table(runs)
+    ]
+    return [t for t in tables if t is not None] + robustness_tables(missing)
+
+
+def build_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]:
+    """Every table for a results tree (see the module docstring for the list).
+
+    ``runs`` comes from :func:`find_runs`, ``missing`` from :func:`find_missing`. With several
+    experiments in ``runs``, tables are built per experiment and their names prefixed.
+    """
+    experiments = sorted(runs["experiment"].unique())
+    if len(experiments) <= 1:
+        return _experiment_tables(runs, missing)
+    tables = []
+    for experiment in experiments:
+        part = _experiment_tables(
+            runs[runs["experiment"] == experiment], missing[missing["experiment"] == experiment]
+        )
+        for table in part:
+            table.name = f"{slug(experiment)}_{table.name}"
+            table.title = f"[{experiment}] {table.title}"
+        tables.extend(part)
+    return tables
+
+
+def require_runs(
+    runs: pd.DataFrame, results_dir: str | os.PathLike, warnings: Sequence[str]
+) -> None:
+    """Raise UserError when a results folder is missing or holds no usable run."""
+    if not Path(results_dir).is_dir():
+        raise UserError(
+            f"{results_dir}: no such folder; pass the folder `bogc train` wrote to "
+            f"({RUN_LAYOUT_HINT})"
+        )
+    if runs.empty:
+        skipped = f" ({len(warnings)} eval.json file(s) skipped as unreadable)" if warnings else ""
+        raise UserError(f"{results_dir}: no finished runs found{skipped}; {RUN_LAYOUT_HINT}")
+
+
+def load_tables(results_dir: str | os.PathLike, warnings: list[str] | None = None) -> list[Table]:
+    """Read the tree under ``results_dir`` and build its tables (UserError when it has no runs)."""
+    warnings = [] if warnings is None else warnings
+    runs = find_runs(results_dir, warnings)
+    require_runs(runs, results_dir, warnings)
+    return build_tables(runs, find_missing(results_dir, warnings, runs=runs))
+
+
+def save_tables(
+    tables: Sequence[Table], out_dir: str | os.PathLike, formats: Iterable[str] = FORMATS
+) -> list[Path]:
+    """Write each table as ``<out_dir>/<name>.<fmt>`` atomically; return the written paths."""
+    formats = validate_formats(formats)
+    paths = []
+    for table in tables:
+        for fmt in formats:
+            path = Path(out_dir) / f"{table.name}.{fmt}"
+            write_text(path, table.render(fmt))
+            paths.append(path)
+    return paths
+
+
+def write_tables(
+    results_dir: str | os.PathLike,
+    formats: Iterable[str] = FORMATS,
+    warnings: list[str] | None = None,
+) -> list[Path]:
+    """Build every table of ``results_dir`` and write them to ``<results_dir>/tables/``.
+
+    Returns the written paths. Use :func:`load_tables` + :meth:`Table.to_rich` for terminal
+    output, or :func:`bogc_cli.report.run_report` for both at once.
+    """
+    formats = validate_formats(formats)
+    return save_tables(load_tables(results_dir, warnings), Path(results_dir) / TABLES_DIR, formats)
