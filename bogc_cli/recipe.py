@@ -56,6 +56,7 @@ class ModelBlock(StrictModel):
     hidden_dim: int = Field(256, gt=0, description="hidden size of mlp encoders")
     mlp_layers: int = Field(2, ge=1, description="linear layers in an mlp encoder")
     cnn_channels: list[int] = Field([32, 64, 128], min_length=1, description="cnn-small conv widths")
+    cnn_pool: int = Field(4, ge=1, description="cnn-small: side of the pooled grid before the projection")
     dropout: float = Field(0.0, ge=0, lt=1)
     fusion: Literal["concat", "sum", "film", "gated"] = "concat"
     fusion_hidden: int = Field(0, ge=0, description="hidden layer in the concat head (0 = linear)")

@@ -51,10 +51,15 @@ class FramesFolded(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """``[B, C, H, W]`` -> ``[B, feature_dim]``: conv3x3-BN-ReLU-maxpool blocks, global average pool, linear."""
+    """``[B, C, H, W]`` -> ``[B, feature_dim]``: conv3x3-BN-ReLU-maxpool blocks, average pool to a
+    ``pool x pool`` grid, linear.
+
+    The grid keeps the coarse layout of the input (where in time and frequency energy lies),
+    which spoken-digit spectrograms need: global pooling (``pool=1``) loses it.
+    """
 
     def __init__(self, in_channels: int, feature_dim: int = 128, channels: list[int] = (32, 64, 128),
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, pool: int = 4):
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
@@ -63,8 +68,8 @@ class SmallCNN(nn.Module):
                        nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
             prev = width
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.proj = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(prev, feature_dim),
+        self.pool = nn.AdaptiveAvgPool2d(pool)
+        self.proj = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(prev * pool * pool, feature_dim),
                                   nn.ReLU(inplace=True))
         self.out_dim = feature_dim
 
@@ -102,7 +107,7 @@ def _build_mlp(spec: ModalitySpec, cfg) -> nn.Module:
 
 
 def _build_cnn_small(spec: ModalitySpec, cfg) -> nn.Module:
-    return SmallCNN(_channels(spec), cfg.feature_dim, list(cfg.cnn_channels), cfg.dropout)
+    return SmallCNN(_channels(spec), cfg.feature_dim, list(cfg.cnn_channels), cfg.dropout, cfg.cnn_pool)
 
 
 def _build_resnet18(spec: ModalitySpec, cfg) -> nn.Module:
@@ -113,7 +118,7 @@ ENCODERS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
     "mlp": (_build_mlp, ("vector", "audio", "image", "video"),
             "fully connected; options model.feature_dim, model.hidden_dim, model.mlp_layers, model.dropout"),
     "cnn-small": (_build_cnn_small, ("audio", "image", "video"),
-                  "fast CPU CNN; options model.feature_dim, model.cnn_channels, model.dropout"),
+                  "fast CPU CNN; options model.feature_dim, model.cnn_channels, model.cnn_pool, model.dropout"),
     "resnet18": (_build_resnet18, ("audio", "image", "video"),
                  "torchvision ResNet-18 from scratch, 512-d, 1-channel stem for spectrograms"),
 }
