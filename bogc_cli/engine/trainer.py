@@ -119,6 +119,7 @@ def train_run(recipe: Recipe, console: Console) -> RunResult:
             write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             progress.epoch_done(record)
 
+    method.on_train_end(run_dir, records)
     from bogc_cli.engine.checkpoint import load_checkpoint
 
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])

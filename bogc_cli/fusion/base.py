@@ -113,6 +113,9 @@ class Method:
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {}
 
+    def on_train_end(self, run_dir, records: list[dict]) -> None:
+        """Called once after the last epoch with the run directory and the per-epoch records."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

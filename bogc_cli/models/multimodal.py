@@ -107,7 +107,7 @@ class MultimodalModel(nn.Module):
 
     @torch.no_grad()
     def _track_mean(self, m: str, z: torch.Tensor, mask: torch.Tensor | None) -> None:
-        z = z.detach().float()
+        z = z.detach().to(self.feature_mean(m).dtype)
         if mask is not None:
             if not bool(mask.any()):
                 return

@@ -152,3 +152,35 @@ def _draw_run(ax: plt.Axes, frame: pd.DataFrame, label: str, color: str) -> bool
 def metrics_paths(run_dirs: Iterable[str | os.PathLike]) -> list[Path]:
     """The ``metrics.jsonl`` files that exist in ``run_dirs``."""
     return [p for p in (Path(d) / "metrics.jsonl" for d in run_dirs) if p.is_file()]
+
+
+def plot_bogc_diagnostics(records: list[dict], path_png: str | os.PathLike, title: str = "BOGC diagnostics"
+                          ) -> list[Path]:
+    """BOGC over training: fused uncertainty per encoder, weight mean ± std per source, clipped share.
+
+    ``records``: the per-epoch dicts of metrics.jsonl (keys ``method.bogc.*``).
+    """
+    frame = pd.DataFrame(records)
+    if frame.empty or "epoch" not in frame:
+        return []
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), constrained_layout=True)
+    epochs = frame["epoch"]
+    for col in sorted(c for c in frame if c.startswith("method.bogc.uncertainty.")):
+        axes[0].plot(epochs, frame[col], marker="o", label=col.rsplit(".", 1)[-1])
+    axes[0].set(title="mean fused uncertainty u (per encoder)", xlabel="epoch", ylabel="u")
+    for col in sorted(c for c in frame if c.startswith("method.bogc.weight_mean.")):
+        source = col.split("weight_mean.", 1)[1]
+        std = frame.get(f"method.bogc.weight_std.{source}", pd.Series(0.0, index=frame.index))
+        line = axes[1].plot(epochs, frame[col], marker="o", label=source)[0]
+        axes[1].fill_between(epochs, frame[col] - std, frame[col] + std, alpha=0.2, color=line.get_color())
+    axes[1].set(title="weights per source (mean ± spread over dimensions)", xlabel="epoch", ylabel="weight")
+    if "method.bogc.clipped" in frame:
+        axes[2].plot(epochs, frame["method.bogc.clipped"], marker="o", color="black")
+    axes[2].set(title="fraction of weights clipped at w_max", xlabel="epoch", ylabel="fraction")
+    for ax in axes[:2]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.suptitle(title, fontsize=9)
+    paths = save_figure(fig, path_png)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,150 @@
+"""BOGC's calibrated update: gradient moments -> evidence -> opinions -> fused weights -> update.
+
+Everything works on flat buffers: ``mu`` and ``var`` are ``[S, N]`` for the S sources that
+touch a block of parameters, N = the block's elements, and ``Segments`` says which parameter
+tensor (frame) each element belongs to. No Python loop over dimensions or tensors; with the
+``sign`` frame, one loop over the (few) sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bogc_cli.fusion.evidence import _gauss_legendre, attribution
+
+EVIDENCE = ("relative", "snr")
+FRAMES = ("dims", "sign")
+
+
+@dataclass
+class Segments:
+    """Element -> tensor map of a flat buffer: ``ids`` ``[N]`` (int64), ``sizes`` ``[T]`` (elements per tensor)."""
+
+    ids: torch.Tensor
+    sizes: torch.Tensor
+
+    @classmethod
+    def single(cls, n: int, like: torch.Tensor) -> "Segments":
+        return cls(torch.zeros(n, dtype=torch.long, device=like.device),
+                   torch.tensor([float(n)], dtype=like.dtype, device=like.device))
+
+    @classmethod
+    def from_numels(cls, numels: list[int], like: torch.Tensor) -> "Segments":
+        sizes = torch.tensor(numels, dtype=torch.long, device=like.device)
+        ids = torch.repeat_interleave(torch.arange(len(numels), device=like.device), sizes)
+        return cls(ids, sizes.to(like.dtype))
+
+    @property
+    def count(self) -> int:
+        return int(self.sizes.shape[0])
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., N]`` -> per-tensor sums ``[..., T]``."""
+        out = torch.zeros(*x.shape[:-1], self.count, dtype=x.dtype, device=x.device)
+        return out.index_add_(-1, self.ids, x)
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sum(x) / self.sizes
+
+    def expand(self, v: torch.Tensor) -> torch.Tensor:
+        """``[..., T]`` -> ``[..., N]``."""
+        return v.index_select(-1, self.ids)
+
+
+@dataclass
+class Calibration:
+    """``update`` ``[N]``; ``weights`` ``[S, N]`` (before clipping); ``uncertainty`` ``[T]`` fused u per tensor;
+    ``clipped`` ``[S, N]`` bool (weight above w_max)."""
+
+    update: torch.Tensor
+    weights: torch.Tensor
+    uncertainty: torch.Tensor
+    clipped: torch.Tensor
+
+
+def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = "relative", scale: float = 1.0,
+                eps: float = 1e-8) -> torch.Tensor:
+    """Dimensionless, non-negative evidence ``[S, N]`` from gradient means and variances ``[S, N]``.
+
+    Precision is measured relative to the tensor's mean variance (``eps`` is relative too), so
+    multiplying every gradient by c > 0 leaves the evidence unchanged. An infinite variance
+    gives zero evidence; a tensor whose variances are all zero gives every source equal evidence.
+    """
+    var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"))
+    finite = torch.where(torch.isfinite(var), var, torch.zeros_like(var))
+    ref = seg.mean(finite.mean(dim=0, keepdim=True))                              # [1, T]
+    ref = torch.where(ref > 0, ref, torch.ones_like(ref))
+    ref = seg.expand(ref)                                                           # [1, N]
+    tau = ref / (var + eps * ref)                                                   # dimensionless precision
+    if kind == "relative":
+        mean_tau = seg.mean(tau.mean(dim=0, keepdim=True))                          # over sources and dims
+        return scale * tau / seg.expand(mean_tau).clamp_min(torch.finfo(tau.dtype).tiny)
+    if kind == "snr":
+        return scale * torch.nan_to_num(mu.square() / (var + eps * ref), posinf=torch.finfo(mu.dtype).max / 4)
+    raise ValueError(f"evidence must be one of {EVIDENCE}, not {kind!r}")
+
+
+def _dims_attribution(e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame = a tensor's dimensions. Returns r ``[S, N]`` and fused uncertainty ``[T]``."""
+    strength = seg.sum(e) + seg.sizes                                              # [S, T]
+    b = e / seg.expand(strength)
+    u_t = seg.sizes / strength                                                      # [S, T]
+    u = seg.expand(u_t)
+    r = attribution(b, u)
+    prod_u = u_t.prod(dim=0)                                                        # [T]
+    belief = seg.sum((b + u).prod(dim=0) - seg.expand(prod_u))                     # unnormalised, [T]
+    return r, prod_u / (belief + prod_u)
+
+
+def _sign_attribution(mu: torch.Tensor, e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame = {+, -} per dimension; each source commits its evidence to the sign of its mean."""
+    b = e / (e + 2)
+    u = 2 / (e + 2)
+    sign = mu >= 0
+    x, w = _gauss_legendre(b.shape[0], b)
+    r = torch.empty_like(b)
+    for s in range(b.shape[0]):  # sources are few; dimensions stay vectorised
+        agree = b * (sign == sign[s])
+        terms = x.view(-1, 1, 1) * agree.unsqueeze(0) + u.unsqueeze(0)             # [Q, S, N]
+        others = terms.prod(dim=1) / terms[:, s]                                    # [Q, N]
+        r[s] = b[s] * (w.view(-1, 1) * others).sum(dim=0)
+    prod_u = u.prod(dim=0)
+    pos = (torch.where(sign, b, torch.zeros_like(b)) + u).prod(dim=0) - prod_u
+    neg = (torch.where(sign, torch.zeros_like(b), b) + u).prod(dim=0) - prod_u
+    return r, seg.mean(prod_u / (pos + neg + prod_u))
+
+
+def calibrate_segments(mu: torch.Tensor, var: torch.Tensor, seg: Segments, evidence: str = "relative",
+                       frame: str = "dims", evidence_scale: float = 1.0, w_max: float = 10.0,
+                       norm: str = "none") -> Calibration:
+    """Calibrated update of a block: ``mu``, ``var`` ``[S, N]`` -> ``Calibration`` (update ``[N]``)."""
+    n_src = mu.shape[0]
+    e = evidence_of(mu, var, seg, evidence, evidence_scale)
+    if frame == "dims":
+        r, uncertainty = _dims_attribution(e, seg)
+    elif frame == "sign":
+        r, uncertainty = _sign_attribution(mu, e, seg)
+    else:
+        raise ValueError(f"frame must be one of {FRAMES}, not {frame!r}")
+    total = seg.expand(seg.sum(r.sum(dim=0)))                                      # [N]
+    sizes = seg.expand(seg.sizes)
+    weights = torch.where(total > 0, n_src * sizes * r / total.clamp_min(torch.finfo(r.dtype).tiny),
+                          torch.ones_like(r))                                       # no evidence anywhere: plain sum
+    clipped = weights > w_max
+    update = (weights.clamp(0, w_max) * mu).sum(dim=0)
+    if norm == "match":
+        plain = mu.sum(dim=0)
+        ratio = (seg.sum(plain.square()) / seg.sum(update.square()).clamp_min(torch.finfo(mu.dtype).tiny)).sqrt()
+        update = update * seg.expand(torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio)))
+    elif norm != "none":
+        raise ValueError(f"norm must be 'none' or 'match', not {norm!r}")
+    return Calibration(update, weights, uncertainty, clipped)
+
+
+def calibrate(mu: torch.Tensor, var: torch.Tensor, evidence: str = "relative", frame: str = "dims",
+              evidence_scale: float = 1.0, w_max: float = 10.0) -> torch.Tensor:
+    """Calibrated update of one parameter tensor: ``mu``, ``var`` ``[S, D]`` (S sources) -> ``[D]``."""
+    seg = Segments.single(mu.shape[-1], mu)
+    return calibrate_segments(mu, var, seg, evidence, frame, evidence_scale, w_max).update

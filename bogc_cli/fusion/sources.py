@@ -1,0 +1,87 @@
+"""Per-source gradients in flat buffers, from the model's declared structure.
+
+A *block* is the set of parameter tensors touched by the same sources (encoder m: fused and
+m; fusion head: fused; unimodal head m: m). Each source's flat gradient lists its blocks in a
+fixed order, so one block is one contiguous slice of every source vector that touches it:
+stacking those slices gives the ``[S, N]`` matrix a calibration rule needs, with no copying
+per tensor. Methods that need per-loss gradients (bogc, mmpareto, cggm, ...) use this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from bogc_cli.fusion.calibration import Segments
+from bogc_cli.models.multimodal import MultimodalModel
+
+
+@dataclass
+class Block:
+    """Tensors sharing one source set. ``slices[s]``: where the block lies in source s's flat vector."""
+
+    sources: tuple[str, ...]
+    params: list[nn.Parameter]
+    names: list[str]  # the param groups it came from (for diagnostics)
+    slices: dict[str, slice]
+    segments: Segments
+    numel: int
+
+
+class GradientSources:
+    """Which parameters each loss touches, and their per-source gradients as flat vectors."""
+
+    def __init__(self, model: MultimodalModel):
+        by_sources: dict[tuple[str, ...], tuple[list[nn.Parameter], list[str]]] = {}
+        for group in model.param_groups():
+            params = [p for p in group.params if p.requires_grad]
+            if not params:
+                continue
+            entry = by_sources.setdefault(tuple(group.sources), ([], []))
+            entry[0].extend(params)
+            entry[1].append(group.name)
+        self.sources: list[str] = []
+        for srcs in by_sources:
+            self.sources += [s for s in srcs if s not in self.sources]
+        self.params: dict[str, list[nn.Parameter]] = {s: [] for s in self.sources}
+        offsets = {s: 0 for s in self.sources}
+        like = next(model.parameters())
+        # statistics in float32 at least (bf16/fp16 grads are too coarse for variances), float64 if the model is
+        self.dtype = torch.promote_types(like.dtype, torch.float32)
+        self.blocks: list[Block] = []
+        for srcs, (params, names) in by_sources.items():
+            numel = sum(p.numel() for p in params)
+            slices = {}
+            for s in srcs:
+                slices[s] = slice(offsets[s], offsets[s] + numel)
+                offsets[s] += numel
+                self.params[s].extend(params)
+            seg = Segments.from_numels([p.numel() for p in params], like.detach().to(self.dtype))
+            self.blocks.append(Block(srcs, params, names, slices, seg, numel))
+        self.sizes = offsets
+
+    def gradients(self, losses: dict[str, torch.Tensor], retain_graph: bool = False) -> dict[str, torch.Tensor]:
+        """Flat gradient ``[n_s]`` of each source's loss w.r.t. the parameters it touches (``self.dtype``)."""
+        flats = {}
+        last = len(losses) - 1
+        for i, (s, loss) in enumerate(losses.items()):
+            params = self.params[s]
+            grads = torch.autograd.grad(loss, params, retain_graph=retain_graph or i < last, allow_unused=True)
+            flats[s] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
+                                  for g, p in zip(grads, params)])
+        return flats
+
+    def stack(self, flats: dict[str, torch.Tensor], block: Block) -> torch.Tensor:
+        """``[S, N]``: the block's slice of each of its sources' flat vectors."""
+        return torch.stack([flats[s][block.slices[s]] for s in block.sources])
+
+    @staticmethod
+    def assign(block: Block, update: torch.Tensor) -> None:
+        """Write a flat update ``[N]`` into the block's ``p.grad``."""
+        offset = 0
+        for p in block.params:
+            n = p.numel()
+            p.grad = update[offset:offset + n].view_as(p).to(p.dtype)
+            offset += n
