@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# BOGC ablation (docs/ablation.md): joint, uniform, bogc at defaults and one variant per
+# reconstructed choice, 3 seeds each, on avdigits and mfeat weak3; then the report.
+#   bash benchmarks/bogc_ablation.sh [RESULTS_DIR] [DATASETS]
+# Needs the prepared caches data/avdigits and data/mfeat (see README).
+set -euo pipefail
+out=${1:-results/ablation}
+datasets=${2:-"mfeat avdigits"}
+for d in $datasets; do
+  common=(--out "$out" --set experiment=ablation)
+  bogc train "recipes/$d/joint.yaml" "${common[@]}"
+  bogc train "recipes/$d/uniform.yaml" "${common[@]}"
+  bogc train "recipes/$d/bogc.yaml" "${common[@]}"
+  bogc train "recipes/$d/bogc.yaml" "${common[@]}" --set method.moments=ema --set method.tag=ema
+  bogc train "recipes/$d/bogc.yaml" "${common[@]}" --set method.evidence=snr --set method.tag=snr
+  bogc train "recipes/$d/bogc.yaml" "${common[@]}" --set method.frame=sign --set method.tag=sign
+  bogc train "recipes/$d/bogc.yaml" "${common[@]}" --set method.single_source=calibrate --set method.tag=calibrate1
+done
+bogc report "$out"
