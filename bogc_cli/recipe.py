@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -230,53 +231,53 @@ def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
     return recipe
 
 
-def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel], prefix: str = "") -> str:
-    """One readable message for all problems, each naming its key and what is valid."""
+def format_validation_error(exc: ValidationError, source: str, schema: type[BaseModel], prefix: str = "",
+                            context: str = "", extra_keys: tuple[str, ...] = ()) -> str:
+    """One readable message for all problems, each naming its key and what is valid.
+
+    ``prefix``: the block the schema validates (``method``); ``context``: words after the key
+    (`` for method 'joint'``); ``extra_keys``: keys valid at the top of the block besides the schema's.
+    """
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = ".".join([prefix, *loc] if prefix else loc)
+        path = [prefix, *loc] if prefix else loc
+        key = ".".join(path)
         if err["type"] == "extra_forbidden":
-            valid = _valid_keys(schema, loc[:-1])
+            valid = (list(extra_keys) if len(loc) == 1 else []) + _valid_keys(schema, loc[:-1])
             hint = difflib.get_close_matches(loc[-1], valid, n=1)
-            did = f" (did you mean {'.'.join([*([prefix] if prefix else []), *loc[:-1], hint[0]])}?)" if hint else ""
-            lines.append(f"unknown key {key!r}{did}; valid keys here: {', '.join(valid)}")
+            did = f" (did you mean {'.'.join([*path[:-1], hint[0]])}?)" if hint else ""
+            lines.append(f"unknown key {key!r}{context}{did}; valid keys here: {', '.join(valid)}")
         elif err["type"] == "missing":
-            lines.append(f"missing required key {key!r}")
+            lines.append(f"missing required key {key!r}{context}")
         else:
-            got = err.get("input")
-            lines.append(f"{key}: {err['msg']} (got {got!r})")
+            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
     head = f"{source}: " if len(lines) == 1 else f"{source}: {len(lines)} problems:\n  - "
     return head + "\n  - ".join(lines)
 
 
 def _valid_keys(schema: type[BaseModel], loc: list[str]) -> list[str]:
-    model = schema
+    """Field names of the block at ``loc`` (looking through ``dict[str, Block]`` fields)."""
+    model: type[BaseModel] | None = schema
+    keyed = False  # the previous part was a dict field: this part is a free key
     for part in loc:
-        field = model.model_fields.get(part)
+        if keyed:
+            keyed = False
+            continue
+        field = model.model_fields.get(part) if model else None
         ann = getattr(field, "annotation", None)
+        args = typing.get_args(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
+        elif typing.get_origin(ann) is dict and args and isinstance(args[1], type) and issubclass(args[1], BaseModel):
+            model, keyed = args[1], True
         else:
             return []
-    return list(model.model_fields)
+    return list(model.model_fields) if model else []
 
 
 def options_error(source: str, block: str, exc: ValidationError, schema: type[BaseModel], choice: str,
                   common: list[str]) -> UserError:
     """A message for a dataset or method option problem, listing the common and the choice's keys."""
-    lines = []
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
-        key = ".".join([block, *loc])
-        if err["type"] == "extra_forbidden":
-            valid = common + list(schema.model_fields)
-            hint = difflib.get_close_matches(loc[-1], valid, n=1)
-            did = f" (did you mean {block}.{hint[0]}?)" if hint else ""
-            lines.append(f"unknown key {key!r} for {block} {choice!r}{did}; valid keys: {', '.join(valid)}")
-        elif err["type"] == "missing":
-            lines.append(f"missing required key {key!r} for {block} {choice!r}")
-        else:
-            lines.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-    head = f"{source}: " if len(lines) == 1 else f"{source}: {len(lines)} problems:\n  - "
-    return UserError(head + "\n  - ".join(lines))
+    return UserError(format_validation_error(exc, source, schema, prefix=block, context=f" for {block} {choice!r}",
+                                             extra_keys=tuple(common)))

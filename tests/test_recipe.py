@@ -80,3 +80,14 @@ def test_resolved_recipe_is_valid_again(tmp_path):
     assert resolved.dataset_options()["n_train"] == 3000  # defaults filled in
     again = validate_recipe(resolved.to_dict())
     assert again.to_dict() == resolved.to_dict()
+
+
+def test_nested_synthetic_keys_are_named_and_merged():
+    with pytest.raises(UserError, match=r"dataset.specs.audio.snrr.*did you mean dataset.specs.audio.snr.*"
+                                        r"valid keys here: kind, shape, informative, snr"):
+        load(["dataset.specs.audio.snrr=3"])
+    from bogc_cli.data.synthetic import SyntheticOptions
+
+    specs = SyntheticOptions.model_validate(load(["dataset.specs.audio.snr=3"]).dataset_options()).specs
+    assert specs["audio"].snr == 3.0 and specs["audio"].shape == [1, 32, 32]  # other fields keep defaults
+    assert set(specs) == {"audio", "image", "vector"}

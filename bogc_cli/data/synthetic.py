@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, class_counts
 from bogc_cli.recipe import Kind, StrictModel
@@ -43,7 +43,20 @@ class SyntheticOptions(StrictModel):
     n_test: int = Field(1000, gt=0)
     data_seed: int = 0
     specs: dict[str, SyntheticModality] = Field(default_factory=_default_modalities,
-                                                description="modality name -> kind, shape, informative, snr")
+                                                description="modality name -> kind, shape, informative, snr; "
+                                                "merged over the defaults (audio, image, vector)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_specs(cls, data):
+        """``specs.audio.snr: 2`` changes one field of the default audio modality, keeping the rest;
+        a new name adds a modality. Choose a subset with ``dataset.modalities``."""
+        if isinstance(data, dict) and isinstance(data.get("specs"), dict):
+            merged = {m: s.model_dump() for m, s in _default_modalities().items()}
+            for m, given in data["specs"].items():
+                merged[m] = {**merged.get(m, {}), **given} if isinstance(given, dict) else given
+            data = {**data, "specs": merged}
+        return data
 
 
 def _smooth_patterns(rng: np.random.Generator, n: int, shape: list[int], kind: str) -> np.ndarray:

@@ -129,7 +129,9 @@ class BOGC(Method):
             state["m1"].mul_(beta).add_(g, alpha=1 - beta)
             state["m2"].mul_(beta).addcmul_(g, g, value=1 - beta)
             m1, m2 = state["m1"] / correction, state["m2"] / correction
-            var[s] = (m2 - m1 * m1).clamp_min(0)
+            # one sample has no variance: E[g^2] - E[g]^2 is exactly 0 there, but in floating point it is
+            # rounding noise (~1e-16 g^2, in some dimensions only) that would become evidence
+            var[s] = (m2 - m1 * m1).clamp_min(0) if self.ema_steps > 1 else torch.zeros_like(g)
         total = sum(v.detach().float() for v in losses.values())
         return flats, var, out.fused_logits.detach(), total, {s: v.detach().float() for s, v in losses.items()}
 
