@@ -75,6 +75,7 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
     var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"))
     finite = torch.where(torch.isfinite(var), var, torch.zeros_like(var))
     ref = seg.mean(finite.mean(dim=0, keepdim=True))                              # [1, T]
+    known = seg.expand(ref > 0)                                                     # some variance in the tensor
     ref = torch.where(ref > 0, ref, torch.ones_like(ref))
     ref = seg.expand(ref)                                                           # [1, N]
     tau = ref / (var + eps * ref)                                                   # dimensionless precision
@@ -82,7 +83,9 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
         mean_tau = seg.mean(tau.mean(dim=0, keepdim=True))                          # over sources and dims
         return scale * tau / seg.expand(mean_tau).clamp_min(torch.finfo(tau.dtype).tiny)
     if kind == "snr":
-        return scale * torch.nan_to_num(mu.square() / (var + eps * ref), posinf=torch.finfo(mu.dtype).max / 4)
+        snr = torch.nan_to_num(mu.square() / (var + eps * ref), posinf=torch.finfo(mu.dtype).max / 4)
+        # no variance anywhere in the tensor: no scale to measure it against, so equal evidence (as relative)
+        return scale * torch.where(known, snr, torch.isfinite(var).to(snr.dtype))
     raise ValueError(f"evidence must be one of {EVIDENCE}, not {kind!r}")
 
 
