@@ -6,7 +6,3 @@ class UserError(Exception):
 
     The message must name the thing at fault (key, file, option) and say how to fix it.
     """
-
-
-def user_error(message: str) -> UserError:
-    return UserError(message)

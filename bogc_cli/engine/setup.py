@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bogc_cli.data.bundle import DataBundle, dataset_root, load_data, requested_modalities
+from bogc_cli.data.bundle import DataBundle, dataset_root, load_data
 from bogc_cli.errors import UserError
 from bogc_cli.fusion import Method, method_class, method_label, method_options
 from bogc_cli.models.build import build_model
@@ -56,4 +56,4 @@ def resolved_recipe(recipe: Recipe) -> Recipe:
     return Recipe.model_validate(data)
 
 
-__all__ = ["RunParts", "build_parts", "requested_modalities", "resolved_recipe", "run_dir_for"]
+__all__ = ["RunParts", "build_parts", "resolved_recipe", "run_dir_for"]

@@ -22,7 +22,7 @@ from rich.console import Console
 from bogc_cli import __version__
 from bogc_cli.atomic import write_json, write_text
 from bogc_cli.data.loader import make_loader, to_device
-from bogc_cli.engine.checkpoint import save_checkpoint
+from bogc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
@@ -120,8 +120,6 @@ def train_run(recipe: Recipe, console: Console) -> RunResult:
             progress.epoch_done(record)
 
     method.on_train_end(run_dir, records)
-    from bogc_cli.engine.checkpoint import load_checkpoint
-
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     test_loader = make_loader(parts.data.splits["test"], cfg.eval_batch_size, shuffle=False)
     test = evaluate_predictions(predict(model, test_loader, device, autocast), parts.data.classes)
