@@ -259,3 +259,17 @@ def test_duplicate_runs_and_several_experiments(tmp_path: Path) -> None:
     assert len(warnings) == 1 and str(copy) in warnings[0]
     assert names["a_accuracy"].cells().loc["bogc", "avmnist"] == "0.900"
     assert names["b_accuracy"].cells().loc["bogc", "avmnist"] == "0.800"
+
+
+def test_validation_accuracy_table_only_when_recorded(tmp_path: Path) -> None:
+    from bogc_cli.report.aggregate import find_runs
+    from bogc_cli.report.tables import build_tables
+
+    for seed, (val, test) in enumerate([(0.80, 0.70), (0.90, 0.72)]):
+        write_run(tmp_path, "d", "bogc", seed, test, val_accuracy=val)
+    tables = {t.name: t for t in build_tables(find_runs(tmp_path), pd.DataFrame())}
+    assert "0.850 ± 0.071" in tables["val_accuracy"].to_markdown()
+    assert "0.710 ± 0.014" in tables["accuracy"].to_markdown()
+    other = tmp_path / "other"
+    write_run(other, "d", "joint", 0, 0.5)
+    assert "val_accuracy" not in {t.name for t in build_tables(find_runs(other), pd.DataFrame())}

@@ -4,6 +4,8 @@ Tables built from a results tree:
 
 * ``accuracy``   rows = methods, columns = datasets, test accuracy at the best-validation epoch;
 * ``macro_f1``   same layout, macro-averaged F1;
+* ``val_accuracy``  same layout, the best validation accuracy (what model selection and the
+  choice of defaults may look at; test must not be tuned on);
 * ``unimodal``   rows = methods, columns = ``<dataset>/<modality>``, accuracy of each modality's
   own head (the imbalance signal);
 * ``robustness_<dataset>``  rows = ``method / missing modality``, columns = missing rates;
@@ -188,7 +190,10 @@ class Table:
 
 def accuracy_table(runs: pd.DataFrame, metric: str = "accuracy") -> Table | None:
     """Rows = methods, columns = datasets; ``metric`` is ``"accuracy"`` or ``"macro_f1"``."""
-    label = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1"}.get(metric, metric)
+    if metric not in runs or runs[metric].isna().all():
+        return None
+    label = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1",
+             "val_accuracy": "Validation accuracy"}.get(metric, metric)
     title = f"{label} at the best-validation epoch (mean ± std over seeds)"
     return Table.from_values(metric, title, runs, metric, ["method"], "dataset")
 
@@ -242,7 +247,8 @@ def robustness_tables(missing: pd.DataFrame) -> list[Table]:
 def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]:
     """All tables for the runs of one experiment."""
     tables = [
-        accuracy_table(runs, "accuracy"), accuracy_table(runs, "macro_f1"), unimodal_table(runs)
+        accuracy_table(runs, "accuracy"), accuracy_table(runs, "macro_f1"), accuracy_table(runs, "val_accuracy"),
+        unimodal_table(runs),
     ]
     return [t for t in tables if t is not None] + robustness_tables(missing)
 
