@@ -40,7 +40,7 @@ VARIANTS = {
     "bogc": ("bogc", {}),
     "bogc-chunks2": ("bogc", {"chunks": 2}),
     "bogc-ema": ("bogc", {"moments": "ema"}),
-    "bogc-snr": ("bogc", {"evidence": "snr"}),
+    "bogc-relative": ("bogc", {"evidence": "relative"}),
     "bogc-sign": ("bogc", {"frame": "sign"}),
     "bogc-calibrate1": ("bogc", {"single_source": "calibrate"}),
     "bogc-norm": ("bogc", {"norm": "match"}),

@@ -8,7 +8,7 @@ dimension. Only the paper's abstract is public: docs/method.md separates what it
 from this project's reconstruction, and every reconstructed choice is an option here.
 
 Options (``method.*``): ``moments`` (microbatch | ema), ``chunks`` (4), ``beta`` (0.9),
-``evidence`` (relative | snr), ``evidence_scale`` (1.0), ``frame`` (dims | sign),
+``evidence`` (snr | relative), ``evidence_scale`` (1.0), ``frame`` (dims | sign),
 ``w_max`` (10), ``single_source`` (plain | calibrate), ``norm`` (none | match).
 """
 
@@ -34,7 +34,9 @@ class BOGCOptions(StrictModel):
     moments: Literal["microbatch", "ema"] = Field("microbatch", description="how gradient mean/variance are estimated")
     chunks: int = Field(4, ge=2, description="microbatch: chunks per batch (per process under DDP)")
     beta: float = Field(0.9, gt=0, lt=1, description="ema: decay of the moving moments")
-    evidence: Literal["relative", "snr"] = "relative"
+    evidence: Literal["relative", "snr"] = Field(
+        "snr", description="snr: mu^2 / var per dimension (chosen on validation, docs/ablation.md); "
+        "relative: precision over the tensor's mean precision")
     evidence_scale: float = Field(1.0, gt=0, description="lambda: how much uncertainty mass remains")
     frame: Literal["dims", "sign"] = "dims"
     w_max: float = Field(10.0, gt=0, description="clip of the per-dimension weights")
