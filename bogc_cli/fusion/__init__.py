@@ -9,11 +9,12 @@ from bogc_cli.fusion.base import Method, StepContext, StepResult
 from bogc_cli.fusion.bogc import BOGC
 from bogc_cli.fusion.joint import Joint
 from bogc_cli.fusion.mmpareto import MMPareto
+from bogc_cli.fusion.ogm_ge import OGMGE
 from bogc_cli.fusion.uniform import Uniform
 from bogc_cli.fusion.unimodal import Unimodal
 from bogc_cli.recipe import MethodBlock, Recipe, StrictModel, options_error
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Joint, Uniform, Unimodal, BOGC, MMPareto)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Joint, Uniform, Unimodal, BOGC, MMPareto, OGMGE)}
 
 
 def method_class(name: str) -> type[Method]:
