@@ -12,9 +12,8 @@ from bogc_cli.data.loader import make_loader
 from bogc_cli.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.runtime import autocast_factory, pick_device
-from bogc_cli.engine.setup import RunParts, build_parts
+from bogc_cli.engine.setup import RunParts, build_parts, run_identity
 from bogc_cli.errors import UserError
-from bogc_cli.fusion import method_label
 from bogc_cli.recipe import Recipe, validate_recipe
 
 
@@ -58,8 +57,7 @@ def evaluate_run(run: LoadedRun, split: str = "test") -> tuple[dict, Path]:
     """Evaluate on ``split``; write eval.json (best.pt on test) or eval-<ckpt>-<split>.json; return (result, path)."""
     result = evaluate_predictions(predict(run.model, run.loader(split), run.device, run.autocast),
                                   run.parts.data.classes)
-    result = {"experiment": run.recipe.experiment, "dataset": run.recipe.dataset_label(),
-              "method": method_label(run.recipe), "seed": run.recipe.seed, "split": split,
+    result = {**run_identity(run.recipe), "split": split,
               "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result}
     if split == "test" and run.checkpoint.name == "best.pt":
         path = run.run_dir / "eval.json"

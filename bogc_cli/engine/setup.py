@@ -26,6 +26,12 @@ def run_dir_for(recipe: Recipe, seed: int | None = None) -> Path:
     return Path(recipe.output.dir) / recipe.experiment / recipe.dataset_label() / method_label(recipe) / f"seed{seed}"
 
 
+def run_identity(recipe: Recipe) -> dict:
+    """The keys that identify a run in eval.json and in reports."""
+    return {"experiment": recipe.experiment, "dataset": recipe.dataset_label(), "method": method_label(recipe),
+            "seed": recipe.seed}
+
+
 def build_parts(recipe: Recipe) -> RunParts:
     """Load the data the method needs and build the model; refuse impossible combinations first."""
     cls = method_class(recipe.method.name)
@@ -56,4 +62,4 @@ def resolved_recipe(recipe: Recipe) -> Recipe:
     return Recipe.model_validate(data)
 
 
-__all__ = ["RunParts", "build_parts", "resolved_recipe", "run_dir_for"]
+__all__ = ["RunParts", "build_parts", "resolved_recipe", "run_dir_for", "run_identity"]

@@ -27,7 +27,7 @@ from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
-from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for
+from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for, run_identity
 from bogc_cli.fusion import StepContext, method_label
 from bogc_cli.recipe import Recipe
 
@@ -125,8 +125,7 @@ def train_run(recipe: Recipe, console: Console) -> RunResult:
     test = evaluate_predictions(predict(model, test_loader, device, autocast), parts.data.classes)
     seconds = time.perf_counter() - started
     summary = {
-        "experiment": resolved.experiment, "dataset": resolved.dataset_label(), "method": method_label(resolved),
-        "seed": seed, "split": "test", "checkpoint": "best.pt", "epoch": best_epoch, **test,
+        **run_identity(resolved), "split": "test", "checkpoint": "best.pt", "epoch": best_epoch, **test,
         "val_accuracy": best_acc,
         "step_time_ms_median": statistics.median(all_step_ms) if all_step_ms else float("nan"),
         "epoch_time_s_mean": statistics.fmean(r["epoch_time_s"] for r in records),

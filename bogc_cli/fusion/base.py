@@ -126,6 +126,13 @@ class Method:
     def fused_loss(self, out: Outputs, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.fused_logits.float(), labels)
 
+    def source_losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``L_0`` and every unimodal ``L_m``, keyed by gradient source (``fused``, modality names)."""
+        losses = {FUSED: self.fused_loss(out, labels)}
+        for m, logits in out.unimodal_logits.items():
+            losses[m] = F.cross_entropy(logits.float(), labels)
+        return losses
+
     def probe_losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Train each unimodal head on *detached* features: it measures, without steering, how
         much each encoder has learnt (the imbalance signal) when the method itself does not use

@@ -18,15 +18,13 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from pydantic import Field
 
 from bogc_cli.data.loader import Batch
 from bogc_cli.fusion import calibration
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import calibrate  # noqa: F401  (public: bogc_cli.fusion.bogc.calibrate)
-from bogc_cli.fusion.sources import GradientSources
-from bogc_cli.models.multimodal import FUSED
+from bogc_cli.fusion.sources import GradientSources, all_reduce_flat
 from bogc_cli.recipe import StrictModel
 
 
@@ -63,10 +61,7 @@ class BOGC(Method):
 
     # ----------------------------------------------------------------- losses
     def losses(self, out, labels):
-        losses = {FUSED: self.fused_loss(out, labels)}
-        for m, logits in out.unimodal_logits.items():
-            losses[m] = F.cross_entropy(logits.float(), labels)
-        return {s: losses[s] for s in self.sources.sources}
+        return self.source_losses(out, labels)
 
     def _forward(self, inputs, labels):
         with self.ctx.autocast():
@@ -82,7 +77,7 @@ class BOGC(Method):
         zeros = dict(device=self.ctx.device, dtype=self.sources.dtype)
         sums = {s: torch.zeros(n, **zeros) for s, n in self.sources.sizes.items()}
         squares = {s: torch.zeros(n, **zeros) for s, n in self.sources.sizes.items()}
-        logits, loss_total, loss_parts = [], 0.0, {}
+        logits, loss_parts = [], {}
         for idx in index:
             out, losses = self._forward({m: x[idx] for m, x in batch.inputs.items()}, batch.labels[idx])
             flats = self.sources.gradients(losses)
@@ -90,38 +85,26 @@ class BOGC(Method):
                 sums[s] += g
                 squares[s] += g * g
             logits.append(out.fused_logits.detach())
-            loss_total = loss_total + sum(v.detach().float() for v in losses.values()) / k
             for s, v in losses.items():
                 loss_parts[s] = loss_parts.get(s, 0.0) + v.detach().float() / k
         count = torch.tensor(float(k), **zeros)
-        if _world() > 1:
+        if _world() > 1:  # one collective per step, not one per tensor
             order = list(sums)
-            flat = torch.cat([sums[s] for s in order] + [squares[s] for s in order] + [count.view(1)])
-            dist.all_reduce(flat)  # one collective per step, not one per tensor
-            pos = 0
-            for store in (sums, squares):
-                for s in order:
-                    n = store[s].numel()
-                    store[s] = flat[pos:pos + n]
-                    pos += n
-            count = flat[-1]
+            *reduced, count = all_reduce_flat([sums[s] for s in order] + [squares[s] for s in order] + [count.view(1)])
+            sums = dict(zip(order, reduced[:len(order)]))
+            squares = dict(zip(order, reduced[len(order):]))
+            count = count[0]
         mu = {s: sums[s] / count for s in sums}
         # unbiased variance of the chunk gradients, divided by K: the variance of their mean
         var = {s: ((squares[s] - count * mu[s] * mu[s]) / (count - 1)).clamp_min(0) / count for s in sums}
-        return mu, var, torch.cat(logits), loss_total, loss_parts
+        return mu, var, torch.cat(logits), sum(loss_parts.values()), loss_parts
 
     def _ema_moments(self, batch: Batch):
         out, losses = self._forward(batch.inputs, batch.labels)
         flats = self.sources.gradients(losses)
         if _world() > 1:
             order = list(flats)
-            flat = torch.cat([flats[s] for s in order])
-            dist.all_reduce(flat)
-            flat /= _world()
-            pos = 0
-            for s in order:
-                flats[s] = flat[pos:pos + flats[s].numel()]
-                pos += flats[s].numel()
+            flats = {s: g / _world() for s, g in zip(order, all_reduce_flat([flats[s] for s in order]))}
         beta = self.options.beta
         self.ema_steps += 1
         correction = 1 - beta ** self.ema_steps
@@ -134,8 +117,8 @@ class BOGC(Method):
             # one sample has no variance: E[g^2] - E[g]^2 is exactly 0 there, but in floating point it is
             # rounding noise (~1e-16 g^2, in some dimensions only) that would become evidence
             var[s] = (m2 - m1 * m1).clamp_min(0) if self.ema_steps > 1 else torch.zeros_like(g)
-        total = sum(v.detach().float() for v in losses.values())
-        return flats, var, out.fused_logits.detach(), total, {s: v.detach().float() for s, v in losses.items()}
+        parts = {s: v.detach().float() for s, v in losses.items()}
+        return flats, var, out.fused_logits.detach(), sum(parts.values()), parts
 
     # ----------------------------------------------------------------- step
     def step(self, batch: Batch) -> StepResult:

@@ -70,10 +70,7 @@ class MMPareto(Method):
         self.sources = GradientSources(model)
 
     def losses(self, out, labels):
-        losses = {FUSED: self.fused_loss(out, labels)}
-        for m, logits in out.unimodal_logits.items():
-            losses[m] = F.cross_entropy(logits.float(), labels)
-        return {s: losses[s] for s in self.sources.sources}
+        return self.source_losses(out, labels)
 
     def step(self, batch: Batch) -> StepResult:
         self.ctx.optimizer.zero_grad(set_to_none=True)

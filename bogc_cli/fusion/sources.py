@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from bogc_cli.fusion.calibration import Segments
@@ -28,6 +29,13 @@ class Block:
     slices: dict[str, slice]
     segments: Segments
     numel: int
+
+
+def all_reduce_flat(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum 1-D tensors across processes in one collective; returns them in the same order and sizes."""
+    flat = torch.cat(tensors)
+    dist.all_reduce(flat)
+    return list(flat.split([t.numel() for t in tensors]))
 
 
 class GradientSources:
