@@ -278,6 +278,7 @@ def list_() -> None:
         opts = ", ".join(f"{k}={f.default if not f.is_required() else '<required>'}"
                          for k, f in cls.Options.model_fields.items())
         mods = f">= {cls.min_modalities}" + (f", <= {cls.max_modalities}" if cls.max_modalities else "")
+        mods += f"; {cls.modality_note}" if cls.modality_note else ""
         t.add_row(name, opts or "-", mods, cls.summary)
     console.print(t)
 

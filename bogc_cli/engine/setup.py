@@ -46,6 +46,7 @@ def build_parts(recipe: Recipe) -> RunParts:
         data = load_data(recipe, use=used)
     model = build_model(recipe.model, data.modalities, data.num_classes,
                         all_modalities=list(data.manifest.modalities))
+    cls.adapt_model(options, model)
     return RunParts(data, model, cls, options)
 
 

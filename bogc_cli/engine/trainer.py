@@ -21,6 +21,7 @@ from rich.console import Console
 
 from bogc_cli import __version__
 from bogc_cli.atomic import write_json, write_text
+from bogc_cli.data.cache import SplitArrays, carve_validation
 from bogc_cli.data.loader import make_loader, to_device
 from bogc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
@@ -82,14 +83,18 @@ def train_run(recipe: Recipe, console: Console) -> RunResult:
 
     cfg = resolved.train
     pin = device.type == "cuda"
-    train_loader = make_loader(parts.data.splits["train"], cfg.batch_size, shuffle=True, seed=seed,
+    train_split, holdout_split = _holdout(parts, resolved)
+    train_loader = make_loader(train_split, cfg.batch_size, shuffle=True, seed=seed,
                                num_workers=cfg.num_workers, pin_memory=pin)
+    holdout_loader = None if holdout_split is None else make_loader(
+        holdout_split, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
     val_loader = make_loader(parts.data.splits["val"], cfg.eval_batch_size, shuffle=False,
                              num_workers=cfg.num_workers, pin_memory=pin)
     optimizer = build_optimizer(model.parameters(), resolved.optim)
     scheduler = build_scheduler(optimizer, resolved.optim, cfg.epochs)
     autocast = autocast_factory(device, cfg.precision)
-    ctx = StepContext(device=device, optimizer=optimizer, autocast=autocast, grad_clip=resolved.optim.grad_clip)
+    ctx = StepContext(device=device, optimizer=optimizer, autocast=autocast, grad_clip=resolved.optim.grad_clip,
+                      holdout=holdout_loader)
     method = parts.method_cls(parts.options, model, ctx)
     recipe_dict = resolved.to_dict()
     info = data_info(parts)
@@ -131,9 +136,21 @@ def train_run(recipe: Recipe, console: Console) -> RunResult:
         "epoch_time_s_mean": statistics.fmean(r["epoch_time_s"] for r in records),
         "peak_memory_mb": max(r["peak_memory_mb"] for r in records),
         "train_seconds": seconds,
+        "train_rows": len(train_split),
+        "holdout_rows": 0 if holdout_split is None else len(holdout_split),
     }
     write_json(run_dir / "eval.json", summary)
     return RunResult(run_dir, seed, best_epoch, best_acc, summary, seconds)
+
+
+def _holdout(parts, recipe: Recipe) -> tuple[SplitArrays, SplitArrays | None]:
+    """(rows to train on, rows held out of train for the method) -- never val or test rows."""
+    train = parts.data.splits["train"]
+    fraction = parts.method_cls.holdout_fraction(parts.options)
+    if fraction <= 0:
+        return train, None
+    keep, held = carve_validation(train.labels, fraction, recipe.dataset.split_seed)
+    return train.subset(keep), train.subset(held)
 
 
 def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress) -> tuple[dict, list[float]]:

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import importlib
+
 from pydantic import ValidationError
 
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepContext, StepResult
-from bogc_cli.fusion.bogc import BOGC
-from bogc_cli.fusion.joint import Joint
-from bogc_cli.fusion.mmpareto import MMPareto
-from bogc_cli.fusion.ogm_ge import OGMGE
-from bogc_cli.fusion.uniform import Uniform
-from bogc_cli.fusion.unimodal import Unimodal
 from bogc_cli.recipe import MethodBlock, Recipe, StrictModel, options_error
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Joint, Uniform, Unimodal, BOGC, MMPareto, OGMGE)}
+# One module per method, each exporting ``METHOD`` (its Method subclass); this order is `bogc list`'s.
+METHOD_MODULES = ("joint", "uniform", "unimodal", "bogc", "ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm",
+                  "gblending", "mla", "i2m2", "mimo")
+
+
+def _load_methods() -> dict[str, type[Method]]:
+    methods = {}
+    for module in METHOD_MODULES:
+        try:
+            cls = importlib.import_module(f"bogc_cli.fusion.{module}").METHOD
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bogc_cli.fusion.{module}":
+                raise
+            continue  # a method still being written; test_all_methods_registered catches a lasting gap
+        methods[cls.name] = cls
+    return methods
+
+
+METHODS: dict[str, type[Method]] = _load_methods()
 
 
 def method_class(name: str) -> type[Method]:
@@ -34,7 +48,10 @@ def method_options(recipe: Recipe, source: str = "recipe") -> StrictModel:
 def validate_method_options(recipe: Recipe, source: str) -> None:
     if recipe.method.name not in METHODS:
         raise UserError(f"{source}: method.name {recipe.method.name!r} is not a method; valid: {', '.join(METHODS)}")
-    method_options(recipe, source)
+    options = method_options(recipe, source)
+    reason = METHODS[recipe.method.name].check_config(options, recipe)
+    if reason:
+        raise UserError(f"{source}: {reason}")
 
 
 def method_label(recipe: Recipe) -> str:

@@ -35,6 +35,7 @@ class StepContext:
     autocast: Callable[[], AbstractContextManager] = nullcontext
     grad_clip: float | None = None
     epoch: int = 0
+    holdout: Any = None  # DataLoader over the held-out part of train, for methods that ask for one
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,6 +54,7 @@ class Method:
     Options: ClassVar[type[StrictModel]] = NoOptions
     min_modalities: ClassVar[int] = 1
     max_modalities: ClassVar[int | None] = None
+    modality_note: ClassVar[str] = ""  # how the rule extends past the paper's modality count, for `bogc list`
 
     def __init__(self, options: StrictModel, model: MultimodalModel, ctx: StepContext):
         self.options = options
@@ -79,6 +81,25 @@ class Method:
             return (f"method {cls.name!r} is defined for at most {cls.max_modalities} modalities, the run has {m} "
                     f"({', '.join(modalities)}); choose fewer with dataset.modalities or dataset.preset")
         return None
+
+    @classmethod
+    def check_config(cls, options: StrictModel, recipe) -> str | None:
+        """Return a reason this method cannot run with the recipe's model/optim settings, or None.
+
+        Runs at recipe validation, before any data is read or any training starts."""
+        return None
+
+    @classmethod
+    def adapt_model(cls, options: StrictModel, model: MultimodalModel) -> None:
+        """Change the model's structure or prediction rule for this method, in place.
+
+        Called whenever a run's model is built (training, ``eval``, ``missing-modality``), before
+        weights are loaded, so a checkpoint always meets the model it was trained as."""
+
+    @classmethod
+    def holdout_fraction(cls, options: StrictModel) -> float:
+        """Fraction of the train split held out from training and lent as ``ctx.holdout`` (0: none)."""
+        return 0.0
 
     # ------------------------------------------------------------ training
     def losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -180,3 +180,6 @@ class BOGC(Method):
         from bogc_cli.report.plots import plot_bogc_diagnostics
 
         plot_bogc_diagnostics(records, run_dir / "bogc_diagnostics.png", title=f"BOGC diagnostics: {run_dir}")
+
+
+METHOD = BOGC

@@ -12,3 +12,6 @@ class Joint(Method):
 
     def losses(self, out, labels):
         return {FUSED: self.fused_loss(out, labels), **self.probe_losses(out, labels)}
+
+
+METHOD = Joint

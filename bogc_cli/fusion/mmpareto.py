@@ -95,3 +95,6 @@ class MMPareto(Method):
         logs.update({f"loss.{k}": v.detach() for k, v in losses.items()})
         total = torch.stack([v.detach().float() for v in losses.values()]).sum()
         return StepResult(total, out.fused_logits.detach(), logs)
+
+
+METHOD = MMPareto

@@ -91,3 +91,6 @@ class OGMGE(Method):
         logs = {f"ogm.k.{m}": v for m, v in k.items()}
         logs.update({f"ogm.rho.{m}": v for m, v in rho.items()})
         return logs
+
+
+METHOD = OGMGE

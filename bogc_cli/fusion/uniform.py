@@ -14,3 +14,6 @@ class Uniform(Method):
 
     def losses(self, out, labels):
         return self.source_losses(out, labels)
+
+
+METHOD = Uniform

@@ -35,3 +35,6 @@ class Unimodal(Method):
 
     def losses(self, out, labels):
         return {FUSED: self.fused_loss(out, labels), **self.probe_losses(out, labels)}
+
+
+METHOD = Unimodal

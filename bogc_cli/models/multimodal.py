@@ -46,6 +46,13 @@ class ParamGroup:
     params: tuple[nn.Parameter, ...]
 
 
+def product_of_experts(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Normalised product of experts: ``log_softmax(sum_k log_softmax(logits_k))``, each ``[B, C]`` -> ``[B, C]``.
+
+    The result is a log-probability vector, so it is its own logits (cross-entropy and argmax apply)."""
+    return torch.log_softmax(torch.stack([torch.log_softmax(x.float(), dim=1) for x in logits]).sum(0), dim=1)
+
+
 class MultimodalModel(nn.Module):
     """One encoder per modality, a fusion head, and one unimodal head per modality.
 
@@ -72,6 +79,9 @@ class MultimodalModel(nn.Module):
         for m, d in zip(self.modalities, dims):
             self.register_buffer(f"feature_mean_{m}", torch.zeros(d))
         self.feature_momentum = 0.1
+        # "fusion": the fusion head's logits; "product-of-experts": log softmax of the fusion head plus
+        # every unimodal head, renormalised (I2M2). Set by a method's adapt_model, not by the recipe.
+        self.prediction = "fusion"
 
     # ------------------------------------------------------------------ structure
     def param_groups(self) -> list[ParamGroup]:
@@ -79,7 +89,8 @@ class MultimodalModel(nn.Module):
                   for m in self.modalities]
         fusion_sources = (FUSED, *self.modalities) if self.slice_unimodal else (FUSED,)
         groups.append(ParamGroup("fusion_head", "fusion", None, fusion_sources, tuple(self.fusion_head.parameters())))
-        groups += [ParamGroup(f"head:{m}", "unimodal_head", m, (m,), tuple(h.parameters()))
+        head_sources = (lambda m: (FUSED, m)) if self.prediction == "product-of-experts" else (lambda m: (m,))
+        groups += [ParamGroup(f"head:{m}", "unimodal_head", m, head_sources(m), tuple(h.parameters()))
                    for m, h in self.unimodal_heads.items()]
         return groups
 
@@ -121,6 +132,8 @@ class MultimodalModel(nn.Module):
             uni = dict(zip(self.modalities, self.fusion_head.slice_logits(ordered)))
         else:
             uni = {m: self.unimodal_heads[m](feats[m]) for m in self.modalities}
+        if self.prediction == "product-of-experts":
+            fused = product_of_experts([fused, *uni.values()])
         return Outputs(fused, uni, feats)
 
     def forward(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None) -> Outputs:
