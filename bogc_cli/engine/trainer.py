@@ -94,7 +94,8 @@ def train_run(recipe: Recipe, console: Console) -> RunResult:
     scheduler = build_scheduler(optimizer, resolved.optim, cfg.epochs)
     autocast = autocast_factory(device, cfg.precision)
     ctx = StepContext(device=device, optimizer=optimizer, autocast=autocast, grad_clip=resolved.optim.grad_clip,
-                      holdout=holdout_loader)
+                      holdout=holdout_loader,
+                      train_eval=make_loader(train_split, cfg.eval_batch_size, shuffle=False))
     method = parts.method_cls(parts.options, model, ctx)
     recipe_dict = resolved.to_dict()
     info = data_info(parts)

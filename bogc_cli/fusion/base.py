@@ -36,6 +36,7 @@ class StepContext:
     grad_clip: float | None = None
     epoch: int = 0
     holdout: Any = None  # DataLoader over the held-out part of train, for methods that ask for one
+    train_eval: Any = None  # DataLoader over the rows trained on, unshuffled (for per-epoch passes)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
