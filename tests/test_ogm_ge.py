@@ -76,3 +76,12 @@ def test_ge_adds_noise_of_the_gradients_scale_and_window_is_respected():
 def test_needs_two_modalities():
     reason = METHODS["ogm_ge"].check_modalities(OGMGEOptions(), ["audio"])
     assert "at least 2 modalities" in reason
+
+
+def test_conv_modulation_of_mlp_encoders_is_refused_before_training(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    code, out, err = run_cli(capsys, "train", "recipes/mfeat/ogm_ge.yaml", "--set", "method.modulate=conv",
+                             "--out", tmp_path)
+    assert code == 2 and "method.modulate: weights" in out + err and "Traceback" not in out + err
+    assert not any(tmp_path.iterdir())

@@ -273,3 +273,27 @@ def test_validation_accuracy_table_only_when_recorded(tmp_path: Path) -> None:
     other = tmp_path / "other"
     write_run(other, "d", "joint", 0, 0.5)
     assert "val_accuracy" not in {t.name for t in build_tables(find_runs(other), pd.DataFrame())}
+
+
+def test_methods_table_puts_step_time_relative_to_joint_beside_accuracy(tmp_path: Path) -> None:
+    for seed, (acc, ms) in enumerate([(0.90, 10.0), (0.92, 12.0)]):
+        write_run(tmp_path, "ds", "joint", seed, acc, step_time_ms_median=ms)
+    for seed, ms in enumerate([16.5, 17.5]):
+        write_run(tmp_path, "ds", "ogm_ge", seed, 0.95, step_time_ms_median=ms)
+    table = {t.name: t for t in load_tables(tmp_path)}["methods"]
+    cells = table.cells()
+    assert list(cells.columns) == ["ds", "ds step/joint"]
+    assert cells.loc["joint", "ds"] == "0.910 ± 0.014"
+    # joint's mean step is 11 ms: 16.5/11 = 1.5, 17.5/11 = 1.5909
+    assert cells.loc["ogm_ge", "ds step/joint"] == format_cell(np.mean([1.5, 17.5 / 11]), np.std([1.5, 17.5 / 11], ddof=1), 2)
+
+
+def test_coefficients_table_averages_over_epochs_then_seeds(tmp_path: Path) -> None:
+    for seed, ks in enumerate([(0.2, 0.4), (0.6, 0.8)]):
+        run = write_run(tmp_path, "ds", "ogm_ge", seed, 0.9)
+        lines = [{"epoch": e + 1, "method.ogm.k.a": k, "method.loss.fused": 1.0} for e, k in enumerate(ks)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    table = {t.name: t for t in load_tables(tmp_path)}["coefficients"]
+    cells = table.cells()
+    assert list(cells.index) == ["ogm_ge / ogm.k.a"]  # losses are not coefficients
+    assert cells.loc["ogm_ge / ogm.k.a", "ds"] == format_cell(0.5, np.std([0.3, 0.7], ddof=1), 2)

@@ -61,6 +61,16 @@ class OGMGE(Method):
     summary = "scale the dominant modality's encoder gradients by 1 - tanh(alpha * ratio), plus GE noise"
     Options = OGMGEOptions
     min_modalities = 2
+    modality_note = "M > 2: rho_m = s_m / min_j s_j (the paper has two)"
+
+    @classmethod
+    def check_config(cls, options: OGMGEOptions, recipe) -> str | None:
+        encoders = recipe.model.encoders
+        named = [encoders] if isinstance(encoders, str) else list((encoders or {}).values())
+        if options.modulate == "conv" and named and all(e == "mlp" for e in named):
+            return ("method.modulate 'conv' scales convolution kernels, but model.encoders is mlp (no "
+                    "convolutions: nothing would be modulated); set method.modulate: weights")
+        return None
 
     def losses(self, out, labels):
         return {FUSED: self.fused_loss(out, labels), **self.probe_losses(out, labels)}

@@ -170,3 +170,47 @@ def mean_std(
         .reset_index()
     )
     return stats.astype({"n": int})
+
+
+COEFFICIENT_PREFIX = "method."
+"""Per-epoch means of a method's per-step coefficients in ``metrics.jsonl`` (losses excluded)."""
+
+
+def step_time_vs_joint(runs: pd.DataFrame) -> pd.Series:
+    """Each run's median step time over the mean of ``joint``'s on the same experiment and dataset.
+
+    NaN where there is no joint run to compare with or no step time was recorded."""
+    joint = runs[runs["method"] == "joint"].groupby(["experiment", "dataset"])["step_time_ms_median"].mean()
+    keys = pd.MultiIndex.from_frame(runs[["experiment", "dataset"]])
+    reference = joint.reindex(keys).to_numpy()
+    return pd.Series(runs["step_time_ms_median"].to_numpy() / reference, index=runs.index, name="step_time_vs_joint")
+
+
+def find_coefficients(runs: pd.DataFrame, warnings: list[str] | None = None) -> pd.DataFrame:
+    """One row per (run, coefficient): the coefficient's mean over the run's epochs.
+
+    Coefficients are the ``method.*`` columns of each run's ``metrics.jsonl`` other than
+    ``method.loss.*`` (e.g. ``method.ogm.k.audio``, ``method.gblend.w.fused``). Columns:
+    ``experiment, dataset, method, seed, coefficient, value``; unreadable files are skipped
+    with a warning."""
+    import json
+
+    warnings = [] if warnings is None else warnings
+    rows = []
+    for run in runs.itertuples(index=False):
+        path = Path(run.run_dir) / METRICS_FILE
+        if not path.is_file():
+            continue
+        try:
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            warnings.append(f"skipped {path}: {exc}")
+            continue
+        keys = sorted({k for r in records for k in r
+                       if k.startswith(COEFFICIENT_PREFIX) and not k.startswith(COEFFICIENT_PREFIX + "loss.")})
+        for key in keys:
+            values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+            if values:
+                rows.append({**{k: getattr(run, k) for k in IDENTITY},
+                             "coefficient": key.removeprefix(COEFFICIENT_PREFIX), "value": sum(values) / len(values)})
+    return pd.DataFrame(rows, columns=[*IDENTITY, "coefficient", "value"])

@@ -8,6 +8,10 @@ Tables built from a results tree:
   choice of defaults may look at; test must not be tuned on);
 * ``unimodal``   rows = methods, columns = ``<dataset>/<modality>``, accuracy of each modality's
   own head (the imbalance signal);
+* ``methods``    rows = methods, columns = each dataset's test accuracy and its median step time
+  relative to ``joint`` on the same dataset (``<dataset> step/joint``): the comparison table;
+* ``coefficients``  rows = ``method / coefficient``, columns = datasets: each per-step coefficient
+  a method logs (OGM's k_m, G-Blending's weights, cosines, ...) averaged over epochs;
 * ``robustness_<dataset>``  rows = ``method / missing modality``, columns = missing rates;
 * ``robustness_<dataset>_subsets``  rows = methods, columns = the several-modality subsets that
   were removed at rate 1.0.
@@ -32,7 +36,15 @@ import rich.table
 from bogc_cli.atomic import write_text
 from bogc_cli.errors import UserError
 
-from .aggregate import IDENTITY, UNIMODAL_PREFIX, find_missing, find_runs, mean_std
+from .aggregate import (
+    IDENTITY,
+    UNIMODAL_PREFIX,
+    find_coefficients,
+    find_missing,
+    find_runs,
+    mean_std,
+    step_time_vs_joint,
+)
 
 FORMATS: tuple[str, ...] = ("md", "csv", "tex")
 """Table file formats ``write_tables`` understands."""
@@ -211,6 +223,32 @@ def unimodal_table(runs: pd.DataFrame) -> Table | None:
     return Table.from_values("unimodal", title, long, "accuracy", ["method"], "head")
 
 
+STEP_COLUMN = "step/joint"
+
+
+def methods_table(runs: pd.DataFrame) -> Table | None:
+    """Test accuracy and step time relative to joint, side by side per dataset (needs a joint run)."""
+    ratio = step_time_vs_joint(runs)
+    if ratio.isna().all():
+        return None
+    accuracy = mean_std(runs, "accuracy", ["method"], ["dataset"]).rename(columns={"dataset": "column"})
+    step = mean_std(runs.assign(ratio=ratio), "ratio", ["method"], ["dataset"])
+    step = step.assign(column=step["dataset"] + f" {STEP_COLUMN}").drop(columns="dataset")
+    stats = pd.concat([accuracy, step], ignore_index=True)
+    title = ("Test accuracy at the best-validation epoch and median step time relative to joint "
+             "(mean ± std over seeds)")
+    return Table("methods", title, _sort_stats(stats, ["method"], "column"), ["method"], "column")
+
+
+def coefficients_table(runs: pd.DataFrame) -> Table | None:
+    """Every logged per-step coefficient, averaged over epochs, then mean ± std over seeds."""
+    coefficients = find_coefficients(runs)
+    if coefficients.empty:
+        return None
+    title = "Per-step coefficients of each method, mean over epochs (mean ± std over seeds)"
+    return Table.from_values("coefficients", title, coefficients, "value", ["method", "coefficient"], "dataset")
+
+
 def robustness_tables(missing: pd.DataFrame) -> list[Table]:
     """Per dataset: accuracy vs missing rate for each single missing modality, and a table of
     the several-modality subsets removed at rate 1.0. Rows of one run with the same
@@ -248,7 +286,7 @@ def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]
     """All tables for the runs of one experiment."""
     tables = [
         accuracy_table(runs, "accuracy"), accuracy_table(runs, "macro_f1"), accuracy_table(runs, "val_accuracy"),
-        unimodal_table(runs),
+        unimodal_table(runs), methods_table(runs), coefficients_table(runs),
     ]
     return [t for t in tables if t is not None] + robustness_tables(missing)
 
