@@ -1,0 +1,158 @@
+"""``opm``: On-the-fly Prediction Modulation.
+
+Wei, Hu, Du & Wen, "On-the-fly Modulation for Balanced Multimodal Learning", IEEE TPAMI 2024
+(the journal extension of OGM-GE). The dominant modality's encoder features are dropped at
+random before the fusion head, so the fused prediction has to lean on the other modalities.
+
+One step, for a batch with labels ``y``:
+
+1. ``z_m = encoder_m(x_m)`` ``[B, d_m]``; unimodal logits on these unmasked features give the
+   scores ``s_m = sum_i softmax(unimodal logits_m)_{i, y_i}`` and the discrepancy ratios as in
+   OGM-GE: ``rho_m = s_m / s_other`` (M > 2: ``s_m / min_j s_j``; shared with ``ogm_ge``).
+2. Drop probability ``q_m = clip(q_base * (1 + lam * tanh(rho_m - 1)), 0, 1)`` if
+   ``rho_m > 1`` else 0.
+3. With probability ``p_exe`` (once per batch): per sample and modality a Bernoulli keep-mask
+   ``k_{i,m} ~ B(1 - q_m)``; kept features are scaled by ``1 / (1 - q_m)`` (inverted dropout:
+   ``E[k z / (1 - q)] = z``), dropped ones are zero. ``scale: shared`` instead scales every
+   modality by ``1 / (1 - theta)``, ``theta = sum_m d_m q_m / sum_m d_m`` (the reference code's
+   choice: the drop rate of the concatenated feature). ``1 - q`` is clamped at 1e-6.
+4. Samples with every modality dropped leave the loss; the fusion loss is the cross-entropy of
+   ``model.heads(masked features)`` over the kept samples. A batch with no sample kept makes
+   no update (as the reference code, which skips it).
+
+No dropping during the first ``warmup_epochs`` epochs (the reference: epochs 0-5 of 0-based
+training, i.e. about 5). The unimodal logits come from separate heads
+(``model.unimodal_logits: heads``: trained as probes on the detached, unmasked features) or
+from slices of a linear concat head (``fusion-slices``, as in the reference code, where they
+receive no loss of their own). The fused logits returned for the training accuracy are those of
+the unmasked features, so the accuracy is defined for every sample.
+
+The reference computes ``q`` and uses it in the same step (the paper's figure draws
+``q_{t+1}`` from step t); here too the same step.
+
+Hyper-parameters (``method.*``): ``q_base`` (0.5), ``lam`` (0.5), ``p_exe`` (0.7),
+``warmup_epochs`` (5), ``scale`` (``modality``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from bogc_cli.data.loader import Batch
+from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.ogm_ge import ogm_coefficients
+from bogc_cli.models.multimodal import FUSED
+from bogc_cli.recipe import StrictModel
+
+KEEP_EPS = 1e-6
+
+
+class OPMOptions(StrictModel):
+    q_base: float = Field(0.5, ge=0, le=1, description="base drop probability of the dominant modality")
+    lam: float = Field(0.5, ge=0, description="how much the drop probability grows with tanh(rho - 1)")
+    p_exe: float = Field(0.7, ge=0, le=1, description="probability that a batch is masked at all")
+    warmup_epochs: int = Field(5, ge=0, description="no dropping up to this epoch (1-based)")
+    scale: Literal["modality", "shared"] = Field(
+        "modality", description="inverted-dropout scale 1/(1-q_m) per modality, or one 1/(1-theta) (reference code)")
+
+
+# ---------------------------------------------------------------- the rule, hand-testable
+def unimodal_scores(unimodal_logits: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``s_m = sum_i softmax(logits_m)_{i, y_i}`` from ``{m: [B, C]}`` and ``labels`` ``[B]``; detached scalars."""
+    idx = labels.view(-1, 1)
+    return {m: torch.softmax(x.detach().float(), dim=1).gather(1, idx).sum() for m, x in unimodal_logits.items()}
+
+
+def drop_probabilities(rho: dict[str, torch.Tensor], q_base: float, lam: float) -> dict[str, torch.Tensor]:
+    """``q_m = clip(q_base (1 + lam tanh(rho_m - 1)), 0, 1)`` where ``rho_m > 1``, else 0 (scalars)."""
+    return {m: torch.where(r > 1, (q_base * (1 + lam * torch.tanh(r - 1))).clamp(0.0, 1.0), torch.zeros_like(r))
+            for m, r in rho.items()}
+
+
+def keep_masks(q: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Per-sample keep masks ``{m: bool [B]}``, ``True`` with probability ``1 - q_m``."""
+    out = {}
+    for m, qm in q.items():
+        u = torch.rand(batch_size, device=device, generator=generator)
+        out[m] = u >= qm.to(device)
+    return out
+
+
+def mask_features(feats: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], q: dict[str, torch.Tensor],
+                  scale: str = "modality") -> dict[str, torch.Tensor]:
+    """Zero the dropped samples of each ``feats[m]`` ``[B, d_m]`` and scale the kept ones (inverted dropout).
+
+    ``modality``: by ``1 / (1 - q_m)``; ``shared``: every modality by ``1 / (1 - theta)`` with
+    ``theta = sum_m d_m q_m / sum_m d_m``. ``1 - q`` is clamped at ``KEEP_EPS``."""
+    if scale == "shared":
+        dims = {m: z.shape[1] for m, z in feats.items()}
+        theta = sum(dims[m] * q[m] for m in feats) / sum(dims.values())
+        factors = {m: 1.0 / (1 - theta).clamp_min(KEEP_EPS) for m in feats}
+    else:
+        factors = {m: 1.0 / (1 - q[m]).clamp_min(KEEP_EPS) for m in feats}
+    return {m: z * (keep[m].to(z.dtype) * factors[m].to(z.dtype)).unsqueeze(1) for m, z in feats.items()}
+
+
+def kept_samples(keep: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Bool ``[B]``: samples with at least one modality kept (the others leave the loss)."""
+    return torch.stack(list(keep.values())).any(dim=0)
+
+
+# ---------------------------------------------------------------- the method
+class OPM(Method):
+    name = "opm"
+    summary = "drop the dominant modality's features per sample with prob q_base (1 + lam tanh(rho - 1))"
+    Options = OPMOptions
+    min_modalities = 2
+    modality_note = "M > 2: rho_m = s_m / min_j s_j (as ogm_ge); every modality above the weakest may be dropped"
+
+    def losses(self, out, labels):
+        """Without masking: the fusion loss and the probes (the step masks the features itself)."""
+        return {FUSED: self.fused_loss(out, labels), **self.probe_losses(out, labels)}
+
+    def step(self, batch: Batch) -> StepResult:
+        o = self.options
+        labels = batch.labels
+        self.ctx.optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, torch.Tensor] = {}
+        with self.ctx.autocast():
+            feats = self.model.encode(batch.inputs)
+            clean = self.model.heads(feats)
+            rho, _ = ogm_coefficients(unimodal_scores(clean.unimodal_logits, labels), alpha=1.0)
+            if self.ctx.epoch > o.warmup_epochs:
+                q = drop_probabilities(rho, o.q_base, o.lam)
+            else:
+                q = {m: torch.zeros_like(r) for m, r in rho.items()}
+            execute = self.ctx.epoch > o.warmup_epochs and bool(torch.rand(()) < o.p_exe)
+            losses = {}
+            if execute:
+                keep = keep_masks(q, len(batch), labels.device)
+                kept = kept_samples(keep)
+                masked = self.model.heads(mask_features(feats, keep, q, o.scale))
+                if bool(kept.any()):
+                    losses[FUSED] = F.cross_entropy(masked.fused_logits[kept].float(), labels[kept])
+                logs["opm.kept"] = kept.float().mean()
+            else:
+                losses[FUSED] = self.fused_loss(clean, labels)
+                logs["opm.kept"] = torch.ones((), device=labels.device)
+            if FUSED in losses:
+                losses.update(self.probe_losses(clean, labels))
+        logs["opm.executed"] = torch.tensor(float(execute), device=labels.device)
+        logs.update({f"opm.q.{m}": v.detach() for m, v in q.items()})
+        logs.update({f"opm.rho.{m}": v.detach() for m, v in rho.items()})
+        if losses:
+            total = torch.stack([v.float() for v in losses.values()]).sum()
+            total.backward()
+            self.clip_and_step()
+        else:  # every sample fully dropped: no update, as the reference skips the batch
+            total = torch.zeros((), device=labels.device)
+        logs.update({f"loss.{k}": v.detach() for k, v in losses.items()})
+        return StepResult(total.detach(), clean.fused_logits.detach(), logs)
+
+
+METHOD = OPM
