@@ -418,7 +418,9 @@ def test_calibrate_is_vectorised_over_dimensions():
             start = time.perf_counter()
             out = calibrate(mu, var, evidence=kind, frame=frame)
             elapsed = min(elapsed, time.perf_counter() - start)
-            if elapsed < 2.0:
+            if elapsed < 10.0:
                 break
         assert out.shape == (d,) and torch.isfinite(out).all()
-        assert elapsed < 2.0, f"{kind}/{frame}: {elapsed:.2f} s for D = 1e6"
+        # a Python loop over 1e6 dimensions takes minutes; vectorised it is ~0.1 s, so 10 s only
+        # fails for a real loop, not for a CPU shared with other jobs (2.5 s seen under load)
+        assert elapsed < 10.0, f"{kind}/{frame}: {elapsed:.2f} s for D = 1e6"
