@@ -66,6 +66,11 @@ class ModelBlock(StrictModel):
     fill: Literal["zero-input", "zero-feature", "mean-feature"] = Field(
         "zero-feature", description="how a missing modality is filled")
 
+    @property
+    def linear_concat_head(self) -> bool:
+        """Whether the fusion head is one linear layer over the concatenated features."""
+        return self.fusion == "concat" and not self.fusion_hidden
+
 
 class MethodBlock(OpenModel):
     name: str = Field("joint", description="training method (see `bogc list`)")

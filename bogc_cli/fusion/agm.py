@@ -60,8 +60,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bogc_cli.data.loader import Batch
-from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.recipe import StrictModel
 
@@ -181,12 +180,7 @@ class AGM(Method):
         values[frozenset(model.modalities)] = fused.detach().float()
         return shapley_split(values, model.modalities)
 
-    def step(self, batch: Batch) -> StepResult:
-        opt = self.ctx.optimizer
-        opt.zero_grad(set_to_none=True)
-        with self.ctx.autocast():
-            out = self.model(batch.inputs)
-            losses = self.losses(out, batch.labels)
+    def before_backward(self, out, batch) -> dict[str, torch.Tensor]:
         names = self.model.modalities
         split = self.contributions(batch.inputs, out.fused_logits)
         s = mono_scores(split, batch.labels)
@@ -200,15 +194,12 @@ class AGM(Method):
             z = out.features[m]
             if z.requires_grad:
                 scale_backward(z, coeff[i])  # the hook lives and dies with this step's graph
-        total = torch.stack([v.float() for v in losses.values()]).sum()
-        total.backward()
-        self.clip_and_step()
-        logs = {f"loss.{k}": v.detach() for k, v in losses.items()}
+        logs = {}
         for i, m in enumerate(names):
             logs[f"agm.coeff.{m}"] = coeff[i].detach()
             logs[f"agm.score.{m}"] = scores[i].detach()
             logs[f"agm.ratio.{m}"] = r[i].detach()
-        return StepResult(total.detach(), out.fused_logits.detach(), logs)
+        return logs
 
     def state_dict(self):
         return {"mean_scores": dict(zip(self.model.modalities, self.mean_scores.tolist())), "steps": self.steps}

@@ -2,7 +2,8 @@
 
 A method is built from its recipe block (``method.*``), the model and a ``StepContext``.
 The default ``step`` is: forward (under autocast), ``losses`` -> one dict of per-source
-losses, backward of their sum, ``after_backward`` (where gradient-modulating methods edit
+losses, ``before_backward`` (where a method hooks into the graph), backward of their sum,
+``after_backward`` (where gradient-modulating methods edit
 ``p.grad``), optimiser step. Methods that need per-loss gradients override ``step`` and use
 ``model.param_groups()`` to know which losses touch which parameters. Epoch hooks let a
 method keep state across steps (prototypes, running means); ``state_dict`` saves it.
@@ -107,6 +108,11 @@ class Method:
         """Per-source losses, keyed ``fused`` / modality name (and ``probe:m`` for detached probes)."""
         raise NotImplementedError
 
+    def before_backward(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
+        """Act on the forward's graph before backward (e.g. hooks that scale a branch's gradient,
+        statistics of the features); return scalars to log."""
+        return {}
+
     def after_backward(self, out: Outputs, batch: Batch) -> dict[str, torch.Tensor]:
         """Edit gradients in place before the optimiser step; return scalars to log."""
         return {}
@@ -117,9 +123,10 @@ class Method:
         with self.ctx.autocast():
             out = self.model(batch.inputs)
             losses = self.losses(out, batch.labels)
+        logs = self.before_backward(out, batch)
         total = torch.stack([v.float() for v in losses.values()]).sum()
         total.backward()
-        logs = self.after_backward(out, batch)
+        logs = {**logs, **self.after_backward(out, batch)}
         self.clip_and_step()
         logs = {**{f"loss.{k}": v.detach() for k, v in losses.items()}, **logs}
         return StepResult(total.detach(), out.fused_logits.detach(), logs)

@@ -121,7 +121,7 @@ class CGGM(Method):
     @classmethod
     def check_config(cls, options: CGGMOptions, recipe) -> str | None:
         model = recipe.model
-        if model.fusion != "concat" or model.fusion_hidden:
+        if not model.linear_concat_head:
             return ("method cggm compares each classifier's gradient with its block of a linear concat fusion "
                     f"head: set model.fusion: concat and model.fusion_hidden: 0 (they are {model.fusion!r} and "
                     f"{model.fusion_hidden})")

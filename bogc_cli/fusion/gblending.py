@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bogc_cli.data.loader import to_device
+from bogc_cli.engine.evaluate import predict
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.recipe import StrictModel
@@ -72,23 +72,14 @@ class GBlending(Method):
         self.start: tuple[dict, dict] | None = None  # (train, held-out) losses at the super-epoch's start
         self._epoch_logs: dict[str, float] = {}
 
-    @torch.no_grad()
     def head_losses(self, loader) -> dict[str, float]:
         """Mean cross-entropy of every head over a loader, in eval mode: ``{head: loss}``."""
         was_training = self.model.training
-        self.model.eval()
-        sums = {k: 0.0 for k in self.weights}
-        n = 0
-        for raw in loader:
-            batch = to_device(raw, self.ctx.device)
-            with self.ctx.autocast():
-                out = self.model(batch.inputs)
-            sums[FUSED] += float(F.cross_entropy(out.fused_logits.float(), batch.labels, reduction="sum"))
-            for m, logits in out.unimodal_logits.items():
-                sums[m] += float(F.cross_entropy(logits.float(), batch.labels, reduction="sum"))
-            n += len(batch)
+        p = predict(self.model, loader, self.ctx.device, self.ctx.autocast)
         self.model.train(was_training)
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        labels = torch.from_numpy(p.labels).long()
+        logits = {FUSED: p.fused, **p.unimodal}
+        return {k: float(F.cross_entropy(torch.from_numpy(logits[k]), labels)) for k in self.weights}
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)

@@ -199,7 +199,7 @@ class MLA(Method):
         if m.unimodal_logits != "heads":
             return ("method mla's unimodal logits are its shared head h(z_m): set model.unimodal_logits: heads "
                     f"(it is {m.unimodal_logits!r})")
-        if m.fusion != "concat" or m.fusion_hidden:
+        if not m.linear_concat_head:
             return ("method mla replaces the fusion head with its shared linear head: leave model.fusion: concat "
                     f"and model.fusion_hidden: 0 (they are {m.fusion!r}, {m.fusion_hidden})")
         return _feature_dim_reason(m)

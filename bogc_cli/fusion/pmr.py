@@ -66,7 +66,7 @@ from pydantic import Field
 
 from bogc_cli.data.loader import Batch, to_device
 from bogc_cli.errors import UserError
-from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.recipe import StrictModel
 
@@ -174,6 +174,7 @@ class PMR(Method):
         self.protos: dict[str, torch.Tensor] = {}
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, torch.Tensor] = {}
+        self._logs: dict[str, torch.Tensor] = {}  # this step's coefficients, from losses to before_backward
 
     # ------------------------------------------------------------ prototypes
     def _accumulate(self, feats: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
@@ -223,9 +224,8 @@ class PMR(Method):
         return bool(self.protos) and o.start_epoch <= self.ctx.epoch <= o.end_epoch
 
     def losses(self, out, labels) -> dict[str, torch.Tensor]:
-        return self._pmr_losses(out, labels)[0]
-
-    def _pmr_losses(self, out, labels) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The fused loss, PMR's prototype terms and the probes; the coefficients wait in
+        ``self._logs`` for ``before_backward`` to log them."""
         o = self.options
         losses = {FUSED: self.fused_loss(out, labels)}
         logs: dict[str, torch.Tensor] = {}
@@ -242,20 +242,13 @@ class PMR(Method):
                 logs[f"pmr.gamma.{m}"] = gamma[m]
                 logs[f"pmr.beta.{m}"] = beta[m] if entropy_on else torch.zeros_like(beta[m])
         losses.update(self.probe_losses(out, labels))
-        return losses, logs
+        self._logs = logs
+        return losses
 
-    def step(self, batch: Batch) -> StepResult:
-        self.ctx.optimizer.zero_grad(set_to_none=True)
-        with self.ctx.autocast():
-            out = self.model(batch.inputs)
-            losses, logs = self._pmr_losses(out, batch.labels)
+    def before_backward(self, out, batch) -> dict[str, torch.Tensor]:
         if self.options.prototypes == "train-features":
             self._accumulate(out.features, batch.labels)
-        total = torch.stack([v.float() for v in losses.values()]).sum()
-        total.backward()
-        self.clip_and_step()
-        logs = {**{f"loss.{k}": v.detach() for k, v in losses.items()}, **logs}
-        return StepResult(total.detach(), out.fused_logits.detach(), logs)
+        return self._logs
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:

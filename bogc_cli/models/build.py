@@ -34,7 +34,7 @@ def build_model(cfg: ModelBlock, modalities: dict[str, ModalitySpec], num_classe
     encoders = resolve_encoders(cfg, modalities, all_modalities)
     if cfg.fusion == "film" and len(modalities) < 2:
         raise UserError("model.fusion 'film' needs at least two modalities; use concat for one")
-    if cfg.unimodal_logits == "fusion-slices" and (cfg.fusion != "concat" or cfg.fusion_hidden):
+    if cfg.unimodal_logits == "fusion-slices" and not cfg.linear_concat_head:
         raise UserError("model.unimodal_logits 'fusion-slices' needs model.fusion 'concat' with "
                         "model.fusion_hidden 0; use 'heads' otherwise")
     return MultimodalModel(modalities, num_classes, encoders, cfg, fusion=cfg.fusion,
