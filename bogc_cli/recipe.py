@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bogc_cli.errors import UserError
 
-Kind = Literal["audio", "image", "video", "vector"]
+Kind = Literal["audio", "image", "video", "vector", "sequence"]
 
 
 class StrictModel(BaseModel):

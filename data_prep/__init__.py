@@ -30,4 +30,5 @@ def _lazy(module: str) -> Preparer:
     return prepare
 
 
-PREPARERS: dict[str, Preparer] = {name: _lazy(name) for name in ("avdigits", "mfeat", "arrays")}
+PREPARERS: dict[str, Preparer] = {name: _lazy(name) for name in (
+    "avdigits", "mfeat", "arrays", "cremad", "kinetics_sounds", "ave", "mosei", "mosi", "brats_grade")}

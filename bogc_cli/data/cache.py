@@ -15,6 +15,7 @@ float32. A modality's ``kind`` tells the model what it is:
 - ``image``: ``[C, H, W]``
 - ``video``: frames ``[T, C, H, W]``
 - ``vector``: features ``[D]``
+- ``sequence``: a time series of feature vectors ``[T, D]`` (e.g. MOSEI word-aligned features)
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from bogc_cli.errors import UserError
 
 CACHE_FORMAT = "bogc-cache/1"
 SPLITS = ("train", "val", "test")
-KINDS = ("audio", "image", "video", "vector")
-KIND_NDIM = {"audio": 3, "image": 3, "video": 4, "vector": 1}
+KINDS = ("audio", "image", "video", "vector", "sequence")
+KIND_NDIM = {"audio": 3, "image": 3, "video": 4, "vector": 1, "sequence": 2}
 
 
 @dataclass
@@ -131,10 +132,36 @@ def write_cache(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    modalities: dict[str, ModalitySpec] = {}
     for split_name, split in splits.items():
         if split_name not in SPLITS:
             raise ValueError(f"unknown split {split_name!r}")
+        for m, arr in split.inputs.items():
+            save_numpy(out / split_name / f"{m}.npy", np.ascontiguousarray(arr))
+        save_numpy(out / split_name / "labels.npy", split.labels.astype(np.int64))
+        if split.ids is not None:
+            write_text(out / split_name / "ids.txt", "\n".join(split.ids) + "\n")
+    return write_manifest(out, dataset=dataset, classes=classes, kinds=kinds, splits=splits, preset=preset,
+                          params=params, sources=sources, skipped=skipped)
+
+
+def write_manifest(
+    out: str | Path,
+    *,
+    dataset: str,
+    classes: list[str],
+    kinds: dict[str, str],
+    splits: dict[str, SplitArrays],
+    preset: str | None = None,
+    params: dict[str, Any] | None = None,
+    sources: dict[str, Any] | None = None,
+    skipped: list[dict[str, str]] | None = None,
+) -> Manifest:
+    """Describe ``splits`` (already written to ``out``, e.g. memory-mapped from there) in ``out/manifest.json``.
+
+    Call it last: a folder with a manifest is a complete cache.
+    """
+    modalities: dict[str, ModalitySpec] = {}
+    for split_name, split in splits.items():
         for m, arr in split.inputs.items():
             if kinds[m] not in KINDS:
                 raise ValueError(f"unknown kind {kinds[m]!r} for modality {m!r}")
@@ -142,10 +169,6 @@ def write_cache(
             if m in modalities and modalities[m] != spec:
                 raise ValueError(f"modality {m!r} has shape/dtype {spec} in {split_name} but {modalities[m]} elsewhere")
             modalities[m] = spec
-            save_numpy(out / split_name / f"{m}.npy", np.ascontiguousarray(arr))
-        save_numpy(out / split_name / "labels.npy", split.labels.astype(np.int64))
-        if split.ids is not None:
-            write_text(out / split_name / "ids.txt", "\n".join(split.ids) + "\n")
     manifest = Manifest(
         dataset=dataset,
         preset=preset,
@@ -158,7 +181,7 @@ def write_cache(
         skipped=skipped or [],
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    write_json(out / "manifest.json", manifest.to_json())
+    write_json(Path(out) / "manifest.json", manifest.to_json())
     return manifest
 
 

@@ -55,6 +55,67 @@ DATASETS: dict[str, DatasetInfo] = {
             },
         ),
         DatasetInfo(
+            "cremad",
+            "CREMA-D emotions (NEU HAP SAD FEA DIS ANG): speech audio + face video frames; the standard "
+            "6,698 / 744 split with a saved validation carve-out from train",
+            ("audio", "visual"),
+            prepare_presets={
+                "ogmge": "OGM-GE: 22,050 Hz tiled to 3 s, log |STFT| n_fft 512 hop 353 -> 1x257x188; "
+                         "3 frames at 1 fps, 224 px (default)",
+                "fbank": "128-bin Kaldi fbank at 16 kHz, 10 ms shift, 300 frames (3 s), AST-normalised; "
+                         "2 frames at 1 fps, 224 px",
+            },
+        ),
+        DatasetInfo(
+            "kinetics_sounds",
+            "Kinetics-Sounds: 31 Kinetics-400 classes with audible actions, 14,799 / 2,597 clips",
+            ("audio", "visual"),
+            prepare_presets={
+                "ogmge": "16 kHz tiled to 10 s, log |STFT| n_fft 512 hop 353 -> 1x257x454; 3 frames at 1 fps, "
+                         "224 px (default)",
+                "fbank": "128-bin Kaldi fbank at 16 kHz, 1,024 frames, AST-normalised; 3 frames at 1 fps, 224 px",
+            },
+        ),
+        DatasetInfo(
+            "ave",
+            "AVE (Audio-Visual Event): 4,143 10-s clips, 28 event classes, official train/val/test lists",
+            ("audio", "visual"),
+            prepare_presets={
+                "ogmge": "16 kHz tiled to 10 s, log |STFT| n_fft 512 hop 353 -> 1x257x454; 3 frames at 1 fps, "
+                         "224 px (default)",
+            },
+        ),
+        DatasetInfo(
+            "mosei",
+            "CMU-MOSEI sentiment: word-aligned text (GloVe), audio (COVAREP) and vision (Facet) feature "
+            "sequences from the MulT pickle; its official train/valid/test",
+            ("text", "audio", "vision"),
+            prepare_presets={
+                "acc2": "binary sentiment: negative (< 0) vs non-negative (>= 0) (default)",
+                "acc7": "7 classes: sentiment rounded and clipped to -3..3",
+            },
+        ),
+        DatasetInfo(
+            "mosi",
+            "CMU-MOSI sentiment: word-aligned text, audio and vision feature sequences from the MulT "
+            "pickle; its official train/valid/test",
+            ("text", "audio", "vision"),
+            prepare_presets={
+                "acc2": "binary sentiment: negative (< 0) vs non-negative (>= 0) (default)",
+                "acc7": "7 classes: sentiment rounded and clipped to -3..3",
+            },
+        ),
+        DatasetInfo(
+            "brats_grade",
+            "BraTS 2019 glioma grade (HGG vs LGG) from 4 MRI sequences; seeded patient-level split",
+            ("t1", "t1ce", "t2", "flair"),
+            prepare_presets={
+                "slices2d": "the 3 axial slices around the largest tumour cross-section, 128 px, per-volume "
+                            "z-scored (default)",
+                "vol3d": "the whole brain resampled to 64 slices of 64 px, per-volume z-scored",
+            },
+        ),
+        DatasetInfo(
             "arrays",
             "your own data: <split>/<modality>.npy + <split>/labels.npy, or <split>.npz per split; "
             "optional classes.txt",

@@ -1,0 +1,176 @@
+"""Audio-visual clip datasets (CREMA-D, Kinetics-Sounds, AVE): presets, per-clip decoding, the shared
+preparation flow.
+
+Each clip becomes two modalities:
+
+- ``audio`` (kind audio): float16 ``[1, F, T]``: ``log_stft`` (``ogmge`` presets) or ``kaldi_fbank``
+  (``fbank`` presets), see ``data_prep.audio_features``;
+- ``visual`` (kind video): uint8 ``[n_frames, 3, 224, 224]``: frames sampled at 1 fps from the
+  middle of chosen seconds (``data_prep.media.frame_indices``), resized with PIL bilinear. Training
+  augmentation (random resized crop, flip) is done on these at load time, not baked in.
+
+A dataset module lists its clips as ``clipstore.Item``s whose ``source`` is a ``ClipSource`` and
+calls ``prepare_clips``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bogc_cli import __version__
+from bogc_cli.data.cache import Manifest, carve_validation, write_manifest
+from bogc_cli.errors import UserError
+from data_prep._common import Log, check_out_folder, digest, file_list_checksum, reusable_manifest, start_rewrite
+from data_prep.audio_features import kaldi_fbank, log_stft
+from data_prep.clipstore import Item, build_store
+from data_prep.media import read_audio, read_frames
+
+KINDS = {"audio": "audio", "visual": "video"}
+
+
+@dataclass(frozen=True)
+class AVPreset:
+    """How raw clips become arrays; every field is recorded in the manifest."""
+
+    name: str
+    audio_features: str  # "log_stft" or "kaldi_fbank"
+    sample_rate: int
+    seconds: float  # log_stft: the wave is tiled/cut to this length
+    frame_seconds: tuple[int, ...]  # the seconds whose middle frame is kept
+    frame_size: int = 224
+    n_fft: int = 512
+    hop: int = 353
+    fbank_frames: int = 0  # kaldi_fbank: frames kept (10 ms each)
+    mel_bins: int = 128
+    reference: str = ""
+
+    @property
+    def audio_shape(self) -> tuple[int, int, int]:
+        if self.audio_features == "log_stft":
+            return (1, self.n_fft // 2 + 1, 1 + int(round(self.seconds * self.sample_rate)) // self.hop)
+        return (1, self.mel_bins, self.fbank_frames)
+
+    @property
+    def visual_shape(self) -> tuple[int, int, int, int]:
+        return (len(self.frame_seconds), 3, self.frame_size, self.frame_size)
+
+    def params(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v not in (0, "")}
+        if self.audio_features == "log_stft":
+            out.pop("mel_bins", None)
+            out["audio"] = ("wave tiled to `seconds`, clipped to [-1, 1], log(|STFT| + 1e-7), periodic Hann, "
+                            "centred, reflect padding; not normalised")
+        else:
+            out.pop("n_fft", None), out.pop("hop", None), out.pop("seconds", None)
+            out["audio"] = ("Kaldi fbank of the mean-removed wave (25 ms Hann, 10 ms shift, no dither), zero-padded/"
+                            "cut to `fbank_frames`, (x + 4.2677393) / (2 * 4.5689974) as AST")
+        out["visual"] = ("frame nearest the middle of each of `frame_seconds` (wrapping into the last second when "
+                         "the clip is shorter), RGB, PIL bilinear resize to frame_size x frame_size, uint8")
+        out["audio_shape"], out["visual_shape"] = list(self.audio_shape), list(self.visual_shape)
+        return out
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """Where one clip's media are: ``video`` (a container) and optionally a separate ``audio`` file;
+    without one, the video's own audio track is used."""
+
+    video: str
+    preset: AVPreset
+    audio: str | None = None
+
+
+def decode_clip(item: Item) -> dict[str, np.ndarray]:
+    """One clip -> ``{"audio": float16 [1, F, T], "visual": uint8 [n, 3, S, S]}`` (module level: runs in workers)."""
+    src: ClipSource = item.source
+    p = src.preset
+    wave = read_audio(Path(src.audio or src.video), p.sample_rate)
+    if p.audio_features == "log_stft":
+        audio = log_stft(wave, p.sample_rate, p.seconds, p.n_fft, p.hop)
+    else:
+        audio = kaldi_fbank(wave, p.sample_rate, p.fbank_frames, p.mel_bins)
+    frames = read_frames(Path(src.video), list(p.frame_seconds), p.frame_size)
+    return {"audio": audio.astype(np.float16), "visual": frames}
+
+
+@dataclass
+class ClipListing:
+    """What a dataset module found under ``--raw``: clips (split = train/val/test), problems, counts."""
+
+    items: list[Item]
+    classes: list[str]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    sources: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def carve_val_items(items: list[Item], fraction: float, seed: int) -> list[Item]:
+    """Move a stratified, seeded ``fraction`` of the train items to ``val`` (nothing changes when
+    the listing already has val items, or ``fraction`` is 0)."""
+    if fraction <= 0 or any(it.split == "val" for it in items):
+        return items
+    train = [it for it in items if it.split == "train"]
+    if len(train) < 2:
+        return items
+    _, val_rows = carve_validation(np.array([it.label for it in train]), fraction, seed)
+    val_keys = {train[r].key for r in val_rows}
+    return [Item(it.key, "val", it.label, it.source) if it.key in val_keys else it for it in items]
+
+
+def check_counts(dataset: str, counts: dict[str, int], expected: dict[str, int], strict: bool, log: Log,
+                 hint: str) -> str | None:
+    """Compare split sizes found in the raw folder with the published ones; warn, or raise when ``strict``."""
+    if counts == expected:
+        return None
+    found = " / ".join(f"{s} {counts.get(s, 0)}" for s in expected)
+    published = " / ".join(f"{expected[s]:,}" for s in expected)
+    message = f"{dataset}: the raw folder has {found} clips, not the published {published}"
+    if strict:
+        raise UserError(f"{message} (--strict): {hint}, or drop --strict")
+    log(f"warning: {message}")
+    return message
+
+
+def check_common_args(raw: Path, out: Path, val_fraction: float, dataset: str, layout_hint: str) -> None:
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if not raw.is_dir():
+        raise UserError(f"raw folder {raw} does not exist: point --raw at the {dataset} download ({layout_hint})")
+    check_out_folder(out, raw)
+
+
+def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPreset, *, workers: int, log: Log,
+                  seed: int, val_fraction: float) -> Manifest:
+    """Decode ``listing``'s clips into the cache at ``out`` (resumable, ``workers`` processes) and write the manifest."""
+    if not listing.items:
+        raise UserError(f"no usable {dataset} clips found under --raw"
+                        + (f" ({len(listing.skipped)} file(s) skipped, e.g. {listing.skipped[0]['file']}: "
+                           f"{listing.skipped[0]['reason']})" if listing.skipped else ""))
+    params = {**preset.params(), **listing.params, "seed": seed, "val_fraction": val_fraction}
+    media = sorted({Path(p) for it in listing.items for p in (it.source.video, it.source.audio) if p})
+    sources = {**listing.sources, "clips_listed": len(listing.items), "media_files": len(media),
+               "file_list_sha256": file_list_checksum(media)}
+    fingerprint = digest({"dataset": dataset, "params": params, "sources": sources, "version": __version__,
+                          "items": [(it.key, it.split, it.label) for it in listing.items]})
+    if (done := reusable_manifest(out, fingerprint)) is not None:
+        log(f"{out} already holds this {dataset} cache; nothing to do")
+        return done
+    counts = {s: sum(it.split == s for it in listing.items) for s in ("train", "val", "test")}
+    log(f"preparing {len(listing.items)} {dataset} clips (train {counts['train']}, val {counts['val']}, "
+        f"test {counts['test']}) with preset {preset.name}, {workers} worker(s)")
+    start_rewrite(out)
+    layout = {"audio": (preset.audio_shape, "float16"), "visual": (preset.visual_shape, "uint8")}
+    splits, skipped = build_store(out, listing.items, layout, decode_clip, fingerprint=fingerprint,
+                                  workers=workers, log=log, noun="clips")
+    skipped = listing.skipped + skipped
+    for item in skipped:
+        log(f"skipped {item['file']}: {item['reason']}")
+    written = sum(len(s) for s in splits.values())
+    log(f"wrote {written} clips, skipped {len(skipped)}")
+    return write_manifest(out, dataset=dataset, classes=listing.classes, kinds=KINDS, splits=splits,
+                          preset=preset.name, params=params, sources={**sources, "fingerprint": fingerprint},
+                          skipped=skipped)

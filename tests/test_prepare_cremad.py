@@ -1,0 +1,207 @@
+"""CREMA-D preparation on the genuine clips in ../shared/data/crema_d_mini (6 flv with all six emotions,
+12 wav of which 6 have no video)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+from PIL import Image
+
+from bogc_cli.data.cache import load_split, read_manifest
+from cli_helpers import run_cli
+from data_prep import avclips, cremad
+from data_prep.clipstore import JOURNAL, STAGING
+
+CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
+
+
+@pytest.fixture(scope="module")
+def mini(shared_data) -> Path:
+    return shared_data / "crema_d_mini"
+
+
+@pytest.fixture(scope="module")
+def ogmge(tmp_path_factory, mini) -> Path:
+    out = tmp_path_factory.mktemp("cremad") / "ogmge"
+    cremad.prepare(mini, out, preset="ogmge")
+    return out
+
+
+def _rows(cache: Path) -> dict[str, tuple[str, int, int]]:
+    """clip id -> (split, row, label) over every split of a cache."""
+    manifest = read_manifest(cache)
+    rows = {}
+    for split in manifest.splits:
+        data = load_split(cache, manifest, split)
+        for row, (clip_id, label) in enumerate(zip(data.ids, data.labels)):
+            rows[clip_id] = (split, row, int(label))
+    return rows
+
+
+def test_ogmge_preset_shapes_labels_and_standard_test_split(ogmge):
+    manifest = read_manifest(ogmge)
+    assert manifest.classes == CLASSES
+    assert manifest.preset == "ogmge"
+    assert (manifest.modalities["audio"].kind, manifest.modalities["audio"].shape,
+            manifest.modalities["audio"].dtype) == ("audio", [1, 257, 188], "float16")
+    assert (manifest.modalities["visual"].kind, manifest.modalities["visual"].shape,
+            manifest.modalities["visual"].dtype) == ("video", [3, 3, 224, 224], "uint8")
+    rows = _rows(ogmge)
+    assert sorted(rows) == [f"1001_DFA_{e}_XX" for e in sorted(CLASSES)]
+    for clip_id, (split, _, label) in rows.items():
+        assert CLASSES[label] == clip_id.split("_")[2]
+    # 1001_DFA_HAP_XX and 1001_DFA_SAD_XX are in the standard 744-clip test list; the rest is train (+ val)
+    assert sorted(c for c, (s, _, _) in rows.items() if s == "test") == ["1001_DFA_HAP_XX", "1001_DFA_SAD_XX"]
+    assert manifest.splits["train"] + manifest.splits["val"] == 4 and manifest.splits["val"] >= 1
+    assert manifest.params["sample_rate"] == 22050 and manifest.params["hop"] == 353
+    assert manifest.sources["audio_from"] == {"AudioWAV": 6, "video track": 0}
+
+
+def test_the_shipped_test_list_is_the_standard_744_clips():
+    ids = cremad.read_test_ids()
+    assert len(ids) == 744
+    assert all(cremad._ID.match(i) for i in ids)
+    counts = {c: sum(i.split("_")[2] == c for i in ids) for c in CLASSES}
+    assert min(counts.values()) > 50  # every emotion is tested
+
+
+def test_wavs_without_video_are_skipped_and_reported(ogmge):
+    skipped = read_manifest(ogmge).skipped
+    assert sorted(Path(s["file"]).name for s in skipped) == [f"1002_DFA_{e}_XX.wav" for e in sorted(CLASSES)]
+    assert all("no video" in s["reason"] for s in skipped)
+
+
+def test_a_cached_frame_equals_the_frame_decoded_independently(ogmge, mini):
+    """Frame 2 of a clip is the one in the middle of second 1: decode the flv with PyAV and compare."""
+    split, row, _ = _rows(ogmge)["1001_DFA_ANG_XX"]
+    cached = np.load(ogmge / split / "visual.npy", mmap_mode="r")[row]
+    with av.open(str(mini / "VideoFlash" / "1001_DFA_ANG_XX.flv")) as container:
+        fps = float(container.streams.video[0].average_rate)
+        frames = list(container.decode(video=0))
+    def resized(frame) -> np.ndarray:
+        return np.asarray(frame.to_image().convert("RGB").resize((224, 224), Image.BILINEAR)).transpose(2, 0, 1)
+
+    assert len(frames) / fps < 2.5  # the clip ends before the middle of second 2
+    for k, second in enumerate((0, 1)):
+        np.testing.assert_array_equal(cached[k], resized(frames[round((second + 0.5) * fps)]))
+    # the third frame wraps into the clip's last second instead of failing or repeating the first
+    last_second = [resized(f) for f in frames[-int(np.ceil(fps)):]]
+    assert any(np.array_equal(cached[2], f) for f in last_second)
+    assert not np.array_equal(cached[0], cached[2])
+
+
+def test_cached_spectrogram_matches_the_ogmge_recipe(ogmge, mini):
+    """Recompute OGM-GE's audio from the wav: resample to 22,050 Hz, tile to 3 s, clip, log |STFT| (512, 353)."""
+    split, row, _ = _rows(ogmge)["1001_DFA_DIS_XX"]
+    cached = np.load(ogmge / split / "audio.npy", mmap_mode="r")[row].astype(np.float32)
+    wave, rate = sf.read(str(mini / "AudioWAV" / "1001_DFA_DIS_XX.wav"), dtype="float32")
+    wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, 22050)
+    tiled = wave.repeat(3)[:66150].clamp(-1, 1)
+    spec = torch.stft(tiled, 512, 353, window=torch.hann_window(512), return_complex=True).abs()
+    expected = torch.log(spec + 1e-7).numpy()
+    np.testing.assert_allclose(cached[0], expected, atol=2e-2, rtol=2e-3)  # float16 storage
+    # the 2.27 s clip is tiled: the frames one clip-length apart repeat
+    period = wave.shape[0] / 353
+    assert period < 188
+
+
+def test_fbank_preset_through_the_cli(capsys, tmp_path, mini):
+    out = tmp_path / "fbank"
+    code, stdout, _ = run_cli(capsys, "prepare", "cremad", "--raw", mini, "--out", out, "--preset", "fbank")
+    assert code == 0, stdout
+    manifest = read_manifest(out)
+    assert manifest.modalities["audio"].shape == [1, 128, 300]
+    assert manifest.modalities["visual"].shape == [2, 3, 224, 224]
+    audio = np.load(out / "test" / "audio.npy").astype(np.float32)
+    assert np.isfinite(audio).all() and -3 < audio.mean() < 3  # AST-normalised, not raw log-mel
+    assert "wrote 6 clips, skipped 6" in stdout
+    assert "not the published 6,698 / 744" in stdout  # the count warning
+    assert "per class" in stdout
+
+
+def test_strict_refuses_a_partial_download(capsys, tmp_path, mini):
+    code, out, err = run_cli(capsys, "prepare", "cremad", "--raw", mini, "--out", tmp_path / "c", "--strict")
+    assert code == 2
+    assert "train 4 / test 2" in err and "6,698 / 744" in err and "Traceback" not in err
+    assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_wrong_raw_folder_and_unknown_preset_exit_2(capsys, tmp_path, mini):
+    code, _, err = run_cli(capsys, "prepare", "cremad", "--raw", tmp_path, "--out", tmp_path / "o")
+    assert code == 2 and "VideoFlash" in err
+    code, _, err = run_cli(capsys, "prepare", "cremad", "--raw", mini, "--out", tmp_path / "o", "--preset", "x")
+    assert code == 2 and "ogmge" in err and "fbank" in err
+
+
+def test_interrupted_prepare_resumes_without_redoing_finished_clips(tmp_path, mini, monkeypatch):
+    out = tmp_path / "cache"
+    real_decode = avclips.decode_clip
+    calls: list[str] = []
+
+    def decode_then_die(item):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the run
+        calls.append(item.key)
+        return real_decode(item)
+
+    monkeypatch.setattr(avclips, "decode_clip", decode_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cremad.prepare(mini, out)
+    assert not (out / "manifest.json").exists()
+    journal = (out / STAGING / JOURNAL).read_text().splitlines()
+    assert len(journal) == 3
+
+    resumed: list[str] = []
+
+    def counting(item):
+        resumed.append(item.key)
+        return real_decode(item)
+
+    monkeypatch.setattr(avclips, "decode_clip", counting)
+    log: list[str] = []
+    manifest = cremad.prepare(mini, out, log=log.append)
+    assert len(resumed) == 3 and not set(resumed) & set(calls)
+    assert any("resuming: 3 clips already done" in line for line in log)
+    assert not (out / STAGING).exists()
+    assert sum(manifest.splits.values()) == 6
+    # the resumed cache equals one made in one go
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(avclips, "decode_clip", real_decode)
+    cremad.prepare(mini, fresh)
+    for split in manifest.splits:
+        for name in ("audio.npy", "visual.npy", "labels.npy"):
+            np.testing.assert_array_equal(np.load(out / split / name), np.load(fresh / split / name))
+
+
+def test_second_identical_prepare_does_nothing_and_other_params_redo(ogmge, mini):
+    log: list[str] = []
+    before = (ogmge / "manifest.json").read_text()
+    cremad.prepare(mini, ogmge, preset="ogmge", log=log.append)
+    assert any("nothing to do" in line for line in log)
+    assert (ogmge / "manifest.json").read_text() == before
+
+
+def test_two_workers_write_the_same_cache_as_one(tmp_path, mini, ogmge):
+    out = tmp_path / "two"
+    cremad.prepare(mini, out, workers=2)
+    assert json.loads((out / "manifest.json").read_text())["splits"] == read_manifest(ogmge).splits
+    for split in ("train", "val", "test"):
+        for name in ("audio.npy", "visual.npy", "labels.npy", "ids.txt"):
+            a, b = out / split / name, ogmge / split / name
+            assert a.read_bytes() == b.read_bytes(), f"{split}/{name} differs"
+
+
+def test_a_short_training_run_on_the_prepared_clips(capsys, tmp_path, ogmge):
+    code, out, err = run_cli(capsys, "train", "recipes/cremad/joint.yaml", "--set", f"dataset.root={ogmge}",
+                             "--seeds", "0", "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set",
+                             "model.encoders=cnn-small", "--set", "model.cnn_channels=[8,8,8]", "--out", tmp_path)
+    assert code == 0, out + err
+    evals = list(tmp_path.rglob("eval.json"))
+    assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 2
