@@ -61,8 +61,9 @@ def prepare(
     preset: Optional[str] = typer.Option(None, "--preset", help="Preparation preset (see `bogc list`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation carve-out and pairings."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share carved from "
-                                                 "train (default per dataset: avdigits 0.1, mfeat 0.25, arrays 0.1)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Parallel workers reading files."),
+                                                 "train (default per dataset: mfeat 0.25, others 0.1; "
+                                                 "ave, mosei and mosi have official validation splits)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes decoding files (clips, volumes); an interrupted prepare resumes where it stopped."),
     strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones."),
 ) -> None:
     """Turn a raw dataset download into a prepared cache that `bogc train` reads."""
@@ -76,8 +77,13 @@ def prepare(
                         + ("" if dataset in DATASETS else f"; known datasets: {', '.join(DATASETS)}"))
     if not raw.exists():
         raise UserError(f"--raw {raw} does not exist: point it at the folder of the raw {dataset} download")
-    manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
-                                  workers=workers, strict=strict, log=lambda msg: console.print(msg, highlight=False))
+    try:
+        manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
+                                      workers=workers, strict=strict,
+                                      log=lambda msg: console.print(msg, highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: what was written is kept; run the same command again to resume in {out}")
+        sys.exit(130)
     table = Table(title=f"{dataset} prepared in {out}" + (f" (preset {manifest.preset})" if manifest.preset else ""))
     table.add_column("split")
     table.add_column("samples", justify="right")

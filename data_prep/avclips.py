@@ -83,6 +83,9 @@ class ClipSource:
     preset: AVPreset
     audio: str | None = None
 
+    def describe(self) -> str:
+        return self.video
+
 
 def decode_clip(item: Item) -> dict[str, np.ndarray]:
     """One clip -> ``{"audio": float16 [1, F, T], "visual": uint8 [n, 3, S, S]}`` (module level: runs in workers)."""
@@ -160,6 +163,10 @@ def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPrese
         log(f"{out} already holds this {dataset} cache; nothing to do")
         return done
     counts = {s: sum(it.split == s for it in listing.items) for s in ("train", "val", "test")}
+    empty = [s for s in ("train", "test") if counts[s] == 0]
+    if empty:
+        raise UserError(f"no {dataset} clips of the {' or '.join(empty)} split found under --raw "
+                        f"({sum(counts.values())} clips found): a cache needs both train and test clips")
     log(f"preparing {len(listing.items)} {dataset} clips (train {counts['train']}, val {counts['val']}, "
         f"test {counts['test']}) with preset {preset.name}, {workers} worker(s)")
     start_rewrite(out)

@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -41,6 +42,21 @@ JOURNAL = "journal.tsv"
 PLAN = "plan.json"
 COPY_ROWS = 256  # rows per chunk when compacting
 FLUSH_SECONDS = 2.0
+
+IN_WORKER = False
+"""True inside a decoding worker process: decoders should then use one thread each (the
+workers already fill the cores; nested thread pools only contend)."""
+
+
+def _worker_init() -> None:
+    global IN_WORKER
+    IN_WORKER = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it keeps what was written
+    _die_with_parent()
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,27 @@ Layout = dict[str, tuple[tuple[int, ...], str]]
 """Per modality: the per-sample shape and the storage dtype (``"uint8"``, ``"float16"``, ...)."""
 
 Decode = Callable[[Item], dict[str, np.ndarray]]
+
+
+def _die_with_parent() -> None:
+    """End this worker when the parent dies (SIGKILL included), instead of idling on as an orphan."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) == 0 and os.getppid() == parent:  # 1 = PR_SET_PDEATHSIG (Linux)
+            return
+    except (OSError, AttributeError):
+        pass
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def build_store(out: Path, items: list[Item], layout: Layout, decode: Decode, *, fingerprint: str,
@@ -139,7 +176,11 @@ def _open_rows(path: Path, shape: tuple[int, ...], dtype: str) -> np.memmap:
 
 
 def _describe(item: Item) -> str:
+    """How a skipped item is named in the report: its file (``source.describe()``, a path, or a dict's
+    first path), else its key."""
     source = item.source
+    if callable(getattr(source, "describe", None)):
+        return str(source.describe())
     if isinstance(source, dict):
         source = next(iter(source.values()), item.key)
     return str(source) if isinstance(source, (str, Path)) else item.key
@@ -205,7 +246,7 @@ def _run_pool(todo, decode: Decode, layout: Layout, workers: int, record) -> Non
     """Decode in ``workers`` spawned processes, at most ``4 * workers`` items in flight."""
     context = multiprocessing.get_context("spawn")  # fork after torch's threads start is unsafe
     queue = iter(todo)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
         in_flight = {}
         for split, row, item in queue:
             in_flight[pool.submit(_decode_safely, decode, item, layout)] = (split, row)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep import clipstore
 from data_prep.clipstore import SkipItem
 
 SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
@@ -95,7 +96,8 @@ def read_frames(path: Path, seconds: list[int], size: int) -> np.ndarray:
             if not container.streams.video:
                 raise SkipItem("no video track")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            if not clipstore.IN_WORKER:
+                stream.thread_type = "AUTO"
             fps = float(stream.average_rate or stream.guessed_rate or 25)
             wanted = {int(round((s + 0.5) * fps)) for s in seconds}
             kept: dict[int, av.VideoFrame] = {}
@@ -104,6 +106,8 @@ def read_frames(path: Path, seconds: list[int], size: int) -> np.ndarray:
             for total, frame in enumerate(container.decode(video=0), start=1):
                 if total - 1 in wanted:
                     kept[total - 1] = frame
+                    if len(kept) == len(wanted):
+                        break  # every wanted frame is in the clip: no wrapping, no need to decode the rest
                 tail.append((total - 1, frame))
             kept.update(tail)
             picked = [kept[i].to_image() for i in frame_indices(seconds, fps, total)] if total else []

@@ -205,3 +205,52 @@ def test_a_short_training_run_on_the_prepared_clips(capsys, tmp_path, ogmge):
     assert code == 0, out + err
     evals = list(tmp_path.rglob("eval.json"))
     assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 2
+
+
+def test_sigkill_mid_prepare_then_rerun_finishes_and_leaves_no_orphan_workers(tmp_path):
+    """A real kill -9 of `bogc prepare --workers 2`: the rerun resumes and equals an uninterrupted cache."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from prepare_speed import build_raw
+
+    raw = tmp_path / "raw"
+    build_raw(raw, 150)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "bogc_cli", "prepare", "cremad", "--raw", str(raw), "--out", str(out)]
+    proc = subprocess.Popen(cmd + ["--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / STAGING / JOURNAL
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 8:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "prepare finished before it could be killed"
+    workers = [int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == proc.pid]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert workers and not [w for w in workers if Path(f"/proc/{w}").exists() and _parent(w) is not None]
+    assert not (out / "manifest.json").exists()
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming:" in rerun.stdout and "wrote 150 clips" in rerun.stdout
+    fresh = tmp_path / "fresh"
+    cremad.prepare(raw, fresh)
+    for split in ("train", "val", "test"):
+        for name in ("audio.npy", "visual.npy", "labels.npy", "ids.txt"):
+            assert (out / split / name).read_bytes() == (fresh / split / name).read_bytes(), f"{split}/{name}"
+
+
+def _parent(pid: int) -> int | None:
+    """The parent pid of a live process (Linux /proc), None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[1])

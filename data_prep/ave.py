@@ -1,0 +1,97 @@
+"""AVE (Audio-Visual Event, Tian et al., ECCV 2018): 4,143 10-s YouTube clips, 28 event classes.
+
+Raw layout (``--raw``, the official ``AVE_Dataset`` folder, or its parent): ``AVE/<VideoID>.mp4``,
+and the official lists ``trainSet.txt``, ``valSet.txt``, ``testSet.txt`` (``Annotations.txt`` names
+every clip and fixes the class list), one clip per line as
+``Category&VideoID&Quality&StartTime&EndTime``. The whole 10-s clip is used (its event
+boundaries are not needed for classification). Published sizes: 3,339 / 402 / 402.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bogc_cli.data.cache import Manifest
+from bogc_cli.errors import UserError
+from data_prep._common import Log, no_log
+from data_prep.avclips import AVPreset, ClipListing, ClipSource, check_common_args, check_counts, prepare_clips
+from data_prep.clipstore import Item
+
+DATASET = "ave"
+EXPECTED = {"train": 3339, "val": 402, "test": 402}
+EXPECTED_CLASSES = 28
+SET_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
+PRESETS = {
+    "ogmge": AVPreset("ogmge", "log_stft", sample_rate=16000, seconds=10.0, frame_seconds=(0, 4, 9),
+                      reference="OGM-GE-style: 16 kHz tiled to 10 s, stft n_fft 512 hop 353, log; 1-fps frames"),
+}
+DEFAULT_PRESET = "ogmge"
+LAYOUT = "AVE/<VideoID>.mp4, Annotations.txt, trainSet.txt, valSet.txt, testSet.txt"
+
+
+def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
+            workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
+    """Prepare the AVE cache in ``out`` from ``raw``; AVE has an official val list, so ``val_fraction`` must be unset."""
+    raw, out = Path(raw), Path(out)
+    preset = preset or DEFAULT_PRESET
+    if preset not in PRESETS:
+        raise UserError(f"unknown {DATASET} preset {preset!r}; valid: {', '.join(PRESETS)}")
+    if val_fraction is not None:
+        raise UserError("AVE has an official validation list (valSet.txt): drop --val-fraction")
+    check_common_args(raw, out, 0.0, DATASET, LAYOUT)
+    listing = list_clips(find_root(raw), PRESETS[preset])
+    counts = {s: sum(it.split == s for it in listing.items) + sum(1 for sk in listing.skipped
+                                                                    if sk.get("split") == s) for s in EXPECTED}
+    problem = check_counts(DATASET, counts, EXPECTED, strict, log, "use the complete AVE download")
+    if problem:
+        listing.sources["count_check"] = problem
+    return prepare_clips(DATASET, out, listing, PRESETS[preset], workers=workers, log=log, seed=seed,
+                         val_fraction=0.0)
+
+
+def find_root(raw: Path) -> Path:
+    for root in (raw, raw / "AVE_Dataset"):
+        if (root / SET_FILES["train"]).is_file():
+            return root
+    raise UserError(f"no {SET_FILES['train']} in {raw}: point --raw at the AVE_Dataset folder ({LAYOUT})")
+
+
+def read_set(path: Path) -> list[tuple[str, str]]:
+    """``(category, video_id)`` per line of an AVE list; the header line is left out."""
+    if not path.is_file():
+        raise UserError(f"missing AVE list {path}: the official download has {', '.join(SET_FILES.values())}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("&")
+        if len(fields) < 2:
+            raise UserError(f"{path} line {number} is {line!r}: expected Category&VideoID&Quality&StartTime&EndTime")
+        if fields[1].strip() == "VideoID":
+            continue
+        rows.append((fields[0].strip(), fields[1].strip()))
+    return rows
+
+
+def list_clips(root: Path, preset: AVPreset) -> ClipListing:
+    sets = {split: read_set(root / name) for split, name in SET_FILES.items()}
+    annotations = root / "Annotations.txt"
+    categories = [c for c, _ in read_set(annotations)] if annotations.is_file() else []
+    classes = sorted(set(categories) | {c for rows in sets.values() for c, _ in rows})
+    video_dir = root / "AVE" if (root / "AVE").is_dir() else root
+    items, skipped = [], []
+    for split, rows in sets.items():
+        for category, video_id in rows:
+            video = video_dir / f"{video_id}.mp4"
+            if not video.is_file():
+                skipped.append({"file": str(video), "reason": "listed but missing", "split": split})
+                continue
+            items.append(Item(video_id, split, classes.index(category), ClipSource(video=str(video), preset=preset)))
+    if len(classes) != EXPECTED_CLASSES:
+        skipped_note = f"{len(classes)} categories in the lists, not {EXPECTED_CLASSES}"
+    else:
+        skipped_note = None
+    sources = {"root": str(root), "lists": SET_FILES, "expected": EXPECTED}
+    if skipped_note:
+        sources["class_check"] = skipped_note
+    return ClipListing(items, classes, skipped, sources, {"split": "official trainSet/valSet/testSet lists"})

