@@ -3,6 +3,8 @@
 - ``mlp``: vectors ``[B, D]`` (any shape is flattened).
 - ``cnn-small``: spectrograms ``[B, C, F, T]`` or images ``[B, C, H, W]``; video
   ``[B, T, C, H, W]`` has its frames folded into the batch and features averaged over time.
+- ``transformer``: sequences ``[B, T, D]`` (MOSEI/MOSI features): a small Transformer encoder,
+  mean-pooled over the steps that are not all-zero padding.
 - ``resnet18``: torchvision's ResNet-18 from scratch (no downloaded weights), stem adapted
   to the input's channel count (1 for spectrograms), 512-d features, video as above.
 """
@@ -95,6 +97,30 @@ class ResNet18Encoder(nn.Module):
         return self.net(x)
 
 
+class SequenceTransformer(nn.Module):
+    """``[B, T, D]`` -> ``[B, feature_dim]``: linear projection to ``d_model``, learned positions,
+    ``layers`` pre-norm Transformer encoder layers (4 heads), mean over the non-padding steps
+    (a step whose features are all zero is padding, as in the aligned MOSEI/MOSI pickles), linear."""
+
+    def __init__(self, steps: int, in_dim: int, feature_dim: int = 128, d_model: int = 64, layers: int = 2,
+                 dropout: float = 0.0, heads: int = 4):
+        super().__init__()
+        self.proj = nn.Linear(in_dim, d_model)
+        self.position = nn.Parameter(torch.zeros(1, steps, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, feature_dim), nn.ReLU(inplace=True))
+        self.out_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padding = (x == 0).all(dim=-1)  # [B, T]
+        padding = padding & ~padding.all(dim=1, keepdim=True)  # an all-zero sequence keeps every step
+        h = self.encoder(self.proj(x) + self.position[:, : x.shape[1]], src_key_padding_mask=padding)
+        keep = (~padding).unsqueeze(-1).to(h.dtype)
+        return self.out((h * keep).sum(dim=1) / keep.sum(dim=1))
+
+
 def _channels(spec: ModalitySpec) -> int:
     return spec.shape[1] if spec.kind == "video" else spec.shape[0]
 
@@ -114,16 +140,24 @@ def _build_resnet18(spec: ModalitySpec, cfg) -> nn.Module:
     return ResNet18Encoder(_channels(spec))
 
 
+def _build_transformer(spec: ModalitySpec, cfg) -> nn.Module:
+    return SequenceTransformer(spec.shape[0], spec.shape[1], cfg.feature_dim, d_model=cfg.hidden_dim // 4 or 16,
+                               layers=cfg.mlp_layers, dropout=cfg.dropout)
+
+
 ENCODERS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
-    "mlp": (_build_mlp, ("vector", "audio", "image", "video"),
+    "mlp": (_build_mlp, ("vector", "sequence", "audio", "image", "video"),
             "fully connected; options model.feature_dim, model.hidden_dim, model.mlp_layers, model.dropout"),
     "cnn-small": (_build_cnn_small, ("audio", "image", "video"),
                   "fast CPU CNN; options model.feature_dim, model.cnn_channels, model.cnn_pool, model.dropout"),
+    "transformer": (_build_transformer, ("sequence",),
+                    "small Transformer over [T, D] sequences, mean over non-padding steps; d_model = "
+                    "model.hidden_dim / 4 (64), layers = model.mlp_layers (2), model.feature_dim, model.dropout"),
     "resnet18": (_build_resnet18, ("audio", "image", "video"),
                  "torchvision ResNet-18 from scratch, 512-d, 1-channel stem for spectrograms"),
 }
 
-DEFAULT_ENCODER = {"audio": "cnn-small", "image": "cnn-small", "video": "resnet18", "vector": "mlp"}
+DEFAULT_ENCODER = {"audio": "cnn-small", "image": "cnn-small", "video": "resnet18", "vector": "mlp", "sequence": "transformer"}
 
 
 def build_encoder(name: str, spec: ModalitySpec, cfg) -> nn.Module:

@@ -1,0 +1,127 @@
+"""MOSEI/MOSI preparation from a small pickle in the real aligned (MulT) format, and the transformer encoder."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bogc_cli.data.cache import load_split, read_manifest
+from bogc_cli.models.encoders import SequenceTransformer
+from cli_helpers import run_cli
+
+SIZES = {"train": 40, "valid": 10, "test": 12}
+
+
+def _write_pickle(path: Path, dims=(300, 74, 35), drop: str | None = None) -> dict:
+    """A MulT-format pickle: per split text/audio/vision [N, 50, D], labels [N, 1, 1], id [N, 3] strings."""
+    rng = np.random.default_rng(0)
+    data = {}
+    for split, n in SIZES.items():
+        part = {m: rng.normal(size=(n, 50, d)).astype(np.float32) for m, d in zip(("text", "audio", "vision"), dims)}
+        part["text"][:, :10] = 0  # left padding of short utterances, as in the real file
+        part["audio"][0, 3, :2] = -np.inf  # the real MOSEI audio has -inf entries
+        sentiment = rng.uniform(-3, 3, size=n).astype(np.float32)
+        sentiment[:3] = [-0.4, 0.0, 2.6]
+        part["labels"] = sentiment.reshape(n, 1, 1)
+        part["id"] = np.array([[f"vid{split}{i}", str(i), str(i + 1)] for i in range(n)])
+        data[split] = part
+    if drop:
+        del data["test"][drop]
+    path.write_bytes(pickle.dumps(data))
+    return data
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("mosei_raw")
+    return folder, _write_pickle(folder / "mosei_senti_data.pkl")
+
+
+def test_acc2_cache_shapes_labels_and_splits(capsys, tmp_path, raw):
+    folder, data = raw
+    code, out, err = run_cli(capsys, "prepare", "mosei", "--raw", folder, "--out", tmp_path / "c")
+    assert code == 0, out + err
+    manifest = read_manifest(tmp_path / "c")
+    assert manifest.splits == {"train": 40, "val": 10, "test": 12}
+    assert {m: (s.kind, s.shape) for m, s in manifest.modalities.items()} == {
+        "text": ("sequence", [50, 300]), "audio": ("sequence", [50, 74]), "vision": ("sequence", [50, 35])}
+    assert manifest.classes == ["negative", "non-negative"]
+    train = load_split(tmp_path / "c", manifest, "train")
+    sentiment = data["train"]["labels"][:, 0, 0]
+    np.testing.assert_array_equal(train.labels, (sentiment >= 0).astype(int))
+    assert train.labels[:3].tolist() == [0, 1, 1]  # -0.4, 0.0 (non-negative), 2.6
+    assert train.ids[0] == "vidtrain0|0|1"
+    assert manifest.params["non_finite_replaced"]["audio"] == 2 * 3  # two -inf per split
+    assert np.isfinite(np.asarray(train.inputs["audio"])).all() and train.inputs["audio"][0, 3, 0] == 0
+    np.testing.assert_array_equal(train.inputs["text"], data["train"]["text"])
+    assert "not the published 16,326 / 1,871 / 4,659" in out
+
+
+def test_acc7_rounds_and_clips(tmp_path, raw):
+    from data_prep.mosei import labels_for, prepare
+
+    folder, data = raw
+    manifest = prepare(folder / "mosei_senti_data.pkl", tmp_path / "c7", preset="acc7")
+    assert manifest.classes == ["-3", "-2", "-1", "0", "1", "2", "3"]
+    assert labels_for(np.array([-3.4, -0.4, 0.0, 0.6, 2.6]), "acc7").tolist() == [0, 3, 3, 4, 6]
+    test = load_split(tmp_path / "c7", manifest, "test")
+    expected = np.round(np.clip(data["test"]["labels"][:, 0, 0], -3, 3)).astype(int) + 3
+    np.testing.assert_array_equal(test.labels, expected)
+
+
+def test_bad_inputs_exit_2_with_one_message(capsys, tmp_path, raw):
+    folder, _ = raw
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", tmp_path, "--out", tmp_path / "o")
+    assert code == 2 and "mosei_senti_data.pkl" in err and "Traceback" not in err
+    broken = tmp_path / "b"
+    broken.mkdir()
+    _write_pickle(broken / "mosei_senti_data.pkl", drop="vision")
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", broken, "--out", tmp_path / "o")
+    assert code == 2 and "'test' lacks vision" in err
+    not_pickle = tmp_path / "np"
+    not_pickle.mkdir()
+    (not_pickle / "mosei_senti_data.pkl").write_text("hello")
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", not_pickle, "--out", tmp_path / "o")
+    assert code == 2 and "not a readable pickle" in err
+    code, _, err = run_cli(capsys, "prepare", "mosi", "--raw", folder / "mosei_senti_data.pkl", "--out", tmp_path / "o")
+    assert code == 2 and "74 features per step, not 5" in err
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", folder, "--out", tmp_path / "o", "--strict")
+    assert code == 2 and "16,326" in err
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", folder, "--out", tmp_path / "o", "--val-fraction", "0.1")
+    assert code == 2 and "valid" in err
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_mosi_dims(tmp_path):
+    from data_prep.mosi import prepare
+
+    _write_pickle(tmp_path / "mosi_data.pkl", dims=(300, 5, 20))
+    manifest = prepare(tmp_path, tmp_path / "c")
+    assert manifest.dataset == "mosi" and manifest.modalities["vision"].shape == [50, 20]
+
+
+def test_transformer_ignores_padding_steps():
+    torch.manual_seed(0)
+    encoder = SequenceTransformer(steps=50, in_dim=8, feature_dim=16).eval()
+    x = torch.randn(4, 40, 8)
+    padded = torch.cat([x, torch.zeros(4, 10, 8)], dim=1)
+    with torch.no_grad():
+        assert encoder(padded).shape == (4, 16)
+        torch.testing.assert_close(encoder(padded), encoder(x))
+        assert not torch.allclose(encoder(padded), encoder(torch.cat([x, torch.ones(4, 10, 8)], dim=1)))
+
+
+def test_a_short_training_run_with_the_transformer(capsys, tmp_path, raw):
+    folder, _ = raw
+    cache = tmp_path / "c"
+    run_cli(capsys, "prepare", "mosei", "--raw", folder, "--out", cache)
+    code, out, err = run_cli(capsys, "train", "recipes/mosei/bogc.yaml", "--seeds", "0", "--set", f"dataset.root={cache}",
+                             "--set", "train.epochs=2", "--set", "train.batch_size=16", "--out", tmp_path / "r")
+    assert code == 0, out + err
+    result = json.loads(next((tmp_path / "r").rglob("eval.json")).read_text())
+    assert result["n"] == 12 and 0 <= result["accuracy"] <= 1
