@@ -52,7 +52,7 @@ class DatasetBlock(OpenModel):
 class ModelBlock(StrictModel):
     encoders: dict[str, str] | str | None = Field(
         None, description="encoder per modality, or one name for all; default by kind "
-        "(audio/image: cnn-small, video: resnet18, vector: mlp)")
+        "(audio/image: cnn-small, video: resnet18, vector: mlp, sequence: transformer)")
     feature_dim: int = Field(128, gt=0, description="feature size of cnn-small and mlp encoders")
     hidden_dim: int = Field(256, gt=0, description="hidden size of mlp encoders")
     mlp_layers: int = Field(2, ge=1, description="linear layers in an mlp encoder")
