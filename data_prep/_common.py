@@ -69,3 +69,28 @@ def reject_preset(dataset: str, preset: str | None, hint: str) -> None:
     """For datasets without prepare presets: any ``--preset`` is a user error explained by ``hint``."""
     if preset is not None:
         raise UserError(f"`bogc prepare {dataset}` takes no --preset (got {preset!r}): {hint}")
+
+
+def choose_preset(dataset: str, preset: str | None, presets: dict, default: str) -> str:
+    """``preset`` (or the dataset's default), refused with the valid names when unknown."""
+    preset = preset or default
+    if preset not in presets:
+        raise UserError(f"unknown {dataset} preset {preset!r}; valid: {', '.join(presets)}")
+    return preset
+
+
+def choose_val_fraction(val_fraction: float | None, default: float) -> float:
+    """``--val-fraction`` (or the dataset's default), checked to lie in [0, 1)."""
+    value = default if val_fraction is None else float(val_fraction)
+    if not 0 <= value < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {value}")
+    return value
+
+
+def count_mismatch(message: str, strict: bool, fix: str, log: Log) -> str:
+    """A raw folder whose counts differ from the published ones: an error with ``--strict``
+    (telling the user to ``fix``), else a logged warning; returns ``message`` for the manifest."""
+    if strict:
+        raise UserError(f"{message} (--strict): {fix}, or drop --strict")
+    log(f"warning: {message}")
+    return message

@@ -24,7 +24,8 @@ import numpy as np
 from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, carve_validation, write_manifest
 from bogc_cli.errors import UserError
-from data_prep._common import Log, check_out_folder, digest, file_list_checksum, reusable_manifest, start_rewrite
+from data_prep._common import (Log, check_out_folder, count_mismatch, digest, file_list_checksum, reusable_manifest,
+                               start_rewrite)
 from data_prep.audio_features import kaldi_fbank, log_stft
 from data_prep.clipstore import Item, build_store
 from data_prep.media import read_audio, read_frames
@@ -131,16 +132,11 @@ def check_counts(dataset: str, counts: dict[str, int], expected: dict[str, int],
         return None
     found = " / ".join(f"{s} {counts.get(s, 0)}" for s in expected)
     published = " / ".join(f"{expected[s]:,}" for s in expected)
-    message = f"{dataset}: the raw folder has {found} clips, not the published {published}"
-    if strict:
-        raise UserError(f"{message} (--strict): {hint}, or drop --strict")
-    log(f"warning: {message}")
-    return message
+    return count_mismatch(f"{dataset}: the raw folder has {found} clips, not the published {published}", strict, hint,
+                          log)
 
 
-def check_common_args(raw: Path, out: Path, val_fraction: float, dataset: str, layout_hint: str) -> None:
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+def check_common_args(raw: Path, out: Path, dataset: str, layout_hint: str) -> None:
     if not raw.is_dir():
         raise UserError(f"raw folder {raw} does not exist: point --raw at the {dataset} download ({layout_hint})")
     check_out_folder(out, raw)

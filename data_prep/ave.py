@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
 from bogc_cli.errors import UserError
-from data_prep._common import Log, no_log
+from data_prep._common import Log, choose_preset, no_log
 from data_prep.avclips import AVPreset, ClipListing, ClipSource, check_common_args, check_counts, prepare_clips
 from data_prep.clipstore import Item
 
@@ -33,12 +33,10 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
             workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
     """Prepare the AVE cache in ``out`` from ``raw``; AVE has an official val list, so ``val_fraction`` must be unset."""
     raw, out = Path(raw), Path(out)
-    preset = preset or DEFAULT_PRESET
-    if preset not in PRESETS:
-        raise UserError(f"unknown {DATASET} preset {preset!r}; valid: {', '.join(PRESETS)}")
+    preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
     if val_fraction is not None:
         raise UserError("AVE has an official validation list (valSet.txt): drop --val-fraction")
-    check_common_args(raw, out, 0.0, DATASET, LAYOUT)
+    check_common_args(raw, out, DATASET, LAYOUT)
     listing = list_clips(find_root(raw), PRESETS[preset])
     counts = {s: sum(it.split == s for it in listing.items) + sum(1 for sk in listing.skipped
                                                                     if sk.get("split") == s) for s in EXPECTED}

@@ -26,7 +26,8 @@ import numpy as np
 from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, carve_validation, write_manifest
 from bogc_cli.errors import UserError
-from data_prep._common import Log, check_out_folder, digest, file_list_checksum, no_log, reusable_manifest, start_rewrite
+from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, count_mismatch, digest,
+                               file_list_checksum, no_log, reusable_manifest, start_rewrite)
 from data_prep.clipstore import Item, SkipItem, build_store
 
 DATASET = "brats_grade"
@@ -56,12 +57,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
             workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
     """Prepare the BraTS grade cache in ``out`` from ``raw``; returns its manifest."""
     raw, out = Path(raw), Path(out)
-    preset = preset or DEFAULT_PRESET
-    if preset not in PRESETS:
-        raise UserError(f"unknown {DATASET} preset {preset!r}; valid: {', '.join(PRESETS)}")
-    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
+    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
     if not raw.is_dir():
         raise UserError(f"raw folder {raw} does not exist: point --raw at the BraTS 2019 training data ({LAYOUT})")
     root = find_root(raw)
@@ -74,10 +71,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     if counts != EXPECTED:
         message = (f"{DATASET}: {counts['HGG']} HGG + {counts['LGG']} LGG patients, not the published "
                    f"{EXPECTED['HGG']} + {EXPECTED['LGG']}")
-        if strict:
-            raise UserError(f"{message} (--strict): use the complete BraTS 2019 training data, or drop --strict")
-        log(f"warning: {message}")
-        sources["count_check"] = message
+        sources["count_check"] = count_mismatch(message, strict, "use the complete BraTS 2019 training data", log)
     items = split_patients(patients, preset, seed, val_fraction)
     if not any(it.split == "test" for it in items) or not any(it.split == "train" for it in items):
         raise UserError(f"too few patients under {root} for a train/test split ({sum(counts.values())} found)")

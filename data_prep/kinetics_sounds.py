@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
 from bogc_cli.errors import UserError
-from data_prep._common import Log, no_log
+from data_prep._common import Log, choose_preset, choose_val_fraction, no_log
 from data_prep.avclips import (AVPreset, ClipListing, ClipSource, carve_val_items, check_common_args, check_counts,
                                prepare_clips)
 from data_prep.clipstore import Item
@@ -47,11 +47,9 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
             workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
     """Prepare the Kinetics-Sounds cache in ``out`` from ``raw``; returns its manifest."""
     raw, out = Path(raw), Path(out)
-    preset = preset or DEFAULT_PRESET
-    if preset not in PRESETS:
-        raise UserError(f"unknown {DATASET} preset {preset!r}; valid: {', '.join(PRESETS)}")
-    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
-    check_common_args(raw, out, val_fraction, DATASET, LAYOUT)
+    preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
+    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
+    check_common_args(raw, out, DATASET, LAYOUT)
     listing = list_clips(raw, PRESETS[preset])
     counts = {s: sum(it.split == s for it in listing.items) for s in EXPECTED}
     problem = check_counts(DATASET, counts, EXPECTED, strict, log, "use the complete Kinetics-Sounds lists")

@@ -25,7 +25,8 @@ import numpy as np
 from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, SplitArrays, write_cache
 from bogc_cli.errors import UserError
-from data_prep._common import Log, check_out_folder, digest, file_list_checksum, no_log, reusable_manifest, start_rewrite
+from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum, no_log,
+                               reusable_manifest, start_rewrite)
 
 MODALITIES = ("text", "audio", "vision")
 SPLIT_KEYS = {"train": "train", "val": "valid", "test": "test"}
@@ -45,9 +46,7 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
                    out: Path, preset: str | None, val_fraction: float | None, strict: bool, log: Log) -> Manifest:
     """Shared by MOSEI and MOSI: ``names`` are the pickle names looked for, ``expected`` the published sizes."""
     raw, out = Path(raw), Path(out)
-    preset = preset or DEFAULT_PRESET
-    if preset not in PRESETS:
-        raise UserError(f"unknown {dataset} preset {preset!r}; valid: {', '.join(PRESETS)}")
+    preset = choose_preset(dataset, preset, PRESETS, DEFAULT_PRESET)
     if val_fraction is not None:
         raise UserError(f"{dataset} has an official validation split (the pickle's 'valid'): drop --val-fraction")
     path = find_pickle(raw, names)
@@ -69,10 +68,7 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
     if counts != expected:
         message = (f"{dataset}: the pickle has train {counts['train']} / val {counts['val']} / test {counts['test']} "
                    f"segments, not the published {expected['train']:,} / {expected['val']:,} / {expected['test']:,}")
-        if strict:
-            raise UserError(f"{message} (--strict): use the full aligned pickle, or drop --strict")
-        log(f"warning: {message}")
-        sources["count_check"] = message
+        sources["count_check"] = count_mismatch(message, strict, "use the full aligned pickle", log)
     start_rewrite(out)
     log(f"writing the cache to {out}")
     return write_cache(out, dataset=dataset, classes=PRESETS[preset], kinds={m: "sequence" for m in MODALITIES},

@@ -43,7 +43,6 @@ def test_skipped_items_are_left_out_and_rows_stay_aligned(tmp_path):
 
 def test_a_cut_journal_line_is_redone_and_a_changed_plan_starts_over(tmp_path, monkeypatch):
     items = _items(8)
-    import data_prep.clipstore as store
 
     done = []
 

@@ -12,7 +12,7 @@ import pytest
 
 from bogc_cli.data.cache import load_split, read_manifest
 from cli_helpers import run_cli
-from data_prep import ave, kinetics_sounds
+from data_prep import kinetics_sounds
 
 
 def _video_without_audio(path: Path) -> None:
