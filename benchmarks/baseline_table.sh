@@ -16,7 +16,7 @@ for d in $datasets; do
     for seed in 0 1 2; do
       label=$d; [[ $d == mfeat ]] && label=mfeat-weak3
       if [[ -f "$out/baselines/$label/$name/seed$seed/eval.json" ]]; then continue; fi
-      bogc train "$recipe" --out "$out" --set experiment=baselines --seeds "$seed"
+      bogc train "$recipe" --out "$out" --set experiment=baselines --seeds "$seed" --overwrite  # an unfinished run restarts
     done
   done
 done

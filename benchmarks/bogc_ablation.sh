@@ -8,7 +8,7 @@ set -euo pipefail
 out=${1:-results/ablation}
 datasets=${2:-"mfeat avdigits"}
 for d in $datasets; do
-  common=(--out "$out" --set experiment=ablation)
+  common=(--out "$out" --set experiment=ablation --overwrite)  # a rerun replaces the table's runs
   bogc train "recipes/$d/joint.yaml" "${common[@]}"
   bogc train "recipes/$d/uniform.yaml" "${common[@]}"
   bogc train "recipes/$d/bogc.yaml" "${common[@]}"

@@ -107,8 +107,12 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.epochs=5 (repeatable)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, one run each: 0,1,2."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides output.dir)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of earlier runs with the same "
+                                   "experiment, dataset, method and seed (refused otherwise)."),
 ) -> None:
     """Train a recipe (once per seed) and evaluate each run's best-validation checkpoint on test."""
+    from bogc_cli.engine.run_lock import refuse_existing
+    from bogc_cli.engine.setup import resolved_recipe, run_dir_for
     from bogc_cli.engine.trainer import train_run
     from bogc_cli.recipe import load_recipe
 
@@ -117,9 +121,12 @@ def train(
         overrides.append(f"output.dir={out}")
     rec = load_recipe(recipe, overrides)
     seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
+    if not overwrite:  # refuse before the first seed trains, not after it
+        for seed in seed_list:
+            refuse_existing(run_dir_for(resolved_recipe(rec.for_seed(seed))))
     results = []
     for seed in seed_list:
-        result = train_run(rec.for_seed(seed), console)
+        result = train_run(rec.for_seed(seed), console, overwrite=overwrite)
         console.print(f"run written to [bold]{result.run_dir}[/bold]")
         results.append(result)
     console.print(_summary_table(results))

@@ -81,17 +81,18 @@ def test_missing_masks_are_seeded_and_nested():
 @pytest.mark.parametrize("args, words", [
     (["train", "nope.yaml"], ["nope.yaml", "not found"]),
     (["train", "recipes/quickstart.yaml", "--set", "model.fuson=sum"], ["model.fuson", "did you mean"]),
-    (["train", "recipes/quickstart.yaml", "--set", "dataset.modalities=[audio,visual]"], ["visual", "available"]),
+    (["train", "recipes/quickstart.yaml", "--set", "dataset.modalities=[audio,visual]", "--out", "{tmp}"],
+     ["visual", "available"]),
     (["train", "recipes/quickstart.yaml", "--seeds", "a,b"], ["--seeds"]),
-    (["train", "recipes/avdigits/joint.yaml", "--set", "dataset.root=/nonexistent/av"], ["/nonexistent/av",
-                                                                                        "bogc prepare"]),
+    (["train", "recipes/avdigits/joint.yaml", "--set", "dataset.root=/nonexistent/av", "--out", "{tmp}"],
+     ["/nonexistent/av", "bogc prepare"]),
     (["eval", "/nonexistent/run"], ["/nonexistent/run", "does not exist"]),
     (["prepare", "cifar", "--raw", ".", "--out", "x"], ["cifar", "avdigits"]),
     (["prepare", "mfeat", "--raw", "/nonexistent/raw", "--out", "x"], ["/nonexistent/raw"]),
     (["report", "/nonexistent/results"], ["/nonexistent/results"]),
 ])
-def test_user_errors_exit_2_with_one_message(capsys, args, words):
-    code, out, err = run_cli(capsys, *args)
+def test_user_errors_exit_2_with_one_message(capsys, tmp_path, args, words):
+    code, out, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert code == 2
     assert "Traceback" not in err + out
     assert err.startswith("error:")

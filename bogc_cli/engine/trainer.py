@@ -28,6 +28,7 @@ from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
+from bogc_cli.engine.run_lock import claim_run_dir
 from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for, run_identity
 from bogc_cli.fusion import StepContext, method_label
 from bogc_cli.recipe import Recipe
@@ -66,18 +67,25 @@ def data_info(parts) -> dict:
             "modalities": {m: vars(s) for m, s in parts.data.modalities.items()}}
 
 
-def train_run(recipe: Recipe, console: Console) -> RunResult:
-    """Train one seed of a recipe end to end and evaluate its best-validation checkpoint on test."""
+def train_run(recipe: Recipe, console: Console, overwrite: bool = False) -> RunResult:
+    """Train one seed of a recipe end to end and evaluate its best-validation checkpoint on test.
+
+    The run directory is locked while training; earlier results in it are refused unless ``overwrite``.
+    """
     assert recipe.seeds is None, "train_run takes a single-seed recipe (Recipe.for_seed)"
     started = time.perf_counter()
-    seed = recipe.seed
-    device = pick_device(recipe.train.device)
-    seed_everything(seed, recipe.train.deterministic)
     resolved = resolved_recipe(recipe)
-    parts = build_parts(resolved)
-    model = parts.model.to(device)
+    seed_everything(resolved.seed, resolved.train.deterministic)
+    parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
     run_dir = run_dir_for(resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with claim_run_dir(run_dir, overwrite):
+        return _train_locked(resolved, parts, run_dir, console, started)
+
+
+def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, started: float) -> RunResult:
+    seed = resolved.seed
+    device = pick_device(resolved.train.device)
+    model = parts.model.to(device)
     write_text(run_dir / "recipe.yaml", resolved.to_yaml())
     write_json(run_dir / "environment.json", environment(device))
 
