@@ -107,6 +107,9 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.epochs=5 (repeatable)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds, one run each: 0,1,2."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides output.dir)."),
+    max_bad_steps: Optional[int] = typer.Option(None, "--max-bad-steps", min=1, help="Stop after this many steps "
+                                                "in a row with a NaN/inf loss or gradient (each is skipped; "
+                                                "default train.max_bad_steps, 10)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of earlier runs with the same "
                                    "experiment, dataset, method and seed (refused otherwise)."),
 ) -> None:
@@ -119,6 +122,8 @@ def train(
     overrides = list(set_)
     if out is not None:
         overrides.append(f"output.dir={out}")
+    if max_bad_steps is not None:
+        overrides.append(f"train.max_bad_steps={max_bad_steps}")
     rec = load_recipe(recipe, overrides)
     seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
     if not overwrite:  # refuse before the first seed trains, not after it

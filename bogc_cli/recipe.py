@@ -98,6 +98,8 @@ class TrainBlock(StrictModel):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
     deterministic: bool = True
+    max_bad_steps: int = Field(10, ge=1, description="stop after this many steps in a row whose loss or gradient "
+                               "is NaN/inf (each such step is skipped and counted)")
 
 
 class OutputBlock(StrictModel):

@@ -51,6 +51,10 @@ class TrainProgress:
                 fields["loss"] = loss
             self.progress.update(self.task, advance=1, **fields)
 
+    def note(self, message: str) -> None:
+        """A warning line (above the live bar on a terminal)."""
+        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
     def epoch_done(self, record: dict) -> None:
         self.val_acc = record["val_accuracy"]
         if self.progress is not None:
@@ -59,4 +63,6 @@ class TrainProgress:
             self.console.print(
                 f"{self.title} epoch {record['epoch']}/{self.epochs}  loss {record['train_loss']:.4f}  "
                 f"train acc {record['train_accuracy']:.3f}  val acc {record['val_accuracy']:.3f}  "
-                f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s", highlight=False)
+                f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s"
+                + (f"  skipped {record['bad_steps']} non-finite step(s)" if record.get("bad_steps") else ""),
+                highlight=False)

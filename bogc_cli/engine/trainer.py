@@ -29,6 +29,7 @@ from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
 from bogc_cli.engine.run_lock import claim_run_dir
+from bogc_cli.errors import UserError
 from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for, run_identity
 from bogc_cli.fusion import StepContext, method_label
 from bogc_cli.recipe import Recipe
@@ -114,7 +115,13 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
     all_step_ms: list[float] = []
     with TrainProgress(console, title, cfg.epochs, len(train_loader)) as progress:
         for epoch in range(1, cfg.epochs + 1):
-            record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress)
+            try:
+                record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress,
+                                               cfg.max_bad_steps)
+            except Diverged as exc:
+                kept = (f"{run_dir / 'last.pt'} holds epoch {epoch - 1}, from before the fault" if epoch > 1 else
+                        "no checkpoint was written (the fault came in the first epoch)")
+                raise Diverged(f"{exc}; {kept}") from None
             all_step_ms += step_ms
             record.update(method.on_epoch_end(epoch))
             record["lr"] = scheduler.get_last_lr()[0]
@@ -162,7 +169,14 @@ def _holdout(parts, recipe: Recipe) -> tuple[SplitArrays, SplitArrays | None]:
     return train.subset(keep), train.subset(held)
 
 
-def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress) -> tuple[dict, list[float]]:
+class Diverged(UserError):
+    """Too many non-finite steps in a row: the run stops; ``last.pt`` still holds the epoch before."""
+
+
+def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress,
+                 max_bad_steps: int = 10) -> tuple[dict, list[float]]:
+    """One epoch; a step whose loss or gradient is not finite is skipped (no update), counted in
+    ``bad_steps`` and left out of the epoch's averages; ``max_bad_steps`` in a row raise ``Diverged``."""
     model.train()
     method.on_epoch_start(epoch)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -170,13 +184,29 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     log_sums: dict[str, torch.Tensor] = {}
-    seen, step_ms = 0, []
+    seen, step_ms, bad, in_a_row = 0, [], 0, 0
     for step, raw in enumerate(loader, start=1):
         batch = to_device(raw, device)
         t0 = time.perf_counter()
+        method.ctx.skipped_step = False
+        buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics, tiny
         result = method.step(batch)
         sync()
         step_ms.append((time.perf_counter() - t0) * 1000)
+        if method.ctx.skipped_step or not torch.isfinite(result.loss):
+            with torch.no_grad():  # a NaN batch must not poison the running statistics either
+                for b, saved in zip(model.buffers(), buffers):
+                    b.copy_(saved)
+            bad, in_a_row = bad + 1, in_a_row + 1
+            progress.note(f"epoch {epoch} step {step}: non-finite loss or gradient, update skipped "
+                          f"({in_a_row} in a row)")
+            if in_a_row >= max_bad_steps:
+                raise Diverged(f"training diverged: {in_a_row} steps in a row with a NaN/inf loss or gradient "
+                               f"(epoch {epoch}, step {step}; train.max_bad_steps={max_bad_steps}), their updates "
+                               "skipped. Lower optim.lr, set optim.grad_clip, or check the data for NaN/inf values")
+            progress.step(epoch, step, None)
+            continue
+        in_a_row = 0
         n = len(batch)
         loss_sum += result.loss * n
         correct += (result.fused_logits.argmax(1) == batch.labels).sum()
@@ -184,6 +214,9 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
             log_sums[k] = log_sums.get(k, 0) + v.detach().float() * n
         seen += n
         progress.step(epoch, step, float(result.loss) if progress.live else None)
+    if seen == 0:
+        raise Diverged(f"training diverged: every step of epoch {epoch} had a NaN/inf loss or gradient. Lower "
+                       "optim.lr, set optim.grad_clip, or check the data for NaN/inf values")
     record = {
         "epoch": epoch,
         "train_loss": float(loss_sum) / seen,
@@ -192,5 +225,6 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
         "epoch_time_s": time.perf_counter() - t_epoch,
         "step_time_ms_median": statistics.median(step_ms),
         "steps": len(step_ms),
+        "bad_steps": bad,
     }
     return record, step_ms

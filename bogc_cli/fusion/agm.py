@@ -186,8 +186,9 @@ class AGM(Method):
         s = mono_scores(split, batch.labels)
         scores = torch.stack([s[m] for m in names])
         r, _, coeff = agm_coefficients(scores, self.mean_scores, self.options.alpha, self.options.clip)
-        self.steps += 1
-        self.mean_scores = self.mean_scores + (scores - self.mean_scores) / self.steps
+        if bool(torch.isfinite(scores).all()):  # a NaN batch (whose update is skipped) must not poison the mean
+            self.steps += 1
+            self.mean_scores = self.mean_scores + (scores - self.mean_scores) / self.steps
         if not self._active():
             coeff = torch.ones_like(coeff)
         for i, m in enumerate(names):

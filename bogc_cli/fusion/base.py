@@ -39,6 +39,7 @@ class StepContext:
     holdout: Any = None  # DataLoader over the held-out part of train, for methods that ask for one
     train_eval: Any = None  # DataLoader over the rows trained on, unshuffled (for per-epoch passes)
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped_step: bool = False  # set by clip_and_step when a non-finite gradient made it skip the update
 
 
 @dataclass
@@ -132,8 +133,19 @@ class Method:
         return StepResult(total.detach(), out.fused_logits.detach(), logs)
 
     def clip_and_step(self) -> None:
-        if self.ctx.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.ctx.grad_clip)
+        """Clip (when ``grad_clip`` is set) and take the optimiser step, unless a gradient is NaN or
+        infinite: then the update is skipped, the gradients dropped and ``ctx.skipped_step`` set."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+            if not torch.isfinite(norm):
+                self.ctx.optimizer.zero_grad(set_to_none=True)
+                self.ctx.skipped_step = True
+                return
+            if self.ctx.grad_clip:  # as clip_grad_norm_, reusing the norm just computed
+                coef = (self.ctx.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+                for g in grads:
+                    g.mul_(coef.to(g.dtype))
         self.ctx.optimizer.step()
 
     def on_epoch_start(self, epoch: int) -> None:

@@ -154,7 +154,7 @@ class CGGM(Method):
 
         # 1. the auxiliary classifiers' own update: only the heads hold gradients for this step
         torch.stack(list(probes.values())).sum().backward()
-        opt.step()
+        self.clip_and_step()
         opt.zero_grad(set_to_none=True)
         with torch.no_grad(), self.ctx.autocast():
             after = {m: heads[m](detached[m]).float() for m in names}
