@@ -110,6 +110,8 @@ def train(
     max_bad_steps: Optional[int] = typer.Option(None, "--max-bad-steps", min=1, help="Stop after this many steps "
                                                 "in a row with a NaN/inf loss or gradient (each is skipped; "
                                                 "default train.max_bad_steps, 10)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their last checkpoint "
+                                "(exactly as if never interrupted) and keep finished ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of earlier runs with the same "
                                    "experiment, dataset, method and seed (refused otherwise)."),
 ) -> None:
@@ -126,12 +128,14 @@ def train(
         overrides.append(f"train.max_bad_steps={max_bad_steps}")
     rec = load_recipe(recipe, overrides)
     seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
-    if not overwrite:  # refuse before the first seed trains, not after it
+    if resume and overwrite:
+        raise UserError("--resume continues earlier results and --overwrite deletes them: choose one")
+    if not overwrite and not resume:  # refuse before the first seed trains, not after it
         for seed in seed_list:
             refuse_existing(run_dir_for(resolved_recipe(rec.for_seed(seed))))
     results = []
     for seed in seed_list:
-        result = train_run(rec.for_seed(seed), console, overwrite=overwrite)
+        result = train_run(rec.for_seed(seed), console, overwrite=overwrite, resume=resume)
         console.print(f"run written to [bold]{result.run_dir}[/bold]")
         results.append(result)
     console.print(_summary_table(results))
@@ -304,7 +308,12 @@ def list_() -> None:
 def main() -> None:
     """Entry point: run the app; user errors -> one message, exit 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # typer turns Ctrl-C and typer.Exit into a returned exit code here
+        if isinstance(code, int) and code != 0:
+            if code == 130:
+                err_console.print("interrupted: finished work is kept (bogc train ... --resume continues a run "
+                                  "from its last epoch; bogc prepare resumes by itself)")
+            sys.exit(code)
     except UserError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

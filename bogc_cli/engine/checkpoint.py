@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from bogc_cli import __version__
-from bogc_cli.atomic import save_torch
+from bogc_cli.atomic import save_torch, write_text
 from bogc_cli.errors import UserError
 
 
 def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, data: dict,
-                    method_state: dict | None = None, optimizer=None, scheduler=None) -> None:
+                    method_state: dict | None = None, optimizer=None, scheduler=None,
+                    resume: dict | None = None, keep_previous: bool = False) -> None:
+    """Write a checkpoint atomically, then its sha256 beside it (``<name>.sha256``).
+
+    ``resume`` holds what continuing training needs beyond the model (RNG and data-order states, the
+    epoch history); ``keep_previous`` first renames an existing ``path`` to ``<stem>.prev.pt``, so a
+    checkpoint damaged later still leaves the one before it."""
     state: dict[str, Any] = {
         "format": "bogc-checkpoint/1",
         "version": __version__,
@@ -28,7 +36,63 @@ def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, d
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
+    if resume is not None:
+        state["resume"] = resume
+    if keep_previous and path.is_file():
+        previous = previous_path(path)
+        os.replace(path, previous)
+        if checksum_path(path).is_file():
+            os.replace(checksum_path(path), checksum_path(previous))
     save_torch(path, state)
+    write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verified(path: Path) -> str | None:
+    """Why ``path`` cannot be trusted (missing, checksum mismatch), or None when it checks out."""
+    if not path.is_file():
+        return "missing"
+    sums = checksum_path(path)
+    if not sums.is_file():
+        return "no checksum file"
+    expected = sums.read_text().split()[0] if sums.read_text().split() else ""
+    return None if expected == file_sha256(path) else "checksum mismatch (truncated or modified)"
+
+
+def load_resume_checkpoint(run_dir: Path, log) -> dict[str, Any] | None:
+    """The newest sound ``last.pt`` (or ``last.prev.pt``) of ``run_dir`` for resuming, else None.
+
+    A damaged one is reported through ``log`` and the previous one used."""
+    for path in (run_dir / "last.pt", previous_path(run_dir / "last.pt")):
+        problem = verified(path)
+        if problem == "missing":
+            continue
+        if problem is None:
+            try:
+                state = load_checkpoint(path)
+            except UserError as exc:
+                problem = str(exc)
+            else:
+                if "resume" in state:
+                    return state
+                problem = "written by a bogc without resume support"
+        log(f"{path} cannot be used ({problem}); trying the checkpoint before it")
+    return None
 
 
 def resolve_checkpoint(target: str | Path) -> Path:

@@ -18,8 +18,9 @@ from bogc_cli.errors import UserError
 
 LOCK = ".lock"
 #: What a run writes; with --overwrite these are removed before the new run starts.
-RESULT_FILES = ("eval.json", "best.pt", "last.pt", "metrics.jsonl", "recipe.yaml", "environment.json",
-                "missing_modality.csv", "missing_modality.png")
+RESULT_FILES = ("eval.json", "best.pt", "last.pt", "last.prev.pt", "best.pt.sha256", "last.pt.sha256",
+                "last.prev.pt.sha256", "metrics.jsonl", "recipe.yaml", "environment.json", "missing_modality.csv",
+                "missing_modality.png")
 RESULT_GLOBS = ("eval-*.json",)
 
 
@@ -54,12 +55,14 @@ def refuse_existing(run_dir: Path) -> None:
     found = existing_results(run_dir)
     if found:
         state = "a finished run" if "eval.json" in found else "an unfinished run"
-        raise UserError(f"{run_dir} already holds {state} ({', '.join(found[:4])}): pass --overwrite to replace it, "
-                        "or choose another --out, experiment or seed")
+        raise UserError(f"{run_dir} already holds {state} ({', '.join(found[:4])}): pass --resume to continue it "
+                        "(a finished run is kept as it is), --overwrite to replace it, or choose another --out, "
+                        "experiment or seed")
 
 
-def claim_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
-    """Lock ``run_dir`` for this process; with ``overwrite`` clear earlier results, else refuse them."""
+def claim_run_dir(run_dir: Path, overwrite: bool, allow_existing: bool = False) -> RunLock:
+    """Lock ``run_dir`` for this process; with ``overwrite`` clear earlier results, else refuse them
+    (unless ``allow_existing``: a resume continues them)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = open(run_dir / LOCK, "a+")
     try:
@@ -75,7 +78,7 @@ def claim_run_dir(run_dir: Path, overwrite: bool) -> RunLock:
         if overwrite:
             for name in existing_results(run_dir):
                 (run_dir / name).unlink()
-        else:
+        elif not allow_existing:
             refuse_existing(run_dir)
     except BaseException:
         lock.release()

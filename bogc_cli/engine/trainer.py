@@ -23,11 +23,12 @@ from bogc_cli import __version__
 from bogc_cli.atomic import write_json, write_text
 from bogc_cli.data.cache import SplitArrays, carve_validation
 from bogc_cli.data.loader import make_loader, to_device
-from bogc_cli.engine.checkpoint import load_checkpoint, save_checkpoint
+from bogc_cli.engine.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
-from bogc_cli.engine.runtime import autocast_factory, peak_memory_mb, pick_device, seed_everything
+from bogc_cli.engine.runtime import (autocast_factory, peak_memory_mb, pick_device, rng_state, seed_everything,
+                                     set_rng_state)
 from bogc_cli.engine.run_lock import claim_run_dir
 from bogc_cli.errors import UserError
 from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for, run_identity
@@ -68,10 +69,13 @@ def data_info(parts) -> dict:
             "modalities": {m: vars(s) for m, s in parts.data.modalities.items()}}
 
 
-def train_run(recipe: Recipe, console: Console, overwrite: bool = False) -> RunResult:
+def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume: bool = False) -> RunResult:
     """Train one seed of a recipe end to end and evaluate its best-validation checkpoint on test.
 
     The run directory is locked while training; earlier results in it are refused unless ``overwrite``.
+    With ``resume``, a finished run is returned as it is and an unfinished one continues after the
+    last epoch its ``last.pt`` holds (model, optimiser, scheduler, method state, RNG and data order),
+    so it ends exactly as an uninterrupted run would.
     """
     assert recipe.seeds is None, "train_run takes a single-seed recipe (Recipe.for_seed)"
     started = time.perf_counter()
@@ -79,11 +83,20 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False) -> RunR
     seed_everything(resolved.seed, resolved.train.deterministic)
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
     run_dir = run_dir_for(resolved)
-    with claim_run_dir(run_dir, overwrite):
-        return _train_locked(resolved, parts, run_dir, console, started)
+    with claim_run_dir(run_dir, overwrite, allow_existing=resume):
+        if resume and (run_dir / "eval.json").is_file():
+            return _finished(run_dir, console)
+        return _train_locked(resolved, parts, run_dir, console, started, resume)
 
 
-def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, started: float) -> RunResult:
+def _finished(run_dir: Path, console: Console) -> RunResult:
+    done = json.loads((run_dir / "eval.json").read_text())
+    console.print(f"{run_dir} is already finished (eval.json): nothing to resume")
+    return RunResult(run_dir, done["seed"], done["epoch"], done["val_accuracy"], done, done.get("train_seconds", 0.0))
+
+
+def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, started: float,
+                  resume: bool = False) -> RunResult:
     seed = resolved.seed
     device = pick_device(resolved.train.device)
     model = parts.model.to(device)
@@ -111,10 +124,24 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
 
     title = f"{resolved.dataset_label()}/{method_label(resolved)}/seed{seed}"
     records: list[dict] = []
-    best_acc, best_epoch = -1.0, 0
+    best_acc, best_epoch, start = -1.0, 0, 1
+    if resume and (state := load_resume_checkpoint(run_dir, lambda m: console.print(f"[yellow]{m}[/yellow]"))):
+        _check_same_recipe(state["recipe"], recipe_dict, run_dir)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        extra = state["resume"]
+        records, (best_acc, best_epoch) = extra["records"], extra["best"]
+        train_loader.generator.set_state(extra["loader"])
+        set_rng_state(extra["rng"])
+        start = state["epoch"] + 1
+        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+    elif resume:
+        console.print(f"nothing to resume in {run_dir}: starting at epoch 1")
     all_step_ms: list[float] = []
     with TrainProgress(console, title, cfg.epochs, len(train_loader)) as progress:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(start, cfg.epochs + 1):
             try:
                 record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress,
                                                cfg.max_bad_steps)
@@ -136,7 +163,10 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
                 save_checkpoint(run_dir / "best.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val,
                                 data=info, method_state=method.state_dict())
             save_checkpoint(run_dir / "last.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val, data=info,
-                            method_state=method.state_dict(), optimizer=optimizer, scheduler=scheduler)
+                            method_state=method.state_dict(), optimizer=optimizer, scheduler=scheduler,
+                            keep_previous=True,
+                            resume={"rng": rng_state(), "loader": train_loader.generator.get_state(),
+                                    "records": records, "best": [best_acc, best_epoch]})
             write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             progress.epoch_done(record)
 
@@ -167,6 +197,24 @@ def _holdout(parts, recipe: Recipe) -> tuple[SplitArrays, SplitArrays | None]:
         return train, None
     keep, held = carve_validation(train.labels, fraction, recipe.dataset.split_seed)
     return train.subset(keep), train.subset(held)
+
+
+def _check_same_recipe(saved: dict, current: dict, run_dir: Path) -> None:
+    """Resuming under another recipe would silently mix two experiments: refuse, naming the keys."""
+    if saved == current:
+        return
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(saved), flat(current)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    raise UserError(f"cannot resume {run_dir}: its recipe differs in {', '.join(keys[:6])} "
+                    f"(was {', '.join(f'{k}={a.get(k)!r}' for k in keys[:3])}); resume with the same recipe, "
+                    "or start over with --overwrite")
 
 
 class Diverged(UserError):
