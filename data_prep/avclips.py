@@ -125,15 +125,31 @@ def carve_val_items(items: list[Item], fraction: float, seed: int) -> list[Item]
     return [Item(it.key, "val", it.label, it.source) if it.key in val_keys else it for it in items]
 
 
-def check_counts(dataset: str, counts: dict[str, int], expected: dict[str, int], strict: bool, log: Log,
-                 hint: str) -> str | None:
-    """Compare split sizes found in the raw folder with the published ones; warn, or raise when ``strict``."""
-    if counts == expected:
-        return None
-    found = " / ".join(f"{s} {counts.get(s, 0)}" for s in expected)
-    published = " / ".join(f"{expected[s]:,}" for s in expected)
-    return count_mismatch(f"{dataset}: the raw folder has {found} clips, not the published {published}", strict, hint,
-                          log)
+@dataclass(frozen=True)
+class Published:
+    """A dataset's published size: clips per split, number of classes (None: fixed by the reader),
+    and what to tell a user whose raw folder differs."""
+
+    clips: dict[str, int]
+    classes: int | None
+    hint: str
+
+
+def check_published(dataset: str, listing: ClipListing, published: Published, strict: bool, log: Log) -> None:
+    """Compare the clips found per split (and the classes) with the published ones; warn, or raise when
+    ``strict``; a difference is recorded in ``listing.sources["count_check"]``."""
+    problems = []
+    counts = {s: sum(it.split == s for it in listing.items) for s in published.clips}
+    if counts != published.clips:
+        found = " / ".join(f"{s} {counts[s]}" for s in published.clips)
+        expected = " / ".join(f"{n:,}" for n in published.clips.values())
+        problems.append(count_mismatch(f"{dataset}: the raw folder has {found} clips, not the published {expected}",
+                                       strict, published.hint, log))
+    if published.classes is not None and len(listing.classes) != published.classes:
+        problems.append(count_mismatch(f"{dataset}: {len(listing.classes)} classes found, not {published.classes}",
+                                       strict, published.hint, log))
+    if problems:
+        listing.sources["count_check"] = "; ".join(problems)
 
 
 def check_common_args(raw: Path, out: Path, dataset: str, layout_hint: str) -> None:
@@ -142,13 +158,17 @@ def check_common_args(raw: Path, out: Path, dataset: str, layout_hint: str) -> N
     check_out_folder(out, raw)
 
 
-def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPreset, *, workers: int, log: Log,
-                  seed: int, val_fraction: float) -> Manifest:
-    """Decode ``listing``'s clips into the cache at ``out`` (resumable, ``workers`` processes) and write the manifest."""
+def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPreset, *, published: Published,
+                  strict: bool, workers: int, log: Log, seed: int, val_fraction: float) -> Manifest:
+    """Check ``listing`` against the ``published`` sizes, carve ``val_fraction`` of train out for validation
+    (when the listing has no val split), decode the clips into the cache at ``out`` (resumable,
+    ``workers`` processes) and write the manifest."""
     if not listing.items:
         raise UserError(f"no usable {dataset} clips found under --raw"
                         + (f" ({len(listing.skipped)} file(s) skipped, e.g. {listing.skipped[0]['file']}: "
                            f"{listing.skipped[0]['reason']})" if listing.skipped else ""))
+    check_published(dataset, listing, published, strict, log)
+    listing.items = carve_val_items(listing.items, val_fraction, seed)
     params = {**preset.params(), **listing.params, "seed": seed, "val_fraction": val_fraction}
     media = sorted({Path(p) for it in listing.items for p in (it.source.video, it.source.audio) if p})
     sources = {**listing.sources, "clips_listed": len(listing.items), "media_files": len(media),

@@ -14,12 +14,13 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.errors import UserError
 from data_prep._common import Log, choose_preset, no_log
-from data_prep.avclips import AVPreset, ClipListing, ClipSource, check_common_args, check_counts, prepare_clips
+from data_prep.avclips import AVPreset, ClipListing, ClipSource, Published, check_common_args, prepare_clips
 from data_prep.clipstore import Item
 
 DATASET = "ave"
 EXPECTED = {"train": 3339, "val": 402, "test": 402}
 EXPECTED_CLASSES = 28
+PUBLISHED = Published(EXPECTED, EXPECTED_CLASSES, "use the complete AVE download")
 SET_FILES = {"train": "trainSet.txt", "val": "valSet.txt", "test": "testSet.txt"}
 PRESETS = {
     "ogmge": AVPreset("ogmge", "log_stft", sample_rate=16000, seconds=10.0, frame_seconds=(0, 4, 9),
@@ -37,14 +38,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     if val_fraction is not None:
         raise UserError("AVE has an official validation list (valSet.txt): drop --val-fraction")
     check_common_args(raw, out, DATASET, LAYOUT)
-    listing = list_clips(find_root(raw), PRESETS[preset])
-    counts = {s: sum(it.split == s for it in listing.items) + sum(1 for sk in listing.skipped
-                                                                    if sk.get("split") == s) for s in EXPECTED}
-    problem = check_counts(DATASET, counts, EXPECTED, strict, log, "use the complete AVE download")
-    if problem:
-        listing.sources["count_check"] = problem
-    return prepare_clips(DATASET, out, listing, PRESETS[preset], workers=workers, log=log, seed=seed,
-                         val_fraction=0.0)
+    return prepare_clips(DATASET, out, list_clips(find_root(raw), PRESETS[preset]), PRESETS[preset],
+                         published=PUBLISHED, strict=strict, workers=workers, log=log, seed=seed, val_fraction=0.0)
 
 
 def find_root(raw: Path) -> Path:
@@ -82,14 +77,8 @@ def list_clips(root: Path, preset: AVPreset) -> ClipListing:
         for category, video_id in rows:
             video = video_dir / f"{video_id}.mp4"
             if not video.is_file():
-                skipped.append({"file": str(video), "reason": "listed but missing", "split": split})
+                skipped.append({"file": str(video), "reason": "listed but missing"})
                 continue
             items.append(Item(video_id, split, classes.index(category), ClipSource(video=str(video), preset=preset)))
-    if len(classes) != EXPECTED_CLASSES:
-        skipped_note = f"{len(classes)} categories in the lists, not {EXPECTED_CLASSES}"
-    else:
-        skipped_note = None
     sources = {"root": str(root), "lists": SET_FILES, "expected": EXPECTED}
-    if skipped_note:
-        sources["class_check"] = skipped_note
     return ClipListing(items, classes, skipped, sources, {"split": "official trainSet/valSet/testSet lists"})

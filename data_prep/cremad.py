@@ -20,13 +20,13 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.errors import UserError
 from data_prep._common import Log, choose_preset, choose_val_fraction, no_log
-from data_prep.avclips import (AVPreset, ClipListing, ClipSource, carve_val_items, check_common_args, check_counts,
-                               prepare_clips)
+from data_prep.avclips import AVPreset, ClipListing, ClipSource, Published, check_common_args, prepare_clips
 from data_prep.clipstore import Item
 
 DATASET = "cremad"
 CLASSES = ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
 EXPECTED = {"train": 6698, "test": 744}
+PUBLISHED = Published(EXPECTED, None, "use the complete CREMA-D download")
 DEFAULT_VAL_FRACTION = 0.1
 TEST_LIST = Path(__file__).with_name("splits") / "cremad_test.txt"
 PRESETS = {
@@ -49,13 +49,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
     val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
     check_common_args(raw, out, DATASET, LAYOUT)
-    listing = list_clips(find_root(raw), PRESETS[preset])
-    counts = {s: sum(it.split == s for it in listing.items) for s in EXPECTED}
-    problem = check_counts(DATASET, counts, EXPECTED, strict, log, "use the complete CREMA-D download")
-    if problem:
-        listing.sources["count_check"] = problem
-    listing.items = carve_val_items(listing.items, val_fraction, seed)
-    return prepare_clips(DATASET, out, listing, PRESETS[preset], workers=workers, log=log, seed=seed,
+    return prepare_clips(DATASET, out, list_clips(find_root(raw), PRESETS[preset]), PRESETS[preset],
+                         published=PUBLISHED, strict=strict, workers=workers, log=log, seed=seed,
                          val_fraction=val_fraction)
 
 

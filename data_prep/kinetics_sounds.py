@@ -21,13 +21,13 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.errors import UserError
 from data_prep._common import Log, choose_preset, choose_val_fraction, no_log
-from data_prep.avclips import (AVPreset, ClipListing, ClipSource, carve_val_items, check_common_args, check_counts,
-                               prepare_clips)
+from data_prep.avclips import AVPreset, ClipListing, ClipSource, Published, check_common_args, prepare_clips
 from data_prep.clipstore import Item
 
 DATASET = "kinetics_sounds"
 EXPECTED = {"train": 14799, "test": 2597}
 EXPECTED_CLASSES = 31
+PUBLISHED = Published(EXPECTED, EXPECTED_CLASSES, "use the complete Kinetics-Sounds download and lists")
 DEFAULT_VAL_FRACTION = 0.1
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".flv")
 TEN_SECONDS_FRAMES = (0, 4, 9)  # three of the ten 1-fps frames, spread over the clip
@@ -50,20 +50,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
     val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
     check_common_args(raw, out, DATASET, LAYOUT)
-    listing = list_clips(raw, PRESETS[preset])
-    counts = {s: sum(it.split == s for it in listing.items) for s in EXPECTED}
-    problem = check_counts(DATASET, counts, EXPECTED, strict, log, "use the complete Kinetics-Sounds lists")
-    if len(listing.classes) != EXPECTED_CLASSES:
-        note = f"{DATASET}: {len(listing.classes)} classes found, not {EXPECTED_CLASSES}"
-        if strict:
-            raise UserError(f"{note} (--strict): use the complete Kinetics-Sounds download, or drop --strict")
-        log(f"warning: {note}")
-        problem = f"{problem}; {note}" if problem else note
-    if problem:
-        listing.sources["count_check"] = problem
-    listing.items = carve_val_items(listing.items, val_fraction, seed)
-    return prepare_clips(DATASET, out, listing, PRESETS[preset], workers=workers, log=log, seed=seed,
-                         val_fraction=val_fraction)
+    return prepare_clips(DATASET, out, list_clips(raw, PRESETS[preset]), PRESETS[preset], published=PUBLISHED,
+                         strict=strict, workers=workers, log=log, seed=seed, val_fraction=val_fraction)
 
 
 def list_clips(raw: Path, preset: AVPreset) -> ClipListing:
