@@ -63,7 +63,8 @@ def prepare(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share carved from "
                                                  "train (default per dataset: mfeat 0.25, others 0.1; "
                                                  "ave, mosei and mosi have official validation splits)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes decoding files (clips, volumes); an interrupted prepare resumes where it stopped."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes decoding files (clips, volumes); "
+                                "an interrupted prepare resumes where it stopped."),
     strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones."),
 ) -> None:
     """Turn a raw dataset download into a prepared cache that `bogc train` reads."""
@@ -77,13 +78,8 @@ def prepare(
                         + ("" if dataset in DATASETS else f"; known datasets: {', '.join(DATASETS)}"))
     if not raw.exists():
         raise UserError(f"--raw {raw} does not exist: point it at the folder of the raw {dataset} download")
-    try:
-        manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
-                                      workers=workers, strict=strict,
-                                      log=lambda msg: console.print(msg, highlight=False))
-    except KeyboardInterrupt:
-        err_console.print(f"interrupted: what was written is kept; run the same command again to resume in {out}")
-        sys.exit(130)
+    manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
+                                  workers=workers, strict=strict, log=lambda msg: console.print(msg, highlight=False))
     table = Table(title=f"{dataset} prepared in {out}" + (f" (preset {manifest.preset})" if manifest.preset else ""))
     table.add_column("split")
     table.add_column("samples", justify="right")
@@ -305,14 +301,17 @@ def list_() -> None:
     console.print(t)
 
 
+INTERRUPTED = ("interrupted: finished work is kept (`bogc train ... --resume` continues a run from its last epoch; "
+               "the same `bogc prepare` command resumes where it stopped)")
+
+
 def main() -> None:
     """Entry point: run the app; user errors -> one message, exit 2."""
     try:
         code = app(standalone_mode=False)  # typer turns Ctrl-C and typer.Exit into a returned exit code here
         if isinstance(code, int) and code != 0:
             if code == 130:
-                err_console.print("interrupted: finished work is kept (bogc train ... --resume continues a run "
-                                  "from its last epoch; bogc prepare resumes by itself)")
+                err_console.print(INTERRUPTED)
             sys.exit(code)
     except UserError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
@@ -322,8 +321,8 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(130)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
+    except KeyboardInterrupt:  # outside a command (e.g. while importing)
+        err_console.print(INTERRUPTED)
         sys.exit(130)
     except Exception as exc:  # click usage errors
         import click

@@ -47,6 +47,13 @@ def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, d
     write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
 
 
+def checkpoint_files() -> list[str]:
+    """Every file name the trainer's checkpoints occupy in a run directory (checksums and the kept
+    predecessor included)."""
+    names = ["best.pt", "last.pt", previous_path(Path("last.pt")).name]
+    return names + [checksum_path(Path(n)).name for n in names]
+
+
 def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -70,7 +77,7 @@ def verified(path: Path) -> str | None:
     sums = checksum_path(path)
     if not sums.is_file():
         return "no checksum file"
-    expected = sums.read_text().split()[0] if sums.read_text().split() else ""
+    expected = (sums.read_text().split() or [""])[0]
     return None if expected == file_sha256(path) else "checksum mismatch (truncated or modified)"
 
 

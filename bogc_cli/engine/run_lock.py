@@ -14,13 +14,13 @@ import fcntl
 import os
 from pathlib import Path
 
+from bogc_cli.engine.checkpoint import checkpoint_files
 from bogc_cli.errors import UserError
 
 LOCK = ".lock"
 #: What a run writes; with --overwrite these are removed before the new run starts.
-RESULT_FILES = ("eval.json", "best.pt", "last.pt", "last.prev.pt", "best.pt.sha256", "last.pt.sha256",
-                "last.prev.pt.sha256", "metrics.jsonl", "recipe.yaml", "environment.json", "missing_modality.csv",
-                "missing_modality.png")
+RESULT_FILES = ("eval.json", *checkpoint_files(), "metrics.jsonl", "recipe.yaml", "environment.json",
+                "missing_modality.csv", "missing_modality.png")
 RESULT_GLOBS = ("eval-*.json",)
 
 

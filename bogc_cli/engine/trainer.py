@@ -30,8 +30,8 @@ from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.runtime import (autocast_factory, peak_memory_mb, pick_device, rng_state, seed_everything,
                                      set_rng_state)
 from bogc_cli.engine.run_lock import claim_run_dir
-from bogc_cli.errors import UserError
 from bogc_cli.engine.setup import build_parts, resolved_recipe, run_dir_for, run_identity
+from bogc_cli.errors import UserError
 from bogc_cli.fusion import StepContext, method_label
 from bogc_cli.recipe import Recipe
 
