@@ -176,13 +176,11 @@ def _open_rows(path: Path, shape: tuple[int, ...], dtype: str) -> np.memmap:
 
 
 def _describe(item: Item) -> str:
-    """How a skipped item is named in the report: its file (``source.describe()``, a path, or a dict's
-    first path), else its key."""
+    """How a skipped item is named in the report: its file (``source.describe()``, or the source itself
+    when it is a path), else its key."""
     source = item.source
     if callable(getattr(source, "describe", None)):
         return str(source.describe())
-    if isinstance(source, dict):
-        source = next(iter(source.values()), item.key)
     return str(source) if isinstance(source, (str, Path)) else item.key
 
 
