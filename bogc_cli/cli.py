@@ -301,7 +301,7 @@ def list_() -> None:
     console.print(t)
 
 
-INTERRUPTED = ("interrupted: finished work is kept (`bogc train ... --resume` continues a run from its last epoch; "
+INTERRUPTED = ("interrupted: finished work is kept (`bogc train ... --resume` continues a run from its last checkpoint; "
                "the same `bogc prepare` command resumes where it stopped)")
 
 

@@ -42,9 +42,9 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, step: int) -> None:
 
     real = trainer._train_epoch
 
-    def dying_epoch(method, model, loader, device, current, *args):
+    def dying_epoch(method, model, loader, device, current, *args, **kwargs):
         if current != epoch:
-            return real(method, model, loader, device, current, *args)
+            return real(method, model, loader, device, current, *args, **kwargs)
 
         def batches():
             for i, batch in enumerate(loader, start=1):
@@ -52,7 +52,7 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, step: int) -> None:
                     raise KeyboardInterrupt
                 yield batch
 
-        return real(method, model, batches(), device, current, *args)
+        return real(method, model, batches(), device, current, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "_train_epoch", dying_epoch)
 

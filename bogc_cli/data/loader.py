@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bogc_cli.data.cache import SplitArrays
+from bogc_cli.engine.graceful_stop import ignore_interrupts_in_worker
 
 
 @dataclass
@@ -52,13 +53,44 @@ def _identity(batch):
     return batch
 
 
+class EpochBatches(Sampler[list[int]]):
+    """Row indices of one epoch cut into batches: a fresh seeded permutation per epoch (``shuffle``) or
+    the split in order; ``start_next_epoch_at(k)`` makes the next epoch begin at batch ``k`` (0-based) of
+    the same permutation, so a run resumed in mid-epoch sees the batches it had not reached yet.
+
+    The permutation is drawn exactly as ``RandomSampler`` + ``BatchSampler`` draw it, so run
+    results match those of earlier versions that used them."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None):
+        self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self._skip = 0
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def start_next_epoch_at(self, batch: int) -> None:
+        self._skip = batch
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n)
+        for start in range(skip * self.batch_size, self.n, self.batch_size):
+            yield list(order[start:start + self.batch_size])
+        if self.shuffle:  # RandomSampler draws one more (empty-sliced) permutation when exhausted
+            torch.randperm(self.n, generator=self.generator)
+
+
 def make_loader(split: SplitArrays, batch_size: int, shuffle: bool, seed: int = 0,
                 num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over whole-batch slices; shuffling is seeded (same order for the same seed)."""
+    """A DataLoader over whole-batch slices; shuffling is seeded (same order for the same seed).
+
+    ``loader.batch_sampler`` is an ``EpochBatches``; ``loader.generator`` holds the shuffling state."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(ArrayDataset(split), batch_size=batch_size, shuffle=shuffle, generator=generator,
+    batches = EpochBatches(len(split), batch_size, shuffle, generator)
+    return DataLoader(ArrayDataset(split), batch_sampler=batches, generator=generator,
                       collate_fn=_identity, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, drop_last=False)
+                      persistent_workers=num_workers > 0,
+                      worker_init_fn=ignore_interrupts_in_worker if num_workers > 0 else None)
 
 
 def to_device(raw: dict, device: torch.device) -> Batch:

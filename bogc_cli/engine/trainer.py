@@ -13,7 +13,7 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from bogc_cli.data.cache import SplitArrays, carve_validation
 from bogc_cli.data.loader import make_loader, to_device
 from bogc_cli.engine.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.graceful_stop import GracefulStop, StopRequested
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.runtime import (autocast_factory, peak_memory_mb, pick_device, rng_state, seed_everything,
@@ -124,7 +125,8 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
 
     title = f"{resolved.dataset_label()}/{method_label(resolved)}/seed{seed}"
     records: list[dict] = []
-    best_acc, best_epoch, start = -1.0, 0, 1
+    best_acc, best_epoch, start, last_val = -1.0, 0, 1, {}
+    partial = None  # the epoch a mid-epoch checkpoint stopped in
     if resume and (state := load_resume_checkpoint(run_dir, lambda m: console.print(f"[yellow]{m}[/yellow]"))):
         _check_same_recipe(state["recipe"], recipe_dict, run_dir)
         model.load_state_dict(state["model"])
@@ -132,19 +134,52 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
         extra = state["resume"]
-        records, (best_acc, best_epoch) = extra["records"], extra["best"]
+        records, (best_acc, best_epoch), last_val = extra["records"], extra["best"], state["val"]
         train_loader.generator.set_state(extra["loader"])
         set_rng_state(extra["rng"])
         start = state["epoch"] + 1
-        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+        partial = extra.get("partial")
+        where = (f"at epoch {partial['epoch']}, step {partial['tally']['steps'] + 1}" if partial else
+                 f"after epoch {state['epoch']}")
+        console.print(f"resuming {run_dir} {where}")
     elif resume:
         console.print(f"nothing to resume in {run_dir}: starting at epoch 1")
+
+    def save_last(epoch_done: int, partial_epoch: dict | None = None) -> None:
+        resume_state = {"rng": rng_state(), "loader": train_loader.generator.get_state(), "records": records,
+                        "best": [best_acc, best_epoch]}
+        if partial_epoch is not None:
+            resume_state["partial"] = partial_epoch
+        save_checkpoint(run_dir / "last.pt", model=model, recipe=recipe_dict, epoch=epoch_done, val=last_val,
+                        data=info, method_state=method.state_dict(), optimizer=optimizer, scheduler=scheduler,
+                        keep_previous=True, resume=resume_state)
+
     all_step_ms: list[float] = []
-    with TrainProgress(console, title, cfg.epochs, len(train_loader)) as progress:
+    with GracefulStop() as stop, TrainProgress(console, title, cfg.epochs, len(train_loader)) as progress:
         for epoch in range(start, cfg.epochs + 1):
+            model.train()
+            if partial is not None:  # finish the epoch the last run stopped in, from its next batch
+                tally = EpochTally.from_state(partial["tally"], device)
+                train_loader.generator.set_state(partial["loader"])
+                train_loader.batch_sampler.start_next_epoch_at(tally.steps)
+                method.on_epoch_resume(epoch)
+                partial = None
+            else:
+                tally = EpochTally.begin(device)
+                method.on_epoch_start(epoch)
+            epoch_order = train_loader.generator.get_state()  # draws this epoch's batch order
+
+            def stop_mid_epoch(tally: EpochTally, epoch: int = epoch, epoch_order=epoch_order) -> None:
+                save_last(epoch - 1, {"epoch": epoch, "loader": epoch_order, "tally": tally.state()})
+                console.print(f"{stop.requested}: stopped at epoch {epoch}, step {tally.steps}; "
+                              f"checkpoint saved in {run_dir / 'last.pt'}")
+                raise StopRequested
+
             try:
                 record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress,
-                                               cfg.max_bad_steps)
+                                               cfg.max_bad_steps, tally=tally,
+                                               stop_requested=lambda: stop.requested is not None,
+                                               on_stop=stop_mid_epoch)
             except Diverged as exc:
                 kept = (f"{run_dir / 'last.pt'} holds epoch {epoch - 1}, from before the fault" if epoch > 1 else
                         "no checkpoint was written (the fault came in the first epoch)")
@@ -154,6 +189,7 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
             record["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
             val = evaluate_predictions(predict(model, val_loader, device, autocast), parts.data.classes)
+            last_val = val
             record.update({"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
             record.update({f"val_unimodal_accuracy.{m}": a for m, a in val["unimodal_accuracy"].items()})
             record["peak_memory_mb"] = peak_memory_mb(device)
@@ -162,13 +198,13 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
                 best_acc, best_epoch = val["accuracy"], epoch
                 save_checkpoint(run_dir / "best.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val,
                                 data=info, method_state=method.state_dict())
-            save_checkpoint(run_dir / "last.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val, data=info,
-                            method_state=method.state_dict(), optimizer=optimizer, scheduler=scheduler,
-                            keep_previous=True,
-                            resume={"rng": rng_state(), "loader": train_loader.generator.get_state(),
-                                    "records": records, "best": [best_acc, best_epoch]})
+            save_last(epoch)
             write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
             progress.epoch_done(record)
+            if stop.requested:  # came during validation or saving: the epoch's checkpoint is complete
+                console.print(f"{stop.requested}: stopped after epoch {epoch}; checkpoint saved in "
+                              f"{run_dir / 'last.pt'}")
+                raise StopRequested
 
     method.on_train_end(run_dir, records)
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
@@ -221,58 +257,98 @@ class Diverged(UserError):
     """Too many non-finite steps in a row: the run stops; ``last.pt`` still holds the epoch before."""
 
 
+@dataclass
+class EpochTally:
+    """Running sums of the epoch in progress: the loss and correct counts (device scalars), the
+    per-source logs (device scalars, summed over rows), rows seen, steps taken (bad ones included),
+    step times and the seconds spent. Saved in a mid-epoch checkpoint so the epoch can be finished."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    log_sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    seen: int = 0
+    steps: int = 0
+    bad: int = 0
+    in_a_row: int = 0
+    step_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @classmethod
+    def begin(cls, device: torch.device) -> "EpochTally":
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long))
+
+    def state(self) -> dict:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(),
+                "log_sums": {k: v.cpu() for k, v in self.log_sums.items()}, "seen": self.seen,
+                "steps": self.steps, "bad": self.bad, "in_a_row": self.in_a_row, "step_ms": list(self.step_ms),
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_state(cls, state: dict, device: torch.device) -> "EpochTally":
+        tensors = {k: state[k].to(device) for k in ("loss_sum", "correct")}
+        logs = {k: v.to(device) for k, v in state["log_sums"].items()}
+        rest = {k: state[k] for k in ("seen", "steps", "bad", "in_a_row", "seconds")}
+        return cls(**tensors, log_sums=logs, step_ms=list(state["step_ms"]), **rest)
+
+
 def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress,
-                 max_bad_steps: int = 10) -> tuple[dict, list[float]]:
-    """One epoch; a step whose loss or gradient is not finite is skipped (no update), counted in
-    ``bad_steps`` and left out of the epoch's averages; ``max_bad_steps`` in a row raise ``Diverged``."""
+                 max_bad_steps: int = 10, tally: EpochTally | None = None,
+                 stop_requested=lambda: False, on_stop=None) -> tuple[dict, list[float]]:
+    """One epoch, or the rest of one when ``tally`` holds its first steps (the loader then yields
+    only the batches after them). A step whose loss or gradient is not finite is skipped (no update),
+    counted in ``bad_steps`` and left out of the epoch's averages; ``max_bad_steps`` in a row raise
+    ``Diverged``. After every step, if ``stop_requested()``, ``on_stop(tally)`` is called (it saves
+    a checkpoint and raises)."""
     model.train()
-    method.on_epoch_start(epoch)
+    tally = tally if tally is not None else EpochTally.begin(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t_epoch = time.perf_counter()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    log_sums: dict[str, torch.Tensor] = {}
-    seen, step_ms, bad, in_a_row = 0, [], 0, 0
-    for step, raw in enumerate(loader, start=1):
+    for step, raw in enumerate(loader, start=tally.steps + 1):
         batch = to_device(raw, device)
         t0 = time.perf_counter()
         method.ctx.skipped_step = False
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics, tiny
         result = method.step(batch)
         sync()
-        step_ms.append((time.perf_counter() - t0) * 1000)
+        tally.step_ms.append((time.perf_counter() - t0) * 1000)
+        tally.steps = step
         if method.ctx.skipped_step or not torch.isfinite(result.loss):
             with torch.no_grad():  # a NaN batch must not poison the running statistics either
                 for b, saved in zip(model.buffers(), buffers):
                     b.copy_(saved)
-            bad, in_a_row = bad + 1, in_a_row + 1
+            tally.bad, tally.in_a_row = tally.bad + 1, tally.in_a_row + 1
             progress.note(f"epoch {epoch} step {step}: non-finite loss or gradient, update skipped "
-                          f"({in_a_row} in a row)")
-            if in_a_row >= max_bad_steps:
-                raise Diverged(f"training diverged: {in_a_row} steps in a row with a NaN/inf loss or gradient "
-                               f"(epoch {epoch}, step {step}; train.max_bad_steps={max_bad_steps}), their updates "
-                               "skipped. Lower optim.lr, set optim.grad_clip, or check the data for NaN/inf values")
+                          f"({tally.in_a_row} in a row)")
+            if tally.in_a_row >= max_bad_steps:
+                raise Diverged(f"training diverged: {tally.in_a_row} steps in a row with a NaN/inf loss or "
+                               f"gradient (epoch {epoch}, step {step}; train.max_bad_steps={max_bad_steps}), their "
+                               "updates skipped. Lower optim.lr, set optim.grad_clip, or check the data for NaN/inf "
+                               "values")
             progress.step(epoch, step, None)
-            continue
-        in_a_row = 0
-        n = len(batch)
-        loss_sum += result.loss * n
-        correct += (result.fused_logits.argmax(1) == batch.labels).sum()
-        for k, v in result.logs.items():
-            log_sums[k] = log_sums.get(k, 0) + v.detach().float() * n
-        seen += n
-        progress.step(epoch, step, float(result.loss) if progress.live else None)
-    if seen == 0:
+        else:
+            tally.in_a_row = 0
+            n = len(batch)
+            tally.loss_sum += result.loss * n
+            tally.correct += (result.fused_logits.argmax(1) == batch.labels).sum()
+            for k, v in result.logs.items():
+                tally.log_sums[k] = tally.log_sums.get(k, 0) + v.detach().float() * n
+            tally.seen += n
+            progress.step(epoch, step, float(result.loss) if progress.live else None)
+        if stop_requested() and on_stop is not None:
+            tally.seconds += time.perf_counter() - t_epoch
+            on_stop(tally)
+    if tally.seen == 0:
         raise Diverged(f"training diverged: every step of epoch {epoch} had a NaN/inf loss or gradient. Lower "
                        "optim.lr, set optim.grad_clip, or check the data for NaN/inf values")
+    seen = tally.seen
     record = {
         "epoch": epoch,
-        "train_loss": float(loss_sum) / seen,
-        "train_accuracy": float(correct) / seen,
-        **{f"method.{k}": float(v) / seen for k, v in log_sums.items()},
-        "epoch_time_s": time.perf_counter() - t_epoch,
-        "step_time_ms_median": statistics.median(step_ms),
-        "steps": len(step_ms),
-        "bad_steps": bad,
+        "train_loss": float(tally.loss_sum) / seen,
+        "train_accuracy": float(tally.correct) / seen,
+        **{f"method.{k}": float(v) / seen for k, v in tally.log_sums.items()},
+        "epoch_time_s": tally.seconds + time.perf_counter() - t_epoch,
+        "step_time_ms_median": statistics.median(tally.step_ms),
+        "steps": len(tally.step_ms),
+        "bad_steps": tally.bad,
     }
-    return record, step_ms
+    return record, tally.step_ms

@@ -151,6 +151,11 @@ class Method:
     def on_epoch_start(self, epoch: int) -> None:
         self.ctx.epoch = epoch
 
+    def on_epoch_resume(self, epoch: int) -> None:
+        """Called instead of ``on_epoch_start`` when a run resumes in the middle of ``epoch``: what the
+        epoch's start computed is already back from ``state_dict``, so only the epoch is set."""
+        self.ctx.epoch = epoch
+
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {}
 

@@ -102,11 +102,12 @@ class GBlending(Method):
         return {k: self.weights[k] * loss for k, loss in self.source_losses(out, labels).items()}
 
     def state_dict(self):
-        return {"weights": dict(self.weights), "start": self.start}
+        return {"weights": dict(self.weights), "start": self.start, "epoch_logs": dict(self._epoch_logs)}
 
     def load_state_dict(self, state):
         self.weights = dict(state["weights"])
         self.start = state["start"]
+        self._epoch_logs = dict(state.get("epoch_logs", {}))  # this epoch's re-estimate, for a mid-epoch resume
 
 
 METHOD = GBlending

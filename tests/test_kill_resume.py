@@ -1,0 +1,86 @@
+"""A real `bogc train` process killed from outside at a random moment -- SIGKILL (nothing can be saved:
+the run resumes from its last complete checkpoint) or SIGTERM (a scheduler's preemption: the step in
+progress is checkpointed) -- resumes with `--resume` to the same metrics, test result and weights as a
+run never killed (bitwise on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["train", "recipes/quickstart.yaml", "--set", "method.name=bogc", "--set", "train.epochs=4",
+        "--set", "dataset.n_train=320", "--set", "dataset.n_val=64", "--set", "dataset.n_test=64",
+        "--set", "train.batch_size=16"]
+TIMING = {"epoch_time_s", "step_time_ms_median", "peak_memory_mb"}
+EVAL_TIMING = {"train_seconds", "step_time_ms_median", "epoch_time_s_mean", "peak_memory_mb"}
+
+
+def _bogc(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bogc_cli", *ARGS, "--out", str(out), *extra], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
+    output, _ = proc.communicate(timeout=600)
+    return proc.returncode, " ".join(output.split())
+
+
+def _results(out: Path) -> tuple[list[dict], dict, dict]:
+    run = next(out.rglob("eval.json")).parent
+    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ev = {k: v for k, v in json.loads((run / "eval.json").read_text()).items() if k not in EVAL_TIMING}
+    return records, ev, torch.load(run / "best.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def _kill_after_first_epoch(proc: subprocess.Popen, out: Path, sig: int, rng: random.Random) -> float:
+    """Wait until epoch 1 is on disk, then a random 0-2.5 s more (somewhere in epochs 2-3), then signal."""
+    deadline = time.monotonic() + 300
+    while not any(out.rglob("metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, "training did not reach epoch 1"
+        time.sleep(0.05)
+    delay = rng.uniform(0.0, 2.5)
+    time.sleep(delay)
+    proc.send_signal(sig)
+    return delay
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    code, output = _finish(_bogc(out))
+    assert code == 0, output
+    return _results(out)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, sig):
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    out = tmp_path / "cut"
+    proc = _bogc(out)
+    delay = _kill_after_first_epoch(proc, out, sig, rng)
+    code, output = _finish(proc)
+    where = f"(random seed {seed}: signal {delay:.2f} s after epoch 1)"
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL, where
+    else:
+        assert code == 130 and "SIGTERM: stopped" in output and "checkpoint saved" in output, output + where
+
+    code, output = _finish(_bogc(out, "--resume"))
+    assert code == 0 and "resuming" in output, output + where
+    records, ev, model = _results(out)
+    assert records == uninterrupted[0], where
+    assert ev == uninterrupted[1], where
+    assert all(torch.equal(model[k], uninterrupted[2][k]) for k in model), where
