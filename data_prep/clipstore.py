@@ -35,6 +35,7 @@ import numpy as np
 
 from bogc_cli.atomic import save_numpy, write_json, write_text
 from bogc_cli.data.cache import SPLITS, SplitArrays
+from bogc_cli.errors import UserError
 from data_prep._common import Log, no_log
 
 STAGING = ".partial"
@@ -119,6 +120,7 @@ def build_store(out: Path, items: list[Item], layout: Layout, decode: Decode, *,
     plan = {"fingerprint": fingerprint, "layout": {m: [list(s), d] for m, (s, d) in layout.items()},
             "splits": {s: [it.key for it in its] for s, its in by_split.items()}}
     done = _resume_or_reset(staging, plan, log, noun)
+    _check_space(staging, {s: len(its) for s, its in by_split.items()}, layout)
     arrays = {s: {m: _open_rows(staging / s / f"{m}.npy", (len(its), *shape), dtype)
                   for m, (shape, dtype) in layout.items()} for s, its in by_split.items()}
     todo = [(s, row, it) for s, its in by_split.items() for row, it in enumerate(its) if (s, row) not in done]
@@ -165,6 +167,21 @@ def _read_journal(path: Path) -> dict[tuple[str, int], str | None]:
         split, row, reason = fields
         done[(split, int(row))] = reason or None
     return done
+
+
+def _check_space(staging: Path, rows: dict[str, int], layout: Layout) -> None:
+    """Refuse to start when the disk cannot hold the arrays: memory-mapped writes to a full disk do not
+    fail cleanly (the process dies of SIGBUS), so the space is checked up front. Space already taken by
+    an interrupted run's arrays counts as available."""
+    needed = sum(n * int(np.prod(shape)) * np.dtype(dtype).itemsize
+                 for n in rows.values() for shape, dtype in layout.values())
+    taken = sum(f.stat().st_blocks * 512 for f in staging.rglob("*.npy"))
+    free = shutil.disk_usage(staging).free
+    if needed - taken > free:
+        gib = 1024 ** 3
+        raise UserError(f"not enough disk space for the prepared arrays in {staging.parent}: they need "
+                        f"{needed / gib:.2f} GiB, {free / gib:.2f} GiB is free. Free some space or choose "
+                        "another --out, then run the same command again")
 
 
 def _open_rows(path: Path, shape: tuple[int, ...], dtype: str) -> np.memmap:
@@ -346,6 +363,10 @@ def _finish(out: Path, staging: Path, by_split: dict[str, list[Item]], arrays: d
 def _compact(source: np.memmap, keep: np.ndarray, target: Path) -> None:
     """Copy rows ``keep`` of ``source`` to a new ``.npy`` at ``target`` in chunks (atomic rename)."""
     tmp = target.with_name(f".{target.name}.tmp")
+    needed = len(keep) * source[:1].nbytes
+    if needed > shutil.disk_usage(target.parent).free:  # see _check_space: a memmap cannot fail cleanly
+        raise UserError(f"not enough disk space to write {target} ({needed / 1024 ** 2:.0f} MiB): free some space "
+                        "and run the same command again (the decoded clips are kept and not redone)")
     dest = np.lib.format.open_memmap(tmp, mode="w+", dtype=source.dtype, shape=(len(keep), *source.shape[1:]))
     for start in range(0, len(keep), COPY_ROWS):
         dest[start:start + COPY_ROWS] = source[keep[start:start + COPY_ROWS]]

@@ -20,6 +20,12 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     finally:
         sys.argv = old
     out, err = capsys.readouterr()
+    if code == 2:  # a user's mistake: one message, never a traceback
+        assert "Traceback" not in out + err, err
+        from conftest import RELIABILITY
+
+        key = "user mistakes refused by the CLI with exit 2 and one message"
+        RELIABILITY[key] = RELIABILITY.get(key, 0) + 1
     return code, out, err
 
 

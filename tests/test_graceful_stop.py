@@ -64,7 +64,8 @@ def _signal_at(monkeypatch, sig: int, epoch: int, step: int, times: int = 1) -> 
 
 
 @pytest.mark.parametrize("method", list(METHOD_MODULES))
-def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_path, monkeypatch, method):
+def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_path, monkeypatch, method,
+                                                                   reliability):
     assert _train(capsys, tmp_path / "straight", method)[0] == 0
     expected = _results(tmp_path / "straight")
 
@@ -85,9 +86,12 @@ def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_
     assert records == expected[0]
     assert ev == expected[1]
     assert all(torch.equal(model[k], expected[2][k]) for k in model)
+    reliability("Ctrl-C/SIGTERM signals delivered mid-epoch to training")
+    reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 
 
-def test_a_second_signal_stops_at_once_and_the_epoch_checkpoint_still_resumes(capsys, tmp_path, monkeypatch):
+def test_a_second_signal_stops_at_once_and_the_epoch_checkpoint_still_resumes(capsys, tmp_path, monkeypatch,
+                                                                             reliability):
     assert _train(capsys, tmp_path / "straight", "joint")[0] == 0
     expected = _results(tmp_path / "straight")
     with monkeypatch.context() as patch:
@@ -99,6 +103,8 @@ def test_a_second_signal_stops_at_once_and_the_epoch_checkpoint_still_resumes(ca
     assert _train(capsys, tmp_path / "cut", "joint", "--resume")[0] == 0
     records, ev, _ = _results(tmp_path / "cut")
     assert (records, ev) == expected[:2]
+    reliability("Ctrl-C/SIGTERM signals delivered mid-epoch to training", 2)
+    reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 
 
 def test_stop_handlers_are_restored_after_training(capsys, tmp_path):

@@ -65,7 +65,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, sig):
+def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, sig, reliability):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     out = tmp_path / "cut"
@@ -84,3 +84,5 @@ def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path,
     assert records == uninterrupted[0], where
     assert ev == uninterrupted[1], where
     assert all(torch.equal(model[k], uninterrupted[2][k]) for k in model), where
+    reliability("bogc train processes killed from outside (SIGKILL, SIGTERM) at a random moment")
+    reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")

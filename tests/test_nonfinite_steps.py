@@ -27,7 +27,7 @@ def _arrays(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def _poison_batches(monkeypatch, bad) -> None:
+def _poison_batches(monkeypatch, bad, reliability) -> None:
     """Train batches number ``bad(i)`` (counting from 0 over the run) arrive with a NaN input value,
     as from a corrupt sample (the arrays reader itself refuses NaN files)."""
     from bogc_cli.engine import trainer
@@ -39,6 +39,7 @@ def _poison_batches(monkeypatch, bad) -> None:
         batch = real(raw, device)
         if bad(count[0]):
             batch.inputs["img"][0, 0, 0, 0] = float("nan")  # into the BatchNorm CNN
+            reliability("non-finite batches injected into training")
         count[0] += 1
         return batch
 
@@ -51,9 +52,9 @@ def _train(capsys, data: Path, out: Path, *extra: str):
                    "--set", "train.epochs=3", *extra)
 
 
-def test_nan_batches_are_skipped_counted_and_do_not_poison_the_model(capsys, tmp_path, monkeypatch):
+def test_nan_batches_are_skipped_counted_and_do_not_poison_the_model(capsys, tmp_path, monkeypatch, reliability):
     data = _arrays(tmp_path / "data")
-    _poison_batches(monkeypatch, lambda i: i % 8 in (2, 5))  # 8 train batches an epoch: 2 bad each
+    _poison_batches(monkeypatch, lambda i: i % 8 in (2, 5), reliability)  # 8 train batches an epoch: 2 bad each
     code, out, err = _train(capsys, data, tmp_path / "r")
     assert code == 0, out + err
     run = next((tmp_path / "r").rglob("eval.json")).parent
@@ -68,8 +69,10 @@ def test_nan_batches_are_skipped_counted_and_do_not_poison_the_model(capsys, tmp
     assert result["accuracy"] > 0.5  # still learnt from the clean batches
 
 
-def test_many_bad_steps_in_a_row_stop_the_run_keeping_the_last_good_checkpoint(capsys, tmp_path, monkeypatch):
+def test_many_bad_steps_in_a_row_stop_the_run_keeping_the_last_good_checkpoint(capsys, tmp_path, monkeypatch,
+                                                                              reliability):
     data = _arrays(tmp_path / "data")
+    reliability("runs whose weights were turned NaN mid-training (stopped, last good checkpoint kept)")
     original = Method.on_epoch_start
 
     def poison_at_epoch_2(self, epoch):
@@ -89,19 +92,19 @@ def test_many_bad_steps_in_a_row_stop_the_run_keeping_the_last_good_checkpoint(c
     assert not (run / "eval.json").exists()
 
 
-def test_a_fault_in_the_first_epoch_says_no_checkpoint_exists(capsys, tmp_path, monkeypatch):
+def test_a_fault_in_the_first_epoch_says_no_checkpoint_exists(capsys, tmp_path, monkeypatch, reliability):
     data = _arrays(tmp_path / "data")
-    _poison_batches(monkeypatch, lambda i: i >= 3)
+    _poison_batches(monkeypatch, lambda i: i >= 3, reliability)
     code, _, err = _train(capsys, data, tmp_path / "r", "--max-bad-steps", "2")
     assert code == 2 and "no checkpoint was written" in err
 
 
-def test_every_method_survives_nan_batches(capsys, tmp_path, monkeypatch):
+def test_every_method_survives_nan_batches(capsys, tmp_path, monkeypatch, reliability):
     """The skip must also keep each method's own state (EMA moments, prototypes, running means) finite."""
     from bogc_cli.fusion import METHOD_MODULES
 
     data = _arrays(tmp_path / "data")
-    _poison_batches(monkeypatch, lambda i: i % 8 == 3)
+    _poison_batches(monkeypatch, lambda i: i % 8 == 3, reliability)
     failed = {}
     for name in METHOD_MODULES:
         extra = ["--set", f"method.name={name}", "--set", "train.epochs=2", "--set", "experiment=" + name]

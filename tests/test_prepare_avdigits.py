@@ -120,11 +120,12 @@ def test_rerun_returns_existing_cache_quickly(full, shared_data):
     assert again.created == manifest.created and again.sources["fingerprint"] == manifest.sources["fingerprint"]
 
 
-def test_corrupt_and_misnamed_wavs_are_skipped_and_reported(small_raw, tmp_path):
+def test_corrupt_and_misnamed_wavs_are_skipped_and_reported(small_raw, tmp_path, reliability):
     messages: list[str] = []
     manifest = prepare(small_raw, tmp_path / "out", workers=4, log=messages.append)
     skipped = {Path(s["file"]).name: s["reason"] for s in manifest.skipped}
     assert set(skipped) == {"7_broken_12.wav", "notes.wav"}
+    reliability("unusable media files given to prepare (skipped with a reason, the rest written)", len(skipped))
     assert "unreadable" in skipped["7_broken_12.wav"] and "{digit}" in skipped["notes.wav"]
     assert sum(manifest.splits.values()) == 500 and manifest.splits["test"] == 50
     assert "count_check" in manifest.sources

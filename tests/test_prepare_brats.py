@@ -58,7 +58,7 @@ def cache(tmp_path_factory, raw) -> tuple[Path, list[str]]:
     return out, log
 
 
-def test_slices2d_shapes_labels_and_skips(cache):
+def test_slices2d_shapes_labels_and_skips(cache, reliability):
     out, log = cache
     manifest = read_manifest(out)
     assert manifest.classes == ["LGG", "HGG"]
@@ -66,6 +66,7 @@ def test_slices2d_shapes_labels_and_skips(cache):
         seq: ("image", [3, 128, 128], "float16") for seq in SEQUENCES}
     reasons = {Path(s["file"]).name: s["reason"] for s in manifest.skipped}
     assert reasons.keys() == {"BraTS19_TCIA_000_1", "BraTS19_LGG_004_1"}
+    reliability("unusable media files given to prepare (skipped with a reason, the rest written)", len(reasons))
     assert "unreadable BraTS19_TCIA_000_1_flair.nii.gz" in reasons["BraTS19_TCIA_000_1"]
     assert reasons["BraTS19_LGG_004_1"] == "missing BraTS19_LGG_004_1_t2.nii.gz"
     assert sum(manifest.splits.values()) == 9

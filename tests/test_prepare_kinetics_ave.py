@@ -77,9 +77,10 @@ def test_kinetics_sounds_folders_give_classes_splits_and_shapes(ks_cache):
     assert np.isfinite(audio).all() and audio.std() > 0.5
 
 
-def test_clip_without_audio_and_truncated_file_are_skipped_with_reasons(ks_cache):
+def test_clip_without_audio_and_truncated_file_are_skipped_with_reasons(ks_cache, reliability):
     out, log = ks_cache
     reasons = {Path(s["file"]).name: s["reason"] for s in read_manifest(out).skipped}
+    reliability("unusable media files given to prepare (skipped with a reason, the rest written)", len(reasons))
     assert reasons.keys() == {"silent.mp4", "cut.mp4"}
     assert reasons["silent.mp4"] == "no audio track"
     assert "corrupt" in reasons["cut.mp4"]

@@ -58,7 +58,7 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, step: int) -> None:
 
 
 @pytest.mark.parametrize("method", ["joint", "bogc", "opm", "pmr"])
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, monkeypatch, method):
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, monkeypatch, method, reliability):
     assert _train(capsys, tmp_path / "straight", method)[0] == 0
     expected = _results(_run_dir(tmp_path / "straight", method))
 
@@ -79,9 +79,10 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, mo
     assert ev == expected[1]
     assert model.keys() == expected[2].keys()
     assert all(torch.equal(model[k], expected[2][k]) for k in model)
+    reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 
 
-def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, monkeypatch):
+def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, monkeypatch, reliability):
     assert _train(capsys, tmp_path / "straight", "joint")[0] == 0
     expected = _results(_run_dir(tmp_path / "straight", "joint"))
     with monkeypatch.context() as patch:
@@ -95,6 +96,8 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(capsys, tmp_path
     assert "checksum mismatch" in out and "after epoch 2" in out
     records, ev, _ = _results(run)
     assert records == expected[0] and ev == expected[1]
+    reliability("damaged checkpoints detected by checksum (the previous one used)")
+    reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 
 
 def test_resume_refuses_another_recipe_and_keeps_a_finished_run(capsys, tmp_path, monkeypatch):

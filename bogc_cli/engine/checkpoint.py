@@ -20,7 +20,8 @@ def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, d
     """Write a checkpoint atomically, then its sha256 beside it (``<name>.sha256``).
 
     ``resume`` holds what continuing training needs beyond the model (RNG and data-order states, the
-    epoch history); ``keep_previous`` first renames an existing ``path`` to ``<stem>.prev.pt``, so a
+    epoch history). With ``keep_previous`` the new checkpoint is written in full as ``<stem>.next.pt``
+    first, then the existing ``path`` becomes ``<stem>.prev.pt`` and the new one takes its name, so a
     checkpoint damaged later still leaves the one before it."""
     state: dict[str, Any] = {
         "format": "bogc-checkpoint/1",
@@ -38,19 +39,28 @@ def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, d
         state["scheduler"] = scheduler.state_dict()
     if resume is not None:
         state["resume"] = resume
-    if keep_previous and path.is_file():
+    if not keep_previous:
+        save_torch(path, state)
+        write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+        return
+    # Written in full beside the old one before anything is renamed, so a failed write (a full
+    # disk, a kill) never costs the checkpoint already there.
+    staged = path.with_name(f"{path.stem}.next{path.suffix}")  # listed in checkpoint_files()
+    save_torch(staged, state)
+    write_text(checksum_path(staged), f"{file_sha256(staged)}  {path.name}\n")
+    if path.is_file():
         previous = previous_path(path)
         os.replace(path, previous)
         if checksum_path(path).is_file():
             os.replace(checksum_path(path), checksum_path(previous))
-    save_torch(path, state)
-    write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
+    os.replace(staged, path)
+    os.replace(checksum_path(staged), checksum_path(path))
 
 
 def checkpoint_files() -> list[str]:
     """Every file name the trainer's checkpoints occupy in a run directory (checksums and the kept
     predecessor included)."""
-    names = ["best.pt", "last.pt", previous_path(Path("last.pt")).name]
+    names = ["best.pt", "last.pt", previous_path(Path("last.pt")).name, "last.next.pt"]
     return names + [checksum_path(Path(n)).name for n in names]
 
 

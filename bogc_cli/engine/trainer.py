@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 
 from bogc_cli import __version__
-from bogc_cli.atomic import write_json, write_text
+from bogc_cli.atomic import DiskFull, write_json, write_text
 from bogc_cli.data.cache import SplitArrays, carve_validation
 from bogc_cli.data.loader import make_loader, to_device
 from bogc_cli.engine.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
@@ -87,7 +87,11 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     with claim_run_dir(run_dir, overwrite, allow_existing=resume):
         if resume and (run_dir / "eval.json").is_file():
             return _finished(run_dir, console)
-        return _train_locked(resolved, parts, run_dir, console, started, resume)
+        try:
+            return _train_locked(resolved, parts, run_dir, console, started, resume)
+        except DiskFull as exc:
+            raise DiskFull(f"{exc}. Training stopped; add --resume to continue {run_dir} from its last "
+                           "complete checkpoint") from None
 
 
 def _finished(run_dir: Path, console: Console) -> RunResult:
