@@ -55,7 +55,9 @@ def rand_moments(g: torch.Generator, s: int, d: int) -> tuple[torch.Tensor, torc
 def check_opinion(b: torch.Tensor, u: torch.Tensor) -> None:
     assert (b >= 0).all()
     assert ((u > 0) & (u <= 1)).all()
-    torch.testing.assert_close(b.sum(-1) + u, torch.ones_like(u), **TIGHT)
+    # float64 rounding grows with the number of fusions of masses from evidence up to 1e6 (seen: 5.6e-12
+    # after four combinations), so the sum is checked to 1e-10, still far below any real violation
+    torch.testing.assert_close(b.sum(-1) + u, torch.ones_like(u), rtol=0, atol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------ opinions
@@ -424,3 +426,23 @@ def test_calibrate_is_vectorised_over_dimensions():
         # a Python loop over 1e6 dimensions takes minutes; vectorised it is ~0.1 s, so 10 s only
         # fails for a real loop, not for a CPU shared with other jobs (2.5 s seen under load)
         assert elapsed < 10.0, f"{kind}/{frame}: {elapsed:.2f} s for D = 1e6"
+
+
+@PROPS
+@given(seeds, n_sources, n_dims, st.sampled_from(EVIDENCE), st.sampled_from(FRAMES), st.sampled_from(["none", "match"]),
+       st.sampled_from([torch.float32, torch.float64]))
+def test_extreme_magnitudes_and_infinite_variances_give_a_finite_bounded_update(seed, s, d, kind, frame, norm, dtype):
+    """Gradient means and variances spread over 1e-30 .. 1e30 (float32 near its limits), with some variances
+    infinite: evidence may overflow its precision ratio, yet weights stay finite and non-negative, those
+    above w_max are flagged (and clipped in the update), and the update is finite."""
+    g = gen(seed)
+    mu = torch.randn(s, d, generator=g, dtype=F64) * 10.0 ** (torch.rand(s, d, generator=g, dtype=F64) * 60 - 30)
+    var = 10.0 ** (torch.rand(s, d, generator=g, dtype=F64) * 60 - 30)
+    var = torch.where(torch.rand(s, d, generator=g) < 0.15, torch.full_like(var, float("inf")), var)
+    mu, var = mu.to(dtype), var.to(dtype)
+    cal = calibrate_segments(mu, var, Segments.single(d, mu), kind, frame, norm=norm, w_max=4.0)
+    for x in (cal.update, cal.weights, cal.uncertainty):
+        assert torch.isfinite(x).all()
+    assert (cal.weights >= 0).all() and torch.equal(cal.clipped, cal.weights > 4.0)
+    e = evidence_of(mu, var, Segments.single(d, mu), kind)
+    assert torch.isfinite(e).all() and (e >= 0).all()

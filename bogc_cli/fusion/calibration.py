@@ -72,7 +72,8 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
     multiplying every gradient by c > 0 leaves the evidence unchanged. An infinite variance
     gives zero evidence; a tensor whose variances are all zero gives every source equal evidence.
     """
-    var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"))
+    # posinf must be given: nan_to_num's default turns +inf into the dtype's max, which then overflows the mean
+    var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"), posinf=float("inf"))
     finite = torch.where(torch.isfinite(var), var, torch.zeros_like(var))
     ref = seg.mean(finite.mean(dim=0, keepdim=True))                              # [1, T]
     known = seg.expand(ref > 0)                                                     # some variance in the tensor
@@ -96,9 +97,11 @@ def _dims_attribution(e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, tor
     u_t = seg.sizes / strength                                                      # [S, T]
     u = seg.expand(u_t)
     r = attribution(b, u)
-    prod_u = u_t.prod(dim=0)                                                        # [T]
-    belief = seg.sum((b + u).prod(dim=0) - seg.expand(prod_u))                     # unnormalised, [T]
-    return r, prod_u / (belief + prod_u)
+    # Fused uncertainty prod(u) / (belief + prod(u)), with belief = sum_dims(prod(b + u) - prod(u)), divided
+    # through by prod(u): (b + u) / u = 1 + e / K, so no product of small masses can underflow to 0 / 0.
+    ratio = 1 + e / seg.expand(seg.sizes)                                          # [S, N]
+    excess = seg.sum(ratio.prod(dim=0) - 1)                                        # [T], may be inf
+    return r, 1 / (1 + excess)
 
 
 def _sign_attribution(mu: torch.Tensor, e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
