@@ -16,7 +16,7 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -100,6 +100,9 @@ class TrainBlock(StrictModel):
     deterministic: bool = True
     max_bad_steps: int = Field(10, ge=1, description="stop after this many steps in a row whose loss or gradient "
                                "is NaN/inf (each such step is skipped and counted)")
+    modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = Field(
+        None, description="robustness training: {modality: p}, each training sample loses that modality's input "
+        "(zeroed, as model.fill zero-input) with probability p")
 
 
 class OutputBlock(StrictModel):

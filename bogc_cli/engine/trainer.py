@@ -26,6 +26,7 @@ from bogc_cli.data.loader import make_loader, to_device
 from bogc_cli.engine.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.graceful_stop import GracefulStop, StopRequested
+from bogc_cli.engine.modality_dropout import ModalityDropout
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.runtime import (autocast_factory, peak_memory_mb, pick_device, rng_state, seed_everything,
@@ -83,6 +84,8 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     resolved = resolved_recipe(recipe)
     seed_everything(resolved.seed, resolved.train.deterministic)
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
+    if resolved.train.modality_dropout:
+        ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
     run_dir = run_dir_for(resolved)
     with claim_run_dir(run_dir, overwrite, allow_existing=resume):
         if resume and (run_dir / "eval.json").is_file():
@@ -124,6 +127,7 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
                       holdout=holdout_loader,
                       train_eval=make_loader(train_split, cfg.eval_batch_size, shuffle=False))
     method = parts.method_cls(parts.options, model, ctx)
+    dropout = (ModalityDropout(cfg.modality_dropout, model.modalities, seed) if cfg.modality_dropout else None)
     recipe_dict = resolved.to_dict()
     info = data_info(parts)
 
@@ -141,6 +145,8 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
         records, (best_acc, best_epoch), last_val = extra["records"], extra["best"], state["val"]
         train_loader.generator.set_state(extra["loader"])
         set_rng_state(extra["rng"])
+        if dropout is not None:
+            dropout.load_state_dict(extra["modality_dropout"])
         start = state["epoch"] + 1
         partial = extra.get("partial")
         where = (f"at epoch {partial['epoch']}, step {partial['tally']['steps'] + 1}" if partial else
@@ -152,6 +158,8 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
     def save_last(epoch_done: int, partial_epoch: dict | None = None) -> None:
         resume_state = {"rng": rng_state(), "loader": train_loader.generator.get_state(), "records": records,
                         "best": [best_acc, best_epoch]}
+        if dropout is not None:
+            resume_state["modality_dropout"] = dropout.state_dict()
         if partial_epoch is not None:
             resume_state["partial"] = partial_epoch
         save_checkpoint(run_dir / "last.pt", model=model, recipe=recipe_dict, epoch=epoch_done, val=last_val,
@@ -181,7 +189,7 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
 
             try:
                 record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress,
-                                               cfg.max_bad_steps, tally=tally,
+                                               cfg.max_bad_steps, tally=tally, transform=dropout,
                                                stop_requested=lambda: stop.requested is not None,
                                                on_stop=stop_mid_epoch)
             except Diverged as exc:
@@ -297,18 +305,20 @@ class EpochTally:
 
 def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress,
                  max_bad_steps: int = 10, tally: EpochTally | None = None,
-                 stop_requested=lambda: False, on_stop=None) -> tuple[dict, list[float]]:
+                 stop_requested=lambda: False, on_stop=None, transform=None) -> tuple[dict, list[float]]:
     """One epoch, or the rest of one when ``tally`` holds its first steps (the loader then yields
     only the batches after them). A step whose loss or gradient is not finite is skipped (no update),
     counted in ``bad_steps`` and left out of the epoch's averages; ``max_bad_steps`` in a row raise
     ``Diverged``. After every step, if ``stop_requested()``, ``on_stop(tally)`` is called (it saves
-    a checkpoint and raises)."""
+    a checkpoint and raises). ``transform`` (e.g. modality dropout) edits each batch before the step."""
     model.train()
     tally = tally if tally is not None else EpochTally.begin(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t_epoch = time.perf_counter()
     for step, raw in enumerate(loader, start=tally.steps + 1):
         batch = to_device(raw, device)
+        if transform is not None:
+            batch = transform(batch)
         t0 = time.perf_counter()
         method.ctx.skipped_step = False
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics, tiny
