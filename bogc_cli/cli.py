@@ -237,6 +237,84 @@ def missing_modality(
     console.print(f"written to {csv_path} and {png}")
 
 
+# ------------------------------------------------------------------------------------------ reproduce
+@app.command()
+def reproduce(
+    sweep: Path = typer.Argument(..., help="Sweep file: datasets x methods x seeds (see recipes/paper/)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, their state and the estimated time; "
+                                 "run nothing (needs no data)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Cells at a time on the CPU (their threads share the cores)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids, one cell per GPU at a time: 0,1,2,3."),
+    launcher: str = typer.Option("local", "--launcher", help="local: run here; slurm: write an sbatch job array "
+                                 "for the unfinished cells instead."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides the sweep's out)."),
+) -> None:
+    """Run a sweep: every unfinished cell trains (resuming interrupted ones), gets its missing-modality
+    evaluation, and the sweep ends with `bogc report`. Rerun after an interruption: finished cells are kept."""
+    from bogc_cli.sweep.plan import make_plan
+    from bogc_cli.sweep.runner import run_local, write_slurm
+
+    if launcher not in ("local", "slurm"):
+        raise UserError(f"--launcher {launcher!r}: valid are local, slurm")
+    gpu_list = _csv_list(gpus, "--gpus")
+    plan = make_plan(sweep, out)
+    todo = plan.todo()
+    _print_plan(plan, max(len(gpu_list or []), jobs))
+    if dry_run:
+        return
+    if launcher == "slurm":
+        script = write_slurm(plan)
+        console.print(f"wrote {script} ({len(todo)} array tasks); submit it with: sbatch {script}")
+        return
+    if todo:
+        outcomes = run_local(plan, jobs, gpu_list, lambda line: console.print(line, highlight=False))
+        failed = [o for o in outcomes if o.code not in (0, 130)]
+        if any(o.code == 130 for o in outcomes):
+            raise KeyboardInterrupt
+        if failed:
+            console.print(f"[bold red]{len(failed)} cell(s) failed[/bold red] (the others are kept; rerun the same "
+                          "command after fixing them):")
+            for o in failed:
+                console.print(f"  {o.cell.name}: exit {o.code}, log {o.log}", highlight=False)
+    _report_sweep(plan)
+    if todo and failed:
+        raise typer.Exit(1)
+
+
+def _print_plan(plan, parallel: int) -> None:
+    t = Table(title=f"sweep {plan.sweep.experiment}: {len(plan.cells)} cells -> {plan.root}")
+    for col in ("dataset", "method", "seeds", "done", "to run", "est. per run"):
+        t.add_column(col, justify="right" if col not in ("dataset", "method") else "left")
+    groups: dict[tuple[str, str], list] = {}
+    for c in plan.cells:
+        groups.setdefault((c.dataset, c.method), []).append(c)
+    total, unknown = 0.0, 0
+    for (dataset, method), cells in groups.items():
+        est = plan.estimate_seconds(cells[0])
+        left = [c for c in cells if c.status != "done"]
+        total += (est or 0) * len(left)
+        unknown += 0 if est is not None else len(left)
+        t.add_row(dataset, method, ",".join(str(c.seed) for c in cells), str(len(cells) - len(left)),
+                  str(len(left)) + (" (1 partial)" if any(c.status == "partial" for c in left) else ""),
+                  "-" if est is None else f"{est / 60:.1f} min")
+    console.print(t)
+    left = len(plan.todo())
+    eta = f"about {total / parallel / 60:.0f} min" + (f" plus {unknown} run(s) with no estimate yet" if unknown else "")
+    console.print(f"{left} of {len(plan.cells)} cells to run; {eta if left else 'nothing to do'}"
+                  " (estimates come from finished cells of the same dataset and method)", highlight=False)
+
+
+def _report_sweep(plan) -> None:
+    from bogc_cli.report import run_report
+
+    if not any((c.run_dir / "eval.json").is_file() for c in plan.cells):
+        return
+    result = run_report(plan.root)
+    for w in result.warnings:
+        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    console.print(f"report of {result.n_runs} runs written to {plan.root / 'tables'} and {plan.root / 'plots'}")
+
+
 # ------------------------------------------------------------------------------------------ report
 @app.command()
 def report(

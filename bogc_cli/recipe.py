@@ -100,9 +100,9 @@ class TrainBlock(StrictModel):
     deterministic: bool = True
     max_bad_steps: int = Field(10, ge=1, description="stop after this many steps in a row whose loss or gradient "
                                "is NaN/inf (each such step is skipped and counted)")
-    modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] | None = Field(
-        None, description="robustness training: {modality: p}, each training sample loses that modality's input "
-        "(zeroed, as model.fill zero-input) with probability p")
+    modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] | Annotated[float, Field(ge=0, lt=1)] | None = \
+        Field(None, description="robustness training: {modality: p} (or one p for every modality), each training "
+              "sample loses that modality's input (zeroed, as model.fill zero-input) with probability p")
 
 
 class OutputBlock(StrictModel):

@@ -15,15 +15,17 @@ from bogc_cli.errors import UserError
 
 
 class ModalityDropout:
-    def __init__(self, rates: dict[str, float], modalities: list[str], seed: int):
+    def __init__(self, rates: dict[str, float] | float, modalities: list[str], seed: int):
+        if not isinstance(rates, dict):  # one rate for every modality
+            rates = {m: float(rates) for m in modalities}
         self.check(rates, modalities)
         self.modalities = list(modalities)
         self.rates = torch.tensor([float(rates.get(m, 0.0)) for m in self.modalities])
         self.generator = torch.Generator().manual_seed(seed + 7_919)  # apart from the data-order generator
 
     @staticmethod
-    def check(rates: dict[str, float], modalities: list[str]) -> None:
-        unknown = sorted(set(rates) - set(modalities))
+    def check(rates: dict[str, float] | float, modalities: list[str]) -> None:
+        unknown = sorted(set(rates) - set(modalities)) if isinstance(rates, dict) else []
         if unknown:
             raise UserError(f"train.modality_dropout names {unknown}, which the run does not use; its modalities: "
                             f"{', '.join(modalities)}")

@@ -1,0 +1,187 @@
+"""Sweep files: datasets x methods x seeds, each cell an ordinary run directory.
+
+A sweep file (``recipes/paper/*.yaml``)::
+
+    experiment: paper-local          # results/<experiment>/<dataset>/<method>/seed<N>/
+    out: results                     # results root (default)
+    seeds: [0, 1, 2]
+    set: {model.fill: zero-input}    # overrides for every cell
+    datasets:                        # name -> folder of per-method recipes (or {recipes:, set:})
+      avdigits: recipes/avdigits
+    methods:                         # recipe names in those folders, or variants of one
+      - joint
+      - {recipe: joint, tag: moddrop, set: {train.modality_dropout: {audio: 0.3}}}
+    missing: {rates: [0, 0.1, 0.3, 0.5, 0.7, 1.0], seed: 0}   # null: no robustness evaluation
+
+Planning reads and validates every cell's recipe (so a mistake is found before anything runs) but
+never the data, so ``--dry-run`` works on a machine without the datasets.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from bogc_cli.engine.missing import DEFAULT_RATES
+from bogc_cli.errors import UserError
+from bogc_cli.recipe import StrictModel, format_validation_error, load_recipe
+
+
+class DatasetEntry(StrictModel):
+    recipes: str = Field(description="folder holding <method>.yaml recipes for this dataset")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides for this dataset's cells")
+
+
+class MethodEntry(StrictModel):
+    recipe: str = Field(description="recipe name (file stem) in each dataset's folder")
+    tag: str | None = Field(None, description="variant name: the run's method becomes <method>-<tag>")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides for this variant")
+
+
+class MissingEval(StrictModel):
+    rates: list[float] = Field(list(DEFAULT_RATES), min_length=1)
+    seed: int = 0
+    fill: str | None = None
+
+
+class Sweep(StrictModel):
+    experiment: str = Field(min_length=1)
+    out: str = "results"
+    seeds: list[int] = Field(min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+    datasets: dict[str, DatasetEntry | str] = Field(min_length=1)
+    methods: list[MethodEntry | str] = Field(min_length=1)
+    missing: MissingEval | None = MissingEval()
+
+
+@dataclass
+class Cell:
+    """One run: a dataset, a method (variant) and a seed; ``overrides`` are ``--set`` strings."""
+
+    dataset: str
+    method: str
+    seed: int
+    recipe: Path
+    overrides: list[str]
+    run_dir: Path
+    status: str = "todo"  # done | partial | todo
+    seconds: float | None = None  # training time, when done
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.method}/seed{self.seed}"
+
+    def train_args(self) -> list[str]:
+        args = ["train", str(self.recipe), "--seeds", str(self.seed), "--resume"]
+        for o in self.overrides:
+            args += ["--set", o]
+        return args
+
+
+@dataclass
+class Plan:
+    sweep: Sweep
+    source: Path
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.sweep.out) / self.sweep.experiment
+
+    def todo(self) -> list[Cell]:
+        return [c for c in self.cells if c.status != "done"]
+
+    def estimate_seconds(self, cell: Cell) -> float | None:
+        """Mean training time of finished cells of the same dataset and method, else of the dataset."""
+        done = [c for c in self.cells if c.seconds is not None]
+        for same in (lambda c: (c.dataset, c.method) == (cell.dataset, cell.method), lambda c: c.dataset == cell.dataset):
+            times = [c.seconds for c in done if same(c)]
+            if times:
+                return statistics.fmean(times)
+        return None
+
+
+def _dotted(overrides: dict[str, Any]) -> list[str]:
+    """``{"train.epochs": 5, "train.modality_dropout": {"audio": 0.3}}`` -> ``--set`` strings (values as YAML)."""
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+            for k, v in overrides.items()]
+
+
+def read_sweep(path: Path) -> Sweep:
+    if not path.is_file():
+        raise UserError(f"sweep file {path} not found: give the path of a sweep YAML (see recipes/paper/)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"sweep file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"sweep file {path} must be a mapping (experiment:, seeds:, datasets:, methods:)")
+    try:
+        return Sweep.model_validate(data)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, str(path), Sweep)) from None
+
+
+def make_plan(path: Path, out: Path | None = None) -> Plan:
+    """Every cell of the sweep with its validated recipe, run directory and status."""
+    sweep = read_sweep(path)
+    if out is not None:
+        sweep.out = str(out)
+    plan = Plan(sweep, path)
+    base = path.parent
+    for dataset, entry in sweep.datasets.items():
+        entry = DatasetEntry(recipes=entry) if isinstance(entry, str) else entry
+        folder = Path(entry.recipes)
+        folder = folder if folder.is_dir() or folder.is_absolute() else base / folder
+        if not folder.is_dir():
+            raise UserError(f"{path}: datasets.{dataset}: recipe folder {entry.recipes} not found (relative paths "
+                            "are taken from the current folder, then from the sweep file's)")
+        for method in sweep.methods:
+            method = MethodEntry(recipe=method) if isinstance(method, str) else method
+            recipe = folder / f"{method.recipe}.yaml"
+            if not recipe.is_file():
+                have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+                raise UserError(f"{path}: method {method.recipe!r} has no recipe {recipe}; that folder has: {have}")
+            overrides = (_dotted(sweep.set) + _dotted(entry.set) + _dotted(method.set)
+                         + [f"experiment={sweep.experiment}", f"output.dir={sweep.out}"])
+            if method.tag:
+                overrides.append(f"method.tag={method.tag}")
+            rec = load_recipe(recipe, overrides)
+            for seed in sweep.seeds:
+                single = rec.for_seed(seed)
+                from bogc_cli.engine.setup import run_dir_for
+
+                cell = Cell(dataset, "", seed, recipe, overrides, run_dir_for(single))
+                cell.dataset, cell.method = cell.run_dir.parts[-3], cell.run_dir.parts[-2]
+                _set_status(cell, sweep.missing is not None)
+                plan.cells.append(cell)
+    _refuse_duplicates(plan, path)
+    return plan
+
+
+def _set_status(cell: Cell, wants_missing: bool) -> None:
+    eval_json = cell.run_dir / "eval.json"
+    if eval_json.is_file() and (not wants_missing or (cell.run_dir / "missing_modality.csv").is_file()):
+        cell.status = "done"
+    elif eval_json.is_file() or (cell.run_dir / "last.pt").is_file() or (cell.run_dir / "last.prev.pt").is_file():
+        cell.status = "partial"
+    if eval_json.is_file():
+        try:
+            cell.seconds = float(json.loads(eval_json.read_text())["train_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+
+
+def _refuse_duplicates(plan: Plan, path: Path) -> None:
+    seen: dict[Path, str] = {}
+    for c in plan.cells:
+        if c.run_dir in seen:
+            raise UserError(f"{path}: two cells would write the same run directory {c.run_dir} ({seen[c.run_dir]} "
+                            f"and {c.name}); give one of the method variants a tag")
+        seen[c.run_dir] = c.name

@@ -1,0 +1,153 @@
+"""Run a sweep's unfinished cells on this machine, or write a Slurm job array for them.
+
+Each cell is a ``bogc train ... --resume`` subprocess followed by ``bogc missing-modality``, with its
+output in ``<results>/<experiment>/logs/<dataset>_<method>_seed<N>.log``. ``--resume`` makes a
+new cell start and an interrupted one continue exactly, so rerunning a killed sweep finishes it
+without redoing completed cells. Local cells run ``jobs`` at a time: one per GPU when GPUs are
+given (``CUDA_VISIBLE_DEVICES``), else on the CPU with its cores shared out.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from bogc_cli.atomic import write_text
+from bogc_cli.sweep.plan import Cell, Plan
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    cell: Cell
+    code: int
+    log: Path
+    seconds: float
+
+
+def log_path(plan: Plan, cell: Cell) -> Path:
+    return plan.root / "logs" / f"{cell.dataset}_{cell.method}_seed{cell.seed}.log"
+
+
+def cell_commands(plan: Plan, cell: Cell, bogc: list[str]) -> list[list[str]]:
+    """The commands of one cell: train (resuming), then the missing-modality evaluation."""
+    commands = [bogc + cell.train_args()]
+    m = plan.sweep.missing
+    if m is not None:
+        args = ["missing-modality", str(cell.run_dir), "--rates", ",".join(f"{r:g}" for r in m.rates),
+                "--seed", str(m.seed)]
+        if m.fill:
+            args += ["--fill", m.fill]
+        commands.append(bogc + args)
+    return commands
+
+
+def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[Outcome]:
+    """Run every unfinished cell; returns one outcome per cell run (code 130: interrupted)."""
+    todo = plan.todo()
+    slots: queue.Queue[str | None] = queue.Queue()
+    for slot in (gpus if gpus else [None] * jobs):
+        slots.put(slot)
+    threads = max(1, (os.cpu_count() or 1) // (len(gpus) if gpus else jobs))
+    outcomes: list[Outcome] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+    bogc = [sys.executable, "-m", "bogc_cli"]
+
+    def work(cell: Cell) -> None:
+        slot = slots.get()
+        try:
+            if stop.is_set():
+                return
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            if slot is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slot
+            path = log_path(plan, cell)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            started, code = time.perf_counter(), 0
+            with open(path, "a", encoding="utf-8") as fh:
+                for command in cell_commands(plan, cell, bogc):
+                    fh.write(f"$ {shlex.join(command)}\n")
+                    fh.flush()
+                    code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+                    if code != 0:
+                        break
+            outcome = Outcome(cell, code, path, time.perf_counter() - started)
+            with lock:
+                outcomes.append(outcome)
+                status = {0: "done", 130: "interrupted"}.get(code, f"FAILED (exit {code})")
+                where = f" on GPU {slot}" if slot is not None else ""
+                log(f"[{len(outcomes)}/{len(todo)}] {cell.name}{where}: {status} in {outcome.seconds:.0f} s")
+            if code == 130:
+                stop.set()
+        finally:
+            slots.put(slot)
+
+    pool = [threading.Thread(target=_drain, args=(todo, work, stop, lock), daemon=True)
+            for _ in range(len(gpus) if gpus else jobs)]
+    for t in pool:
+        t.start()
+    try:
+        for t in pool:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:  # the children got the same Ctrl-C: they checkpoint and exit; wait for them
+        stop.set()
+        for t in pool:
+            t.join()
+        raise
+    return outcomes
+
+
+def _drain(cells: list[Cell], work, stop: threading.Event, lock: threading.Lock) -> None:
+    while not stop.is_set():
+        with lock:
+            if not cells:
+                return
+            cell = cells.pop(0)
+        work(cell)
+
+
+SBATCH = """#!/bin/bash
+# Slurm job array for sweep {source}: one task per unfinished cell ({count} of {total}).
+# Submit with:  sbatch {script}
+# Edit the resources below for your cluster. Each task resumes its run, so resubmitting after a
+# preemption or a failure continues where it stopped; `bogc reproduce {source}` afterwards skips the
+# finished cells and writes the report.
+#SBATCH --job-name={name}
+#SBATCH --array=0-{last}
+#SBATCH --gres=gpu:1
+#SBATCH --cpus-per-task=8
+#SBATCH --time=24:00:00
+#SBATCH --output={logs}/slurm_%A_%a.log
+#SBATCH --signal=TERM@120
+set -euo pipefail
+cd {cwd}
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {tasks})
+eval "$line"
+"""
+
+
+def write_slurm(plan: Plan) -> Path:
+    """``<results>/<experiment>/sweep.sbatch`` and ``sweep_tasks.sh`` (one line of commands per cell)."""
+    todo = plan.todo()
+    plan.root.mkdir(parents=True, exist_ok=True)
+    (plan.root / "logs").mkdir(exist_ok=True)
+    tasks = plan.root / "sweep_tasks.sh"
+    lines = [" && ".join(shlex.join(c) for c in cell_commands(plan, cell, ["bogc"])) for cell in todo]
+    write_text(tasks, "".join(line + "\n" for line in lines))
+    script = plan.root / "sweep.sbatch"
+    write_text(script, SBATCH.format(source=plan.source, count=len(todo), total=len(plan.cells), script=script,
+                                     name=plan.sweep.experiment, last=max(len(todo) - 1, 0),
+                                     logs=(plan.root / "logs").resolve(), cwd=Path.cwd().resolve(),
+                                     tasks=tasks.resolve()))
+    return script
