@@ -263,6 +263,9 @@ def reproduce(
     if dry_run:
         return
     if launcher == "slurm":
+        if not todo:
+            console.print("every cell is finished: no job array to write")
+            return
         script = write_slurm(plan)
         console.print(f"wrote {script} ({len(todo)} array tasks); submit it with: sbatch {script}")
         return

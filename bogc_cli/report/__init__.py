@@ -16,6 +16,7 @@ import pandas as pd
 import rich.table
 
 from .aggregate import find_missing, find_runs, mean_std
+from .comparison_plots import write_comparison_plots
 from .plots import metrics_paths, plot_missing_modality, plot_training_curves
 from .tables import (
     FORMATS,
@@ -125,4 +126,5 @@ def run_report(
     result.paths = save_tables(result.tables, Path(results_dir) / TABLES_DIR, formats)
     if plots:
         result.paths += write_plots(runs, missing, Path(results_dir) / PLOTS_DIR, result.warnings)
+        result.paths += write_comparison_plots(runs, missing, Path(results_dir) / PLOTS_DIR, result.warnings)
     return result

@@ -123,7 +123,8 @@ class Table:
     Attributes:
         name: file stem, e.g. ``"accuracy"`` or ``"robustness_avmnist"``.
         title: one line describing the table (shown above it in Markdown, rich and LaTeX).
-        stats: columns ``*rows, col, mean, std, n``; one line per cell, already in display order.
+        stats: columns ``*rows, col, mean, std, n`` (and optionally ``p``, ``mark``: a paired test
+            against uniform, see :mod:`significance`); one line per cell, already in display order.
         rows: the columns whose values make up a row label (joined with ``" / "``).
         col: the column whose values become the table's columns.
     """
@@ -133,6 +134,7 @@ class Table:
     stats: pd.DataFrame
     rows: list[str]
     col: str
+    best: bool = False  # mark the highest mean of each column (bold in Markdown, LaTeX and rich)
 
     @classmethod
     def from_values(
@@ -148,15 +150,25 @@ class Table:
     def row_header(self) -> str:
         return " / ".join(self.rows)
 
-    def cells(self) -> pd.DataFrame:
-        """Wide frame of formatted strings: index = row labels, columns = column labels."""
+    def cells(self, emphasis: tuple[str, str] = ("", "")) -> pd.DataFrame:
+        """Wide frame of formatted strings: index = row labels, columns = column labels.
+
+        ``emphasis``: text put around the best cell of each column when ``best`` is set (e.g. ``**``)."""
         numbers = self.stats[["mean", "std", "n"]].itertuples(index=False)
-        text = [format_cell(m, s, n) for m, s, n in numbers]
+        text = pd.Series([format_cell(m, s, n) for m, s, n in numbers], index=self.stats.index)
+        if "mark" in self.stats:
+            text = text + self.stats["mark"].fillna("")
+        if self.best and emphasis != ("", ""):
+            top = self.stats.groupby(self.col)["mean"].transform("max")
+            is_best = np.isclose(self.stats["mean"], top) & self.stats["mean"].notna()
+            text = text.where(~is_best, emphasis[0] + text + emphasis[1])
         wide = self.stats.assign(cell=text).pivot(index=self.rows, columns=self.col, values="cell")
         row_order = pd.MultiIndex.from_frame(self.stats[self.rows].drop_duplicates())
         if len(self.rows) == 1:
             row_order = row_order.get_level_values(0)
-        wide = wide.reindex(index=row_order, columns=sorted(self.stats[self.col].unique()))
+        columns = sorted(self.stats[self.col].unique(), key=lambda c: (isinstance(c, str), str(c) if
+                                                                       isinstance(c, str) else c))
+        wide = wide.reindex(index=row_order, columns=columns)
         wide.index = [
             " / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in wide.index
         ]
@@ -166,9 +178,19 @@ class Table:
 
     def to_markdown(self) -> str:
         """GitHub pipe table with the title as a heading above it."""
-        flat = self.cells().reset_index()
+        flat = self.cells(("**", "**")).reset_index()
         align = ("left",) + ("right",) * (flat.shape[1] - 1)
-        return f"### {self.title}\n\n{flat.to_markdown(index=False, colalign=align)}\n"
+        return f"### {self.title}\n\n{flat.to_markdown(index=False, colalign=align)}\n{self._legend()}"
+
+    def _legend(self) -> str:
+        notes = []
+        if self.best:
+            notes.append("best mean of each column in bold")
+        if "mark" in self.stats:
+            from .significance import ALPHA, MARK, REFERENCE
+
+            notes.append(f"{MARK}: differs from {REFERENCE} with p < {ALPHA:g} (paired t-test over seeds)")
+        return f"\n{'; '.join(notes).capitalize()}.\n" if notes else ""
 
     def to_csv(self) -> str:
         """Machine-readable CSV: one line per cell with numeric ``mean, std, n`` columns."""
@@ -176,14 +198,17 @@ class Table:
 
     def to_latex(self) -> str:
         """booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); special characters escaped."""
-        flat = self.cells().reset_index()
+        bold = ("\x00", "\x01")  # placeholders that survive escaping, replaced after it
+        flat = self.cells(bold).reset_index()
         align = "l" + "r" * (flat.shape[1] - 1)
         body = flat.to_latex(index=False, escape=True, column_format=align)
-        return f"% {self.title}\n{body}".replace(PLUS_MINUS, r"$\pm$")
+        body = body.replace(bold[0], r"\textbf{").replace(bold[1], "}").replace("†", r"$^\dagger$")
+        legend = self._legend().strip()
+        return f"% {self.title}\n" + (f"% {legend}\n" if legend else "") + body.replace(PLUS_MINUS, r"$\pm$")
 
     def to_rich(self) -> rich.table.Table:
         """A rich Table for printing in the terminal."""
-        cells = self.cells()
+        cells = self.cells(("[bold green]", "[/bold green]"))
         # min_width keeps a narrow table from wrapping its title over several lines
         table = rich.table.Table(
             title=self.title, title_justify="left", min_width=len(self.title) + 4
@@ -207,7 +232,22 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "accuracy") -> Table | None
     label = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1",
              "val_accuracy": "Validation accuracy"}.get(metric, metric)
     title = f"{label} at the best-validation epoch (mean ± std over seeds)"
-    return Table.from_values(metric, title, runs, metric, ["method"], "dataset")
+    table = Table.from_values(metric, title, runs, metric, ["method"], "dataset")
+    if table is not None:
+        table.best = True
+        add_significance(table, runs, metric)
+    return table
+
+
+def add_significance(table: Table, per_run: pd.DataFrame, value: str) -> None:
+    """Add ``p`` and ``mark`` columns (paired test against uniform over seeds) when uniform was run."""
+    from .significance import REFERENCE, marks, paired_tests
+
+    if REFERENCE not in set(per_run["method"]):
+        return
+    tests = paired_tests(per_run, value, table.col)
+    stats = table.stats.merge(tests[["method", table.col, "p"]], on=["method", table.col], how="left")
+    table.stats = stats.assign(mark=marks(stats["p"]))
 
 
 def unimodal_table(runs: pd.DataFrame) -> Table | None:
@@ -265,12 +305,16 @@ def robustness_tables(missing: pd.DataFrame) -> list[Table]:
             f"{dataset}: test accuracy with one modality missing at rate r "
             "(mean ± std over seeds)"
         )
-        tables.append(
-            Table.from_values(
-                f"robustness_{slug(dataset)}", title, part[~several], "accuracy",
-                ["method", "missing", *fill], "rate",
-            )
-        )
+        single = part[~several]
+        table = Table.from_values(f"robustness_{slug(dataset)}", title + "; AUC: area under accuracy vs "
+                                  "rate, divided by the rate range", single, "accuracy", ["method", "missing", *fill],
+                                  "rate")
+        if table is not None:
+            auc = mean_std(area_under_rates(single, [*IDENTITY, "missing", *fill]), "auc",
+                           ["method", "missing", *fill], []).assign(rate=AUC_COLUMN)
+            table.stats = _sort_stats(pd.concat([table.stats, auc], ignore_index=True),
+                                      table.rows, "rate")
+        tables.append(table)
         subsets = part[several & np.isclose(part["rate"], 1.0)]
         title = f"{dataset}: test accuracy with several modalities missing (rate 1.0)"
         tables.append(
@@ -280,6 +324,22 @@ def robustness_tables(missing: pd.DataFrame) -> list[Table]:
             )
         )
     return [t for t in tables if t is not None]
+
+
+AUC_COLUMN = "AUC"
+
+
+def area_under_rates(per_run: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per run and missing modality: the trapezoid area under accuracy vs missing rate, divided by the
+    rate range (so 1.0 = perfect at every rate). Columns ``*keys, auc``; needs two rates or more."""
+    rows = []
+    for key, part in per_run.groupby(keys, sort=False):
+        part = part.sort_values("rate")
+        rates, acc = part["rate"].to_numpy(float), part["accuracy"].to_numpy(float)
+        if len(rates) >= 2 and rates[-1] > rates[0]:
+            area = np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(rates))  # trapezoids (np.trapezoid needs numpy 2)
+            rows.append({**dict(zip(keys, key)), "auc": float(area / (rates[-1] - rates[0]))})
+    return pd.DataFrame(rows, columns=[*keys, "auc"])
 
 
 def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]:

@@ -6,8 +6,9 @@ A sweep file (``recipes/paper/*.yaml``)::
     out: results                     # results root (default)
     seeds: [0, 1, 2]
     set: {model.fill: zero-input}    # overrides for every cell
-    datasets:                        # name -> folder of per-method recipes (or {recipes:, set:})
+    datasets:                        # name -> folder of per-method recipes, or {recipes: | base:, set:}
       avdigits: recipes/avdigits
+      cremad: {base: recipes/cremad/joint.yaml}   # one recipe, method.name set per cell
     methods:                         # recipe names in those folders, or variants of one
       - joint
       - {recipe: joint, tag: moddrop, set: {train.modality_dropout: {audio: 0.3}}}
@@ -34,12 +35,14 @@ from bogc_cli.recipe import StrictModel, format_validation_error, load_recipe
 
 
 class DatasetEntry(StrictModel):
-    recipes: str = Field(description="folder holding <method>.yaml recipes for this dataset")
+    recipes: str | None = Field(None, description="folder holding <method>.yaml recipes for this dataset")
+    base: str | None = Field(None, description="or one recipe for every method: each cell sets method.name")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides for this dataset's cells")
 
 
 class MethodEntry(StrictModel):
-    recipe: str = Field(description="recipe name (file stem) in each dataset's folder")
+    recipe: str = Field(description="recipe name (file stem) in each dataset's folder; with a dataset's base "
+                        "recipe, the method name")
     tag: str | None = Field(None, description="variant name: the run's method becomes <method>-<tag>")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides for this variant")
 
@@ -137,18 +140,21 @@ def make_plan(path: Path, out: Path | None = None) -> Plan:
     base = path.parent
     for dataset, entry in sweep.datasets.items():
         entry = DatasetEntry(recipes=entry) if isinstance(entry, str) else entry
-        folder = Path(entry.recipes)
-        folder = folder if folder.is_dir() or folder.is_absolute() else base / folder
-        if not folder.is_dir():
-            raise UserError(f"{path}: datasets.{dataset}: recipe folder {entry.recipes} not found (relative paths "
+        if (entry.recipes is None) == (entry.base is None):
+            raise UserError(f"{path}: datasets.{dataset}: give either recipes (a folder of <method>.yaml) or base "
+                            "(one recipe whose method.name each cell sets)")
+        where = _local(Path(entry.recipes or entry.base), base)
+        if not (where.is_dir() if entry.recipes else where.is_file()):
+            raise UserError(f"{path}: datasets.{dataset}: {entry.recipes or entry.base} not found (relative paths "
                             "are taken from the current folder, then from the sweep file's)")
         for method in sweep.methods:
             method = MethodEntry(recipe=method) if isinstance(method, str) else method
-            recipe = folder / f"{method.recipe}.yaml"
+            recipe = where if entry.base else where / f"{method.recipe}.yaml"
             if not recipe.is_file():
-                have = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+                have = ", ".join(sorted(p.stem for p in where.glob("*.yaml")))
                 raise UserError(f"{path}: method {method.recipe!r} has no recipe {recipe}; that folder has: {have}")
-            overrides = (_dotted(sweep.set) + _dotted(entry.set) + _dotted(method.set)
+            overrides = (([f"method.name={method.recipe}"] if entry.base else [])
+                         + _dotted(sweep.set) + _dotted(entry.set) + _dotted(method.set)
                          + [f"experiment={sweep.experiment}", f"output.dir={sweep.out}"])
             if method.tag:
                 overrides.append(f"method.tag={method.tag}")
@@ -163,6 +169,11 @@ def make_plan(path: Path, out: Path | None = None) -> Plan:
                 plan.cells.append(cell)
     _refuse_duplicates(plan, path)
     return plan
+
+
+def _local(path: Path, sweep_folder: Path) -> Path:
+    """``path`` as given when it exists from the current folder (or is absolute), else next to the sweep file."""
+    return path if path.is_absolute() or path.exists() else sweep_folder / path
 
 
 def _set_status(cell: Cell, wants_missing: bool) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from bogc_cli.atomic import write_text
 from bogc_cli.sweep.plan import Cell, Plan
 
 Log = Callable[[str], None]
+INTERRUPT_GRACE_S = 10.0
 
 
 @dataclass
@@ -51,9 +53,22 @@ def cell_commands(plan: Plan, cell: Cell, bogc: list[str]) -> list[list[str]]:
     return commands
 
 
+def _stop_with_parent() -> None:
+    """``preexec_fn`` of a cell's process: SIGTERM it if the sweep dies (even of SIGKILL), so it saves a
+    checkpoint and releases its run directory instead of training on as an orphan (Linux; elsewhere a
+    no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[Outcome]:
     """Run every unfinished cell; returns one outcome per cell run (code 130: interrupted)."""
     todo = plan.todo()
+    total = len(todo)
     slots: queue.Queue[str | None] = queue.Queue()
     for slot in (gpus if gpus else [None] * jobs):
         slots.put(slot)
@@ -61,6 +76,7 @@ def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[O
     outcomes: list[Outcome] = []
     stop = threading.Event()
     lock = threading.Lock()
+    running: set[subprocess.Popen] = set()
     bogc = [sys.executable, "-m", "bogc_cli"]
 
     def work(cell: Cell) -> None:
@@ -78,7 +94,16 @@ def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[O
                 for command in cell_commands(plan, cell, bogc):
                     fh.write(f"$ {shlex.join(command)}\n")
                     fh.flush()
-                    code = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env).returncode
+                    with lock:
+                        if stop.is_set():  # Ctrl-C came between two commands
+                            code = 130
+                            break
+                        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                                preexec_fn=_stop_with_parent)
+                        running.add(proc)
+                    code = proc.wait()
+                    with lock:
+                        running.discard(proc)
                     if code != 0:
                         break
             outcome = Outcome(cell, code, path, time.perf_counter() - started)
@@ -86,7 +111,7 @@ def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[O
                 outcomes.append(outcome)
                 status = {0: "done", 130: "interrupted"}.get(code, f"FAILED (exit {code})")
                 where = f" on GPU {slot}" if slot is not None else ""
-                log(f"[{len(outcomes)}/{len(todo)}] {cell.name}{where}: {status} in {outcome.seconds:.0f} s")
+                log(f"[{len(outcomes)}/{total}] {cell.name}{where}: {status} in {outcome.seconds:.0f} s")
             if code == 130:
                 stop.set()
         finally:
@@ -100,8 +125,19 @@ def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[O
         for t in pool:
             while t.is_alive():
                 t.join(0.2)
-    except KeyboardInterrupt:  # the children got the same Ctrl-C: they checkpoint and exit; wait for them
-        stop.set()
+    except KeyboardInterrupt:
+        # A Ctrl-C in the terminal reached the running cells too: they finish their step, checkpoint and
+        # exit. A cell still running after a grace period never got it (the signal was sent to this
+        # process alone, or the cell started just after it): pass it on.
+        with lock:
+            stop.set()
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        while time.monotonic() < deadline and any(p.poll() is None for p in list(running)):
+            time.sleep(0.1)
+        with lock:
+            for proc in running:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
         for t in pool:
             t.join()
         raise
