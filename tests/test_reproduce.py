@@ -106,3 +106,19 @@ def test_a_killed_sweep_finishes_on_rerun_without_redoing_finished_cells(capsys,
     assert code == 0, out + err
     assert len(list(root.glob("synthetic/*/seed*/missing_modality.csv"))) == 6
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
+
+
+def test_mistakes_in_a_sweep_file_are_refused_before_anything_runs(capsys, tmp_path):
+    base = {"experiment": "x", "out": str(tmp_path / "r"), "seeds": [0],
+            "datasets": {"avdigits": str(ROOT / "recipes/avdigits")}, "methods": ["joint"]}
+    cases = [({"seed": [0]}, "unknown key 'seed' (did you mean seeds?)"),
+             ({"methods": ["joint", "bogcc"]}, "method 'bogcc' has no recipe"),
+             ({"set": {"train.epochs": -1}}, "cell avdigits/joint"),
+             ({"datasets": {"avdigits": {"base": "nowhere.yaml"}}}, "nowhere.yaml not found"),
+             ({"methods": ["joint", {"recipe": "joint"}]}, "same run directory")]
+    for change, message in cases:
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump({**base, **change}))
+        code, out, err = run_cli(capsys, "reproduce", path)
+        assert code == 2 and message in " ".join(err.split()), (change, err)
+    assert not (tmp_path / "r").exists()

@@ -158,7 +158,11 @@ def make_plan(path: Path, out: Path | None = None) -> Plan:
                          + [f"experiment={sweep.experiment}", f"output.dir={sweep.out}"])
             if method.tag:
                 overrides.append(f"method.tag={method.tag}")
-            rec = load_recipe(recipe, overrides)
+            try:
+                rec = load_recipe(recipe, overrides)
+            except UserError as exc:
+                raise UserError(f"{path}: cell {dataset}/{method.recipe}{'-' + method.tag if method.tag else ''} "
+                                f"(its recipe with the sweep's set: overrides): {exc}") from None
             for seed in sweep.seeds:
                 single = rec.for_seed(seed)
                 from bogc_cli.engine.setup import run_dir_for
