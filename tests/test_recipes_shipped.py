@@ -8,7 +8,8 @@ import pytest
 from bogc_cli.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted((ROOT / "recipes").rglob("*.yaml"))
+SWEEPS = sorted((ROOT / "recipes" / "paper").glob("*.yaml"))  # sweep files, not recipes
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(SWEEPS))
 
 
 def test_there_are_recipes():
@@ -35,3 +36,12 @@ def test_avdigits_joint_fuses_better_than_either_probe(shared_data, tmp_path, ca
     assert code == 0, err
     ev = json.loads((tmp_path / "res/avdigits/avdigits/joint/seed0/eval.json").read_text())
     assert ev["accuracy"] > max(ev["unimodal_accuracy"].values())
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_sweep_plans(path, tmp_path):
+    """Every paper sweep plans: its recipes exist and every cell's recipe validates (no data needed)."""
+    from bogc_cli.sweep.plan import make_plan
+
+    plan = make_plan(path, tmp_path)
+    assert len(plan.cells) >= 42 and all(c.status == "todo" for c in plan.cells)

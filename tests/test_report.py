@@ -144,9 +144,12 @@ def test_robustness_tables(tree: Path) -> None:
     single = tables["robustness_avmnist"].cells()
     assert single.index.name == "method / missing"
     assert list(single.index) == ["bogc / audio", "bogc / image"]
-    assert list(single.columns) == ["0", "0.5"]
+    assert list(single.columns) == ["0", "0.5", "AUC"]
     assert single.loc["bogc / audio", "0.5"] == "0.810 ± 0.010"
     assert single.loc["bogc / image", "0.5"] == "0.720 ± 0.020"
+    stats = tables["robustness_avmnist"].stats.set_index(["missing", "rate"])["mean"]
+    # two rates: the trapezoid divided by the range is the mean of the two accuracies
+    assert stats[("audio", "AUC")] == pytest.approx((stats[("audio", 0.0)] + stats[("audio", 0.5)]) / 2)
     subsets = tables["robustness_avmnist_subsets"].cells()
     assert subsets.loc["bogc", "audio+image"] == "0.100 ± 0.000"
     assert "robustness_cremad" not in tables
@@ -182,6 +185,7 @@ def test_latex_escaping_and_booktabs(tree: Path) -> None:
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"my\_method" in tex and "my_method" not in tex
     assert r"0.920 $\pm$ 0.020" in tex and "±" not in tex
+    assert r"\textbf{0.700}" in tex  # the best mean of its column (my_method on cremad)
 
 
 def test_validate_formats() -> None:

@@ -198,13 +198,14 @@ class Table:
 
     def to_latex(self) -> str:
         """booktabs ``tabular`` (needs ``\\usepackage{booktabs}``); special characters escaped."""
-        bold = ("\x00", "\x01")  # placeholders that survive escaping, replaced after it
+        bold = ("BOLDBEGINMARK", "BOLDENDMARK")  # plain letters survive escaping; replaced after it
         flat = self.cells(bold).reset_index()
         align = "l" + "r" * (flat.shape[1] - 1)
         body = flat.to_latex(index=False, escape=True, column_format=align)
         body = body.replace(bold[0], r"\textbf{").replace(bold[1], "}").replace("†", r"$^\dagger$")
         legend = self._legend().strip()
-        return f"% {self.title}\n" + (f"% {legend}\n" if legend else "") + body.replace(PLUS_MINUS, r"$\pm$")
+        text = f"% {self.title}\n" + (f"% {legend}\n" if legend else "") + body
+        return text.replace(PLUS_MINUS, r"$\pm$")
 
     def to_rich(self) -> rich.table.Table:
         """A rich Table for printing in the terminal."""
