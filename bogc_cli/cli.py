@@ -269,6 +269,7 @@ def reproduce(
         script = write_slurm(plan)
         console.print(f"wrote {script} ({len(todo)} array tasks); submit it with: sbatch {script}")
         return
+    failed = []
     if todo:
         outcomes = run_local(plan, jobs, gpu_list, lambda line: console.print(line, highlight=False))
         failed = [o for o in outcomes if o.code not in (0, 130)]
@@ -280,7 +281,7 @@ def reproduce(
             for o in failed:
                 console.print(f"  {o.cell.name}: exit {o.code}, log {o.log}", highlight=False)
     _report_sweep(plan)
-    if todo and failed:
+    if failed:
         raise typer.Exit(1)
 
 

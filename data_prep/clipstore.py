@@ -35,6 +35,7 @@ import numpy as np
 
 from bogc_cli.atomic import save_numpy, write_json, write_text
 from bogc_cli.data.cache import SPLITS, SplitArrays
+from bogc_cli.engine.graceful_stop import signal_on_parent_death
 from bogc_cli.errors import UserError
 from data_prep._common import Log, no_log
 
@@ -84,14 +85,8 @@ Decode = Callable[[Item], dict[str, np.ndarray]]
 def _die_with_parent() -> None:
     """End this worker when the parent dies (SIGKILL included), instead of idling on as an orphan."""
     parent = os.getppid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(1, signal.SIGKILL) == 0 and os.getppid() == parent:  # 1 = PR_SET_PDEATHSIG (Linux)
-            return
-    except (OSError, AttributeError):
-        pass
+    if signal_on_parent_death(signal.SIGKILL) and os.getppid() == parent:  # the parent may have died already
+        return
     import threading
 
     def watch() -> None:

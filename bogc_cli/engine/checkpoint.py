@@ -45,7 +45,7 @@ def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, d
         return
     # Written in full beside the old one before anything is renamed, so a failed write (a full
     # disk, a kill) never costs the checkpoint already there.
-    staged = path.with_name(f"{path.stem}.next{path.suffix}")  # listed in checkpoint_files()
+    staged = staged_path(path)
     save_torch(staged, state)
     write_text(checksum_path(staged), f"{file_sha256(staged)}  {path.name}\n")
     if path.is_file():
@@ -60,7 +60,8 @@ def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, d
 def checkpoint_files() -> list[str]:
     """Every file name the trainer's checkpoints occupy in a run directory (checksums and the kept
     predecessor included)."""
-    names = ["best.pt", "last.pt", previous_path(Path("last.pt")).name, "last.next.pt"]
+    last = Path("last.pt")
+    names = ["best.pt", last.name, previous_path(last).name, staged_path(last).name]
     return names + [checksum_path(Path(n)).name for n in names]
 
 
@@ -70,6 +71,11 @@ def checksum_path(path: Path) -> Path:
 
 def previous_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def staged_path(path: Path) -> Path:
+    """Where a checkpoint is written in full before it replaces ``path``."""
+    return path.with_name(f"{path.stem}.next{path.suffix}")
 
 
 def file_sha256(path: Path) -> str:

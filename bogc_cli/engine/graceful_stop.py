@@ -47,6 +47,17 @@ class GracefulStop:
         self.requested = signal.Signals(signum).name
 
 
+def signal_on_parent_death(sig: int) -> bool:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (SIGKILL of the parent
+    included), so a child never lives on as an orphan. Linux only: returns False where unavailable."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(1, sig) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
 def ignore_interrupts_in_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, and a worker that died of
     it would break the batch the main process still has to finish; the main process decides when to stop."""

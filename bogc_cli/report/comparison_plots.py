@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import warnings as python_warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,75 +40,67 @@ def _finish(fig, axes, handles_from) -> None:
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(right, 0.5), fontsize="small", frameon=False)
 
 
+def _method_panels(frame: pd.DataFrame, panel: str, x: str, title: str, panel_title, xlabel: str, ylabel: str,
+                   path: Path, band: bool = False) -> list[Path]:
+    """One panel per value of ``frame[panel]``, one line per method of ``frame["mean"]`` against
+    ``frame[x]`` (with a ± ``std`` band when ``band``); saved as ``path`` (PNG) and PDF."""
+    panels = sorted(frame[panel].unique())
+    methods = sorted(frame["method"].unique(), key=method_sort_key)
+    color = _colors(methods)
+    fig, axes = _panels(len(panels), title)
+    for ax, value in zip(axes, panels):
+        for method in methods:
+            part = frame[(frame[panel] == value) & (frame["method"] == method)].sort_values(x)
+            if part.empty:
+                continue
+            ax.plot(part[x], part["mean"], marker="o", ms=3, label=method, color=color[method])
+            if band:
+                spread = part["std"].fillna(0)
+                ax.fill_between(part[x], part["mean"] - spread, part["mean"] + spread, color=color[method],
+                                alpha=0.12, lw=0)
+        ax.set_title(panel_title(value))
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel(ylabel)
+    _finish(fig, axes, axes[0])
+    return save_figure(fig, path)
+
+
 def plot_missing_comparison(missing: pd.DataFrame, dataset: str, out_dir: Path) -> list[Path]:
     """Accuracy vs missing rate for every method of ``dataset`` (rows of ``find_missing``)."""
     stats = missing_rate_stats(missing[missing["dataset"] == dataset])
     if stats.empty or stats["method"].nunique() < 2:
         return []
-    modalities = sorted(stats["missing"].unique())
-    methods = sorted(stats["method"].unique(), key=method_sort_key)
-    color = _colors(methods)
-    fig, axes = _panels(len(modalities), f"{dataset}: test accuracy with a modality missing")
-    for ax, modality in zip(axes, modalities):
-        for method in methods:
-            part = stats[(stats["missing"] == modality) & (stats["method"] == method)].sort_values("rate")
-            if part.empty:
-                continue
-            ax.plot(part["rate"], part["mean"], marker="o", ms=3, label=method, color=color[method])
-            ax.fill_between(part["rate"], part["mean"] - part["std"].fillna(0), part["mean"] + part["std"].fillna(0),
-                            color=color[method], alpha=0.12, lw=0)
-        ax.set_title(f"{modality} missing")
-        ax.set_xlabel("missing rate")
-    axes[0].set_ylabel("test accuracy")
-    _finish(fig, axes, axes[0])
-    return save_figure(fig, out_dir / f"compare_missing_{slug(dataset)}.png")
+    return _method_panels(stats, "missing", "rate", f"{dataset}: test accuracy with a modality missing",
+                          lambda m: f"{m} missing", "missing rate", "test accuracy",
+                          out_dir / f"compare_missing_{slug(dataset)}.png", band=True)
 
 
-def _curves(runs: pd.DataFrame, prefix: str, warnings: list[str]) -> pd.DataFrame:
-    """Long frame ``method, seed, epoch, modality, value`` of the ``<prefix><modality>`` columns."""
-    frames = []
+def _read_metrics(runs: pd.DataFrame, warnings: list[str]) -> list[tuple[str, int, pd.DataFrame]]:
+    """``(method, seed, metrics)`` of every run whose ``metrics.jsonl`` can be read."""
+    out = []
     for row in runs.itertuples():
         path = Path(row.run_dir) / "metrics.jsonl"
         if not path.is_file():
             continue
         try:
-            metrics = read_metrics(path)
+            out.append((row.method, row.seed, read_metrics(path)))
         except (OSError, ValueError) as exc:
             warnings.append(f"skipped {path} in the comparison figures: {exc}")
-            continue
-        cols = [c for c in metrics.columns if c.startswith(prefix)]
-        if not cols:
-            continue
-        long = metrics[["epoch", *cols]].melt(id_vars="epoch", var_name="modality", value_name="value")
-        long["modality"] = long["modality"].str.removeprefix(prefix)
-        frames.append(long.assign(method=row.method, seed=row.seed))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return out
 
 
-def plot_curves_comparison(runs: pd.DataFrame, dataset: str, out_dir: Path, prefix: str, name: str, title: str,
-                           ylabel: str, warnings: list[str], min_methods: int = 2) -> list[Path]:
-    """One panel per modality, one line per method: the mean over seeds of ``<prefix><modality>`` by epoch."""
-    mine = runs[(runs["dataset"] == dataset) & ~runs["method"].str.startswith("unimodal-")]  # one head trained
-    curves = _curves(mine, prefix, warnings)
-    if curves.empty or curves["method"].nunique() < min_methods:
-        return []
-    curves = curves.groupby(["method", "modality", "epoch"], as_index=False)["value"].mean()
-    modalities = sorted(curves["modality"].unique())
-    methods = sorted(curves["method"].unique(), key=method_sort_key)
-    color = _colors(methods)
-    fig, axes = _panels(len(modalities), f"{dataset}: {title}")
-    for ax, modality in zip(axes, modalities):
-        for method in methods:
-            part = curves[(curves["modality"] == modality) & (curves["method"] == method)]
-            if not part.empty:
-                ax.plot(part["epoch"], part["value"], marker=".", label=method, color=color[method])
-        ax.set_title(modality)
-        ax.set_xlabel("epoch")
-    axes[0].set_ylabel(ylabel)
-    _finish(fig, axes, axes[0])
-    with python_warnings.catch_warnings():
-        python_warnings.simplefilter("ignore")
-        return save_figure(fig, out_dir / f"{name}_{slug(dataset)}.png")
+def _curves(metrics: list[tuple[str, int, pd.DataFrame]], prefix: str) -> pd.DataFrame:
+    """Columns ``method, modality, epoch, mean``: the ``<prefix><modality>`` values by epoch, averaged
+    over seeds."""
+    frames = []
+    for method, seed, frame in metrics:
+        cols = [c for c in frame.columns if c.startswith(prefix)]
+        if cols:
+            long = frame[["epoch", *cols]].melt(id_vars="epoch", var_name="modality", value_name="mean")
+            frames.append(long.assign(modality=long["modality"].str.removeprefix(prefix), method=method, seed=seed))
+    if not frames:
+        return pd.DataFrame(columns=["method", "modality", "epoch", "mean"])
+    return pd.concat(frames, ignore_index=True).groupby(["method", "modality", "epoch"], as_index=False)["mean"].mean()
 
 
 def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: Path, warnings: list[str]) -> list[Path]:
@@ -118,10 +109,16 @@ def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: P
     for dataset in sorted(runs["dataset"].unique()):
         if not missing.empty:
             paths += plot_missing_comparison(missing, dataset, out_dir)
-        paths += plot_curves_comparison(runs, dataset, out_dir, VAL_UNIMODAL_PREFIX, "compare_unimodal",
-                                        "each modality head's validation accuracy over training",
-                                        "validation accuracy of the head", warnings)
-        paths += plot_curves_comparison(runs, dataset, out_dir, UNCERTAINTY_PREFIX, "bogc_uncertainty",
-                                        "BOGC's fused uncertainty per source over training", "uncertainty",
-                                        warnings, min_methods=1)
+        mine = runs[(runs["dataset"] == dataset) & ~runs["method"].str.startswith("unimodal-")]  # one head trained
+        metrics = _read_metrics(mine, warnings)  # once, for both figures
+        heads = _curves(metrics, VAL_UNIMODAL_PREFIX)
+        if heads["method"].nunique() >= 2:
+            paths += _method_panels(heads, "modality", "epoch",
+                                    f"{dataset}: each modality head's validation accuracy over training", str, "epoch",
+                                    "validation accuracy of the head", out_dir / f"compare_unimodal_{slug(dataset)}.png")
+        uncertainty = _curves(metrics, UNCERTAINTY_PREFIX)
+        if not uncertainty.empty:
+            paths += _method_panels(uncertainty, "modality", "epoch",
+                                    f"{dataset}: BOGC's fused uncertainty per source over training", str, "epoch",
+                                    "uncertainty", out_dir / f"bogc_uncertainty_{slug(dataset)}.png")
     return paths

@@ -202,7 +202,9 @@ class Table:
         flat = self.cells(bold).reset_index()
         align = "l" + "r" * (flat.shape[1] - 1)
         body = flat.to_latex(index=False, escape=True, column_format=align)
-        body = body.replace(bold[0], r"\textbf{").replace(bold[1], "}").replace("†", r"$^\dagger$")
+        from .significance import MARK
+
+        body = body.replace(bold[0], r"\textbf{").replace(bold[1], "}").replace(MARK, r"$^\dagger$")
         legend = self._legend().strip()
         text = f"% {self.title}\n" + (f"% {legend}\n" if legend else "") + body
         return text.replace(PLUS_MINUS, r"$\pm$")

@@ -30,6 +30,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from bogc_cli.engine.missing import DEFAULT_RATES
+from bogc_cli.engine.run_lock import existing_results
+from bogc_cli.engine.setup import run_dir_for, run_identity
 from bogc_cli.errors import UserError
 from bogc_cli.recipe import StrictModel, format_validation_error, load_recipe
 
@@ -165,10 +167,8 @@ def make_plan(path: Path, out: Path | None = None) -> Plan:
                                 f"(its recipe with the sweep's set: overrides): {exc}") from None
             for seed in sweep.seeds:
                 single = rec.for_seed(seed)
-                from bogc_cli.engine.setup import run_dir_for
-
-                cell = Cell(dataset, "", seed, recipe, overrides, run_dir_for(single))
-                cell.dataset, cell.method = cell.run_dir.parts[-3], cell.run_dir.parts[-2]
+                who = run_identity(single)  # the dataset label and method label the run directory uses
+                cell = Cell(who["dataset"], who["method"], seed, recipe, overrides, run_dir_for(single))
                 _set_status(cell, sweep.missing is not None)
                 plan.cells.append(cell)
     _refuse_duplicates(plan, path)
@@ -184,7 +184,7 @@ def _set_status(cell: Cell, wants_missing: bool) -> None:
     eval_json = cell.run_dir / "eval.json"
     if eval_json.is_file() and (not wants_missing or (cell.run_dir / "missing_modality.csv").is_file()):
         cell.status = "done"
-    elif eval_json.is_file() or (cell.run_dir / "last.pt").is_file() or (cell.run_dir / "last.prev.pt").is_file():
+    elif existing_results(cell.run_dir):
         cell.status = "partial"
     if eval_json.is_file():
         try:

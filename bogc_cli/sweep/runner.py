@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from bogc_cli.atomic import write_text
+from bogc_cli.engine.graceful_stop import signal_on_parent_death
 from bogc_cli.sweep.plan import Cell, Plan
 
 Log = Callable[[str], None]
@@ -55,14 +56,8 @@ def cell_commands(plan: Plan, cell: Cell, bogc: list[str]) -> list[list[str]]:
 
 def _stop_with_parent() -> None:
     """``preexec_fn`` of a cell's process: SIGTERM it if the sweep dies (even of SIGKILL), so it saves a
-    checkpoint and releases its run directory instead of training on as an orphan (Linux; elsewhere a
-    no-op)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    checkpoint and releases its run directory instead of training on as an orphan."""
+    signal_on_parent_death(signal.SIGTERM)
 
 
 def run_local(plan: Plan, jobs: int, gpus: list[str] | None, log: Log) -> list[Outcome]:
