@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,4 +30,49 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-__all__ = ["run_cli", "pytest"]
+__all__ = ["run_cli", "run_results", "signal_during_step", "pytest"]
+
+
+# ------------------------------------------------------------------ comparing runs, interrupting them
+# Wall-clock and memory figures differ between two runs of the same seed; everything else must not.
+TIMING = {"epoch_time_s", "step_time_ms_median", "peak_memory_mb"}
+EVAL_TIMING = {"train_seconds", "step_time_ms_median", "epoch_time_s_mean", "peak_memory_mb"}
+
+
+def run_results(where: Path) -> tuple[list[dict], dict, dict]:
+    """A run's outcome without its timings: the ``metrics.jsonl`` records, ``eval.json`` and the
+    ``best.pt`` weights. ``where``: the run directory, or a results folder holding one run."""
+    import json
+
+    import torch
+
+    run = where if (where / "eval.json").is_file() else next(Path(where).rglob("eval.json")).parent
+    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+               for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ev = {k: v for k, v in json.loads((run / "eval.json").read_text()).items() if k not in EVAL_TIMING}
+    return records, ev, torch.load(run / "best.pt", map_location="cpu", weights_only=False)["model"]
+
+
+def signal_during_step(monkeypatch, sig: int, epoch: int, step: int, times: int = 1) -> None:
+    """Send ``sig`` to this process (``times`` times) while batch ``step`` of ``epoch`` is being
+    fetched, as a user's Ctrl-C or a scheduler's SIGTERM lands at some moment of a step."""
+    import os
+
+    from bogc_cli.engine import trainer
+
+    real = trainer._train_epoch
+
+    def signalled_epoch(method, model, loader, device, current, *args, **kwargs):
+        if current != epoch:
+            return real(method, model, loader, device, current, *args, **kwargs)
+
+        def batches():
+            for i, batch in enumerate(loader, start=kwargs["tally"].steps + 1):
+                if i == step:
+                    for _ in range(times):
+                        os.kill(os.getpid(), sig)
+                yield batch
+
+        return real(method, model, batches(), device, current, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_train_epoch", signalled_epoch)

@@ -6,7 +6,6 @@ flushes a file) everywhere; on a real, small tmpfs where this machine lets the t
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import uuid
@@ -16,12 +15,10 @@ import pytest
 import torch
 
 from bogc_cli.engine.checkpoint import verified
-from cli_helpers import run_cli
+from cli_helpers import run_cli, run_results
 
 FAST = ["--set", "train.epochs=4", "--set", "dataset.n_train=192", "--set", "dataset.n_val=64",
         "--set", "dataset.n_test=64", "--set", "train.batch_size=32"]
-TIMING = {"epoch_time_s", "step_time_ms_median", "peak_memory_mb"}
-EVAL_TIMING = {"train_seconds", "step_time_ms_median", "epoch_time_s_mean", "peak_memory_mb"}
 
 
 def _train(capsys, out: Path, *extra: str):
@@ -32,13 +29,6 @@ def _train(capsys, out: Path, *extra: str):
 
 def _run_dir(out: Path) -> Path:
     return out / "quickstart" / "synthetic" / "bogc" / "seed0"
-
-
-def _results(run: Path):
-    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-               for line in (run / "metrics.jsonl").read_text().splitlines()]
-    ev = {k: v for k, v in json.loads((run / "eval.json").read_text()).items() if k not in EVAL_TIMING}
-    return records, ev, torch.load(run / "best.pt", map_location="cpu", weights_only=False)["model"]
 
 
 def _assert_intact_after_disk_full(run: Path, code: int, out: str, err: str, epochs_done: int) -> None:
@@ -63,7 +53,7 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
     code, out_text, err = _train(_NoCapture(), out)
     assert code == 0, out_text + err
-    return _results(_run_dir(out))
+    return run_results(_run_dir(out))
 
 
 def test_disk_full_while_checkpointing_keeps_every_earlier_result(capsys, tmp_path, monkeypatch, uninterrupted,
@@ -91,7 +81,7 @@ def test_disk_full_while_checkpointing_keeps_every_earlier_result(capsys, tmp_pa
 
     code, out, err = _train(capsys, tmp_path, "--resume")
     assert code == 0, out + err
-    records, ev, model = _results(run)
+    records, ev, model = run_results(run)
     assert (records, ev) == uninterrupted[:2] and all(torch.equal(model[k], uninterrupted[2][k]) for k in model)
     reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 
@@ -152,7 +142,7 @@ def test_a_really_full_tmpfs_stops_training_cleanly_and_resume_finishes_it(capsy
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_tmpfs)], check=True)  # space freed
     code, out, err = _train(capsys, small_tmpfs, "--resume")
     assert code == 0, out + err
-    records, ev, model = _results(run)
+    records, ev, model = run_results(run)
     assert (records, ev) == uninterrupted[:2] and all(torch.equal(model[k], uninterrupted[2][k]) for k in model)
     reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 

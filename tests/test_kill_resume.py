@@ -5,7 +5,6 @@ run never killed (bitwise on CPU)."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -17,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import run_results
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["train", "recipes/quickstart.yaml", "--set", "method.name=bogc", "--set", "train.epochs=4",
         "--set", "dataset.n_train=320", "--set", "dataset.n_val=64", "--set", "dataset.n_test=64",
         "--set", "train.batch_size=16"]
-TIMING = {"epoch_time_s", "step_time_ms_median", "peak_memory_mb"}
-EVAL_TIMING = {"train_seconds", "step_time_ms_median", "epoch_time_s_mean", "peak_memory_mb"}
 
 
 def _bogc(out: Path, *extra: str) -> subprocess.Popen:
@@ -34,14 +33,6 @@ def _bogc(out: Path, *extra: str) -> subprocess.Popen:
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     output, _ = proc.communicate(timeout=600)
     return proc.returncode, " ".join(output.split())
-
-
-def _results(out: Path) -> tuple[list[dict], dict, dict]:
-    run = next(out.rglob("eval.json")).parent
-    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-               for line in (run / "metrics.jsonl").read_text().splitlines()]
-    ev = {k: v for k, v in json.loads((run / "eval.json").read_text()).items() if k not in EVAL_TIMING}
-    return records, ev, torch.load(run / "best.pt", map_location="cpu", weights_only=False)["model"]
 
 
 def _kill_after_first_epoch(proc: subprocess.Popen, out: Path, sig: int, rng: random.Random) -> float:
@@ -61,7 +52,7 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
     code, output = _finish(_bogc(out))
     assert code == 0, output
-    return _results(out)
+    return run_results(out)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
@@ -80,7 +71,7 @@ def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path,
 
     code, output = _finish(_bogc(out, "--resume"))
     assert code == 0 and "resuming" in output, output + where
-    records, ev, model = _results(out)
+    records, ev, model = run_results(out)
     assert records == uninterrupted[0], where
     assert ev == uninterrupted[1], where
     assert all(torch.equal(model[k], uninterrupted[2][k]) for k in model), where

@@ -3,17 +3,15 @@ uninterrupted one (CPU); a damaged checkpoint is detected by its checksum and th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, run_results
 
 FAST = ["--set", "train.epochs=4", "--set", "dataset.n_train=192", "--set", "dataset.n_val=64",
         "--set", "dataset.n_test=64", "--set", "train.batch_size=32"]
-TIMING = {"epoch_time_s", "step_time_ms_median", "peak_memory_mb"}
 
 
 def _train(capsys, out: Path, method: str, *extra: str):
@@ -25,15 +23,6 @@ def _train(capsys, out: Path, method: str, *extra: str):
 
 def _run_dir(out: Path, method: str) -> Path:
     return out / "quickstart" / "synthetic" / method / "seed0"
-
-
-def _results(run: Path) -> tuple[list[dict], dict, dict]:
-    records = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
-               for line in (run / "metrics.jsonl").read_text().splitlines()]
-    ev = {k: v for k, v in json.loads((run / "eval.json").read_text()).items()
-          if k not in {"train_seconds", "step_time_ms_median", "epoch_time_s_mean", "peak_memory_mb"}}
-    model = torch.load(run / "best.pt", map_location="cpu", weights_only=False)["model"]
-    return records, ev, model
 
 
 def _interrupt_in_epoch(monkeypatch, epoch: int, step: int) -> None:
@@ -60,7 +49,7 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, step: int) -> None:
 @pytest.mark.parametrize("method", ["joint", "bogc", "opm", "pmr"])
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, monkeypatch, method, reliability):
     assert _train(capsys, tmp_path / "straight", method)[0] == 0
-    expected = _results(_run_dir(tmp_path / "straight", method))
+    expected = run_results(_run_dir(tmp_path / "straight", method))
 
     with monkeypatch.context() as patch:
         _interrupt_in_epoch(patch, epoch=3, step=2)
@@ -74,7 +63,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, mo
     code, out, err = _train(capsys, tmp_path / "cut", method, "--resume")
     assert code == 0, out + err
     assert "resuming" in out and "after epoch 2" in out
-    records, ev, model = _results(run)
+    records, ev, model = run_results(run)
     assert records == expected[0]
     assert ev == expected[1]
     assert model.keys() == expected[2].keys()
@@ -84,7 +73,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, mo
 
 def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(capsys, tmp_path, monkeypatch, reliability):
     assert _train(capsys, tmp_path / "straight", "joint")[0] == 0
-    expected = _results(_run_dir(tmp_path / "straight", "joint"))
+    expected = run_results(_run_dir(tmp_path / "straight", "joint"))
     with monkeypatch.context() as patch:
         _interrupt_in_epoch(patch, epoch=4, step=1)
         assert _train(capsys, tmp_path / "cut", "joint")[0] == 130
@@ -94,7 +83,7 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_one_before(capsys, tmp_path
     code, out, err = _train(capsys, tmp_path / "cut", "joint", "--resume")
     assert code == 0, out + err
     assert "checksum mismatch" in out and "after epoch 2" in out
-    records, ev, _ = _results(run)
+    records, ev, _ = run_results(run)
     assert records == expected[0] and ev == expected[1]
     reliability("damaged checkpoints detected by checksum (the previous one used)")
     reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
