@@ -49,7 +49,7 @@ for baseline in ("ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending",
     VARIANTS[baseline] = (baseline, {})
 
 
-def make_method(name: str, options: dict, preset: dict, device: torch.device, precision: str):
+def make_method(name: str, options: dict, preset: dict, device: torch.device, precision: str, batch: Batch):
     torch.manual_seed(0)
     model = build_model(ModelBlock(encoders=preset["encoders"], **preset["model"]), preset["specs"],
                         preset["classes"]).to(device)
@@ -60,7 +60,9 @@ def make_method(name: str, options: dict, preset: dict, device: torch.device, pr
     cls.adapt_model(parsed, model)
     model.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    ctx = StepContext(device=device, optimizer=opt, autocast=autocast_factory(device, precision))
+    # methods that make per-epoch passes (pmr prototypes, gblending weights) get the timed batch as their split
+    ctx = StepContext(device=device, optimizer=opt, autocast=autocast_factory(device, precision),
+                      holdout=[batch], train_eval=[batch])
     method = cls(parsed, model, ctx)
     method.on_epoch_start(10)  # past every warm-up, so the timed steps run the method's full rule
     return method
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     methods, times, memory = {}, {r: [] for r in rows}, {}
     for r in rows:
         name, options = VARIANTS[r]
-        methods[r] = make_method(name, options, preset, device, args.precision)
+        methods[r] = make_method(name, options, preset, device, args.precision, batch)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.warmup):

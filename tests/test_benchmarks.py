@@ -11,10 +11,10 @@ def test_step_time_table_format(capsys):
     import step_time
 
     assert step_time.main(["--steps", "1", "--rounds", "1", "--warmup", "1",
-                           "--methods", "joint,uniform,bogc,bogc-ema"]) == 0
+                           "--methods", "joint,uniform,bogc,bogc-ema,pmr,gblending"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line for line in lines if re.match(r"^(joint|uniform|bogc)", line)}
-    assert set(rows) == {"joint", "uniform", "bogc", "bogc-ema"}
+    rows = {line.split()[0]: line for line in lines if re.match(r"^(joint|uniform|bogc|pmr|gblending)", line)}
+    assert set(rows) == {"joint", "uniform", "bogc", "bogc-ema", "pmr", "gblending"}
     assert re.search(r"\s1\.00x\s", rows["joint"])
     for line in rows.values():
         assert re.search(r"\s\d+\.\d\dx\s", line), line

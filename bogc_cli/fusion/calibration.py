@@ -20,30 +20,35 @@ FRAMES = ("dims", "sign")
 
 @dataclass
 class Segments:
-    """Element -> tensor map of a flat buffer: ``ids`` ``[N]`` (int64), ``sizes`` ``[T]`` (elements per tensor)."""
+    """Element -> tensor map of a flat buffer whose tensors lie one after another: ``ids`` ``[N]`` (int64),
+    ``sizes`` ``[T]`` (elements per tensor, in the buffer's dtype), ``lengths`` ``[T]`` (the same, int64)."""
 
     ids: torch.Tensor
     sizes: torch.Tensor
+    lengths: torch.Tensor
 
     @classmethod
     def single(cls, n: int, like: torch.Tensor) -> "Segments":
-        return cls(torch.zeros(n, dtype=torch.long, device=like.device),
-                   torch.tensor([float(n)], dtype=like.dtype, device=like.device))
+        return cls.from_numels([n], like)
 
     @classmethod
     def from_numels(cls, numels: list[int], like: torch.Tensor) -> "Segments":
-        sizes = torch.tensor(numels, dtype=torch.long, device=like.device)
-        ids = torch.repeat_interleave(torch.arange(len(numels), device=like.device), sizes)
-        return cls(ids, sizes.to(like.dtype))
+        lengths = torch.tensor(numels, dtype=torch.long, device=like.device)
+        ids = torch.repeat_interleave(torch.arange(len(numels), device=like.device), lengths)
+        return cls(ids, lengths.to(like.dtype), lengths)
 
     @property
     def count(self) -> int:
         return int(self.sizes.shape[0])
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
-        """``[..., N]`` -> per-tensor sums ``[..., T]``."""
-        out = torch.zeros(*x.shape[:-1], self.count, dtype=x.dtype, device=x.device)
-        return out.index_add_(-1, self.ids, x)
+        """``[..., N]`` -> per-tensor sums ``[..., T]``.
+
+        A segmented reduction over contiguous runs: ``index_add_`` would do the same with atomic adds
+        into T addresses, which serialise on a GPU (it made a ResNet-18 BOGC step 10x slower)."""
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.segment_reduce(rows, "sum", lengths=self.lengths.expand(rows.shape[0], -1), axis=1)
+        return out.reshape(*x.shape[:-1], self.count)
 
     def mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.sum(x) / self.sizes
