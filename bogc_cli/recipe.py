@@ -90,13 +90,48 @@ class OptimBlock(StrictModel):
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
 
 
+class AugmentBlock(StrictModel):
+    """Training augmentation done on the device (bogc_cli/data/augment.py); everything off by default."""
+
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="image/video: random resized crop keeping this range of the frame's area, e.g. "
+        "[0.08, 1.0] (torchvision's default); null: no crop")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect-ratio range of the crops")
+    flip: bool = Field(False, description="image/video: horizontal flip with probability 1/2")
+    freq_mask: int = Field(0, ge=0, description="audio: widest frequency mask in bins (0: none)")
+    time_mask: int = Field(0, ge=0, description="audio: widest time mask in frames (0: none)")
+    masks: int = Field(1, ge=1, description="audio: masks of each kind per sample")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentBlock":
+        for key in ("crop_scale", "crop_ratio"):
+            lo_hi = getattr(self, key)
+            if lo_hi is not None and not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ValueError(f"{key} must be [low, high] with 0 < low <= high, not {list(lo_hi)}")
+        if self.crop_scale is not None and self.crop_scale[1] > 1:
+            raise ValueError(f"crop_scale is a fraction of the frame's area: at most 1, not {self.crop_scale[1]}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.crop_scale is not None or self.flip or self.freq_mask > 0 or self.time_mask > 0
+
+
 class TrainBlock(StrictModel):
     epochs: int = Field(10, gt=0)
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 autocast on CUDA")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; auto: none on the CPU (slicing memory-mapped arrays "
+        "is cheap), on CUDA min(8, CPU cores / processes - 1)")
+    augment: AugmentBlock = Field(AugmentBlock(), description="augmentation on the device (off by default)")
+    channels_last: bool | Literal["auto"] = Field("auto", description="channels-last memory format for the "
+                                                  "model (faster convolutions on tensor cores); auto: on CUDA")
+    compile: bool = Field(False, description="torch.compile each encoder (also `bogc train --compile`)")
+    fused_optimizer: bool | Literal["auto"] = Field("auto", description="torch's fused optimizer kernels; "
+                                                    "auto: on CUDA")
     deterministic: bool = True
     max_bad_steps: int = Field(10, ge=1, description="stop after this many steps in a row whose loss or gradient "
                                "is NaN/inf (each such step is skipped and counted)")

@@ -15,7 +15,7 @@ import annotated_types as at
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from bogc_cli.data.synthetic import SyntheticOptions
 from bogc_cli.fusion import METHODS
@@ -41,11 +41,26 @@ def _fields(method: str) -> list[tuple[str, str, Any]]:
     """(block, key, FieldInfo) of every scalar-ish key a recipe for ``method`` can set."""
     rows = [("", k, f) for k, f in Recipe.model_fields.items() if k not in _blocks()]
     for block, schema in _blocks().items():
-        rows += [(block, k, f) for k, f in schema.model_fields.items()]
+        for k, f in schema.model_fields.items():
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):  # e.g. train.augment
+                rows += [(block, f"{k}.{sub}", g) for sub, g in f.annotation.model_fields.items()]
+            else:
+                rows.append((block, k, f))
     rows += [("dataset", k, f) for k, f in SyntheticOptions.model_fields.items() if k != "specs"]
     rows += [("method", k, f) for k, f in METHODS[method].Options.model_fields.items()]
     # names are fuzzed by the unknown-choice tests; output.dir is replaced by the --out the test passes
     return [r for r in rows if (r[0], r[1]) not in {("method", "name"), ("dataset", "name"), ("output", "dir")}]
+
+
+UNION_CANDIDATES = [5, -1, 2.5, "sometimes", [1, 2], {"a": 1}]
+
+
+def _accepts(adapter: TypeAdapter, value) -> bool:
+    try:
+        adapter.validate_python(value)
+        return True
+    except ValidationError:
+        return False
 
 
 def _invalid_values(field) -> st.SearchStrategy:
@@ -53,8 +68,9 @@ def _invalid_values(field) -> st.SearchStrategy:
     ann = field.annotation
     args = [a for a in typing.get_args(ann) if a is not type(None)]
     if typing.get_origin(ann) in (typing.Union, __import__("types").UnionType):
-        if len(args) > 1:  # e.g. model.encoders: a mapping or one name -- a number or a list is neither
-            return st.sampled_from([5, [1, 2]])
+        if len(args) > 1:  # e.g. model.encoders (a mapping or one name): the candidates no member accepts
+            adapter = TypeAdapter(typing.Annotated[ann, *field.metadata] if field.metadata else ann)
+            return st.sampled_from([v for v in UNION_CANDIDATES if not _accepts(adapter, v)])
         ann = args[0]
     options: list[st.SearchStrategy] = []
     origin = typing.get_origin(ann)
@@ -75,6 +91,8 @@ def _invalid_values(field) -> st.SearchStrategy:
         options.append(st.one_of(words, st.just({"a": 1})))
         if item is int:
             options.append(words.map(lambda w: [w]))
+    elif origin is tuple:
+        options.append(st.one_of(words, st.sampled_from([{"a": 1}, [0.1], ["x", "y"], 3])))
     elif origin is dict:
         options.append(st.one_of(words, st.just([1, 2])))
         value = typing.get_args(ann)[1]
@@ -119,6 +137,15 @@ def _assert_refused(code, stdout, stderr, written, key: str) -> None:
     assert not written, f"files written for a refused recipe: {written[:3]}"
 
 
+def _put(recipe: dict, block: str, key: str, value) -> None:
+    """``recipe[block][key] = value``, ``key`` a dotted path inside the block (``augment.flip``)."""
+    target = recipe.setdefault(block, {}) if block else recipe
+    *parents, last = key.split(".")
+    for p in parents:
+        target = target.setdefault(p, {})
+    target[last] = value
+
+
 @st.composite
 def wrong_value(draw):
     method = draw(st.sampled_from(list(METHODS)))
@@ -131,7 +158,7 @@ def wrong_value(draw):
 def test_a_wrong_value_is_refused_naming_its_key(capsys, reliability, case):
     method, block, key, value = case
     recipe = _base(method)
-    (recipe.setdefault(block, {}) if block else recipe)[key] = value
+    _put(recipe, block, key, value)
     _assert_refused(*_run(capsys, recipe), f"{block}.{key}" if block else key)
     reliability("recipes fuzzed (refused with exit 2, naming the key)")
 
@@ -169,7 +196,7 @@ def test_a_block_that_is_not_a_mapping_is_refused_naming_it(capsys, reliability,
 def test_several_mistakes_are_all_named_in_one_message(capsys, reliability, cases):
     recipe = _base("joint")
     for _, block, key, value in cases:
-        recipe.setdefault(block, {})[key] = value
+        _put(recipe, block, key, value)
     code, stdout, stderr, written = _run(capsys, recipe)
     for _, block, key, _ in cases:
         _assert_refused(code, stdout, stderr, written, f"{block}.{key}")

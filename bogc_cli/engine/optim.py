@@ -11,13 +11,15 @@ import torch
 from bogc_cli.recipe import OptimBlock
 
 
-def build_optimizer(params, cfg: OptimBlock) -> torch.optim.Optimizer:
+def build_optimizer(params, cfg: OptimBlock, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused``: one kernel for the whole update (CUDA) instead of a few per parameter tensor."""
     params = [p for p in params if p.requires_grad]
+    kernel = {"fused": True} if fused else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernel)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimBlock, epochs: int):
