@@ -110,8 +110,16 @@ def train(
                                 "(exactly as if never interrupted) and keep finished ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the results of earlier runs with the same "
                                    "experiment, dataset, method and seed (refused otherwise)."),
+    compile_: bool = typer.Option(False, "--compile", help="torch.compile each encoder (train.compile): slower "
+                                  "start, faster steps on a GPU."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="Train data-parallel on N GPUs of this machine "
+                                       "(starts torchrun, one process each; train.batch_size stays the global "
+                                       "batch). Several machines: torchrun ... -m bogc_cli train RECIPE."),
 ) -> None:
     """Train a recipe (once per seed) and evaluate each run's best-validation checkpoint on test."""
+    import os
+
+    from bogc_cli.engine import distributed
     from bogc_cli.engine.run_lock import refuse_existing
     from bogc_cli.engine.setup import resolved_recipe, run_dir_for
     from bogc_cli.engine.trainer import train_run
@@ -122,19 +130,35 @@ def train(
         overrides.append(f"output.dir={out}")
     if max_bad_steps is not None:
         overrides.append(f"train.max_bad_steps={max_bad_steps}")
+    if compile_:
+        overrides.append("train.compile=true")
     rec = load_recipe(recipe, overrides)
     seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
     if resume and overwrite:
         raise UserError("--resume continues earlier results and --overwrite deletes them: choose one")
-    if not overwrite and not resume:  # refuse before the first seed trains, not after it
+    main_process = os.environ.get("RANK", "0") == "0"
+    if not overwrite and not resume and main_process:  # refuse before the first seed trains, not after it
         for seed in seed_list:
             refuse_existing(run_dir_for(resolved_recipe(rec.for_seed(seed))))
+    if gpus is not None:
+        from bogc_cli.engine.launch import check_gpus, run_torchrun
+
+        check_gpus(gpus)
+        args = [str(recipe), *(a for o in overrides for a in ("--set", o)), "--seeds", ",".join(map(str, seed_list))]
+        args += ["--resume"] if resume else []
+        args += ["--overwrite"] if overwrite else []
+        raise typer.Exit(run_torchrun(gpus, args))
     results = []
-    for seed in seed_list:
-        result = train_run(rec.for_seed(seed), console, overwrite=overwrite, resume=resume)
-        console.print(f"run written to [bold]{result.run_dir}[/bold]")
-        results.append(result)
-    console.print(_summary_table(results))
+    try:
+        for seed in seed_list:
+            result = train_run(rec.for_seed(seed), console, overwrite=overwrite, resume=resume)
+            if result is not None:  # None: a data-parallel process other than 0
+                console.print(f"run written to [bold]{result.run_dir}[/bold]")
+                results.append(result)
+    finally:
+        distributed.stop()
+    if results:
+        console.print(_summary_table(results))
 
 
 def _summary_table(results) -> Table:

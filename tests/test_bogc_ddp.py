@@ -1,8 +1,8 @@
 """BOGC under DDP (docs/BOGC_METHOD.md, "Distributed"): two gloo processes on CPU, each with half of a
 fixed global batch, end with the same parameters as each other and as one process on the whole batch.
 
-microbatch: each rank splits its half into 2 chunks, so the two ranks together hold the same 4
-chunk gradients (tensor_split order) as one process with chunks=4; the per-source sums of g and g^2
+microbatch: chunks=4 counts the chunks of the global batch, so each rank splits its half into 2 and
+the two ranks together hold the same 4 chunk gradients (tensor_split order) as one process; the per-source sums of g and g^2
 and the chunk counts are all-reduced, so every rank calibrates with the same moments.
 ema: each rank's gradient is averaged across ranks (= the whole batch's gradient), over 2 steps.
 """
@@ -25,7 +25,7 @@ B = 32
 SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
 # name -> (options under DDP (per process), options of the single-process reference, steps)
 CASES = {
-    "microbatch": ({"chunks": 2}, {"chunks": 4}, 2),
+    "microbatch": ({"chunks": 4}, {"chunks": 4}, 2),
     "ema": ({"moments": "ema"}, {"moments": "ema"}, 2),
 }
 

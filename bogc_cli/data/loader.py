@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -61,8 +62,10 @@ class EpochBatches(Sampler[list[int]]):
     The permutation is drawn exactly as ``RandomSampler`` + ``BatchSampler`` draw it, so run
     results match those of earlier versions that used them."""
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None):
+    def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
+                 shard: Callable[[list[int]], list[int]] | None = None):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
+        self.shard = shard  # data-parallel: this process's rows of each global batch
         self._skip = 0
 
     def __len__(self) -> int:
@@ -75,21 +78,25 @@ class EpochBatches(Sampler[list[int]]):
         skip, self._skip = self._skip, 0
         order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n)
         for start in range(skip * self.batch_size, self.n, self.batch_size):
-            yield list(order[start:start + self.batch_size])
+            rows = list(order[start:start + self.batch_size])
+            yield rows if self.shard is None else self.shard(rows)
         if self.shuffle:  # RandomSampler draws one more (empty-sliced) permutation when exhausted
             torch.randperm(self.n, generator=self.generator)
 
 
 def make_loader(split: SplitArrays, batch_size: int, shuffle: bool, seed: int = 0,
-                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+                num_workers: int = 0, pin_memory: bool = False,
+                shard: Callable[[list[int]], list[int]] | None = None) -> DataLoader:
     """A DataLoader over whole-batch slices; shuffling is seeded (same order for the same seed).
 
-    ``loader.batch_sampler`` is an ``EpochBatches``; ``loader.generator`` holds the shuffling state."""
+    ``loader.batch_sampler`` is an ``EpochBatches``; ``loader.generator`` holds the shuffling state.
+    With workers, batches are sliced from the memory-mapped arrays in other processes and land in
+    pinned memory (``pin_memory``), a few batches ahead of the training loop."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
-    batches = EpochBatches(len(split), batch_size, shuffle, generator)
+    batches = EpochBatches(len(split), batch_size, shuffle, generator, shard)
     return DataLoader(ArrayDataset(split), batch_sampler=batches, generator=generator,
                       collate_fn=_identity, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0,
+                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
                       worker_init_fn=ignore_interrupts_in_worker if num_workers > 0 else None)
 
 

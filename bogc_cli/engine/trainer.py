@@ -13,18 +13,24 @@ import platform
 import statistics
 import subprocess
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 
 from bogc_cli import __version__
 from bogc_cli.atomic import DiskFull, write_json, write_text
+from bogc_cli.data.augment import DeviceAugment
 from bogc_cli.data.cache import SplitArrays, carve_validation
 from bogc_cli.data.loader import make_loader, to_device
 from bogc_cli.engine.checkpoint import load_checkpoint, load_resume_checkpoint, save_checkpoint
+from bogc_cli.engine.distributed import Distributed
+from bogc_cli.engine.distributed import start as distributed_start
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.fast_path import fast_path_summary, fused_optimizer, prepare_model, worker_count
 from bogc_cli.engine.graceful_stop import GracefulStop, StopRequested
 from bogc_cli.engine.modality_dropout import ModalityDropout
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
@@ -71,27 +77,34 @@ def data_info(parts) -> dict:
             "modalities": {m: vars(s) for m, s in parts.data.modalities.items()}}
 
 
-def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume: bool = False) -> RunResult:
+def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume: bool = False) -> RunResult | None:
     """Train one seed of a recipe end to end and evaluate its best-validation checkpoint on test.
 
     The run directory is locked while training; earlier results in it are refused unless ``overwrite``.
     With ``resume``, a finished run is returned as it is and an unfinished one continues after the
     last epoch its ``last.pt`` holds (model, optimiser, scheduler, method state, RNG and data order),
     so it ends exactly as an uninterrupted run would.
+
+    Started by torchrun, the processes train data-parallel (engine/distributed.py); process 0
+    writes the run directory and returns the result, the others return None.
     """
     assert recipe.seeds is None, "train_run takes a single-seed recipe (Recipe.for_seed)"
     started = time.perf_counter()
     resolved = resolved_recipe(recipe)
-    seed_everything(resolved.seed, resolved.train.deterministic)
+    distributed = distributed_start(resolved.train.device)
+    if distributed is not None and not distributed.is_main:
+        console = Console(quiet=True)
+    seed_everything(resolved.seed, resolved.train.deterministic)  # the same seed: the same initial weights
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
     if resolved.train.modality_dropout:
         ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
     run_dir = run_dir_for(resolved)
-    with claim_run_dir(run_dir, overwrite, allow_existing=resume):
+    main = distributed is None or distributed.is_main
+    with claim_run_dir(run_dir, overwrite, allow_existing=resume) if main else nullcontext():
         if resume and (run_dir / "eval.json").is_file():
-            return _finished(run_dir, console)
+            return _finished(run_dir, console) if main else None
         try:
-            return _train_locked(resolved, parts, run_dir, console, started, resume)
+            return _train_locked(resolved, parts, run_dir, console, started, resume, distributed)
         except DiskFull as exc:
             raise DiskFull(f"{exc}. Training stopped; add --resume to continue {run_dir} from its last "
                            "complete checkpoint") from None
@@ -103,31 +116,68 @@ def _finished(run_dir: Path, console: Console) -> RunResult:
     return RunResult(run_dir, done["seed"], done["epoch"], done["val_accuracy"], done, done.get("train_seconds", 0.0))
 
 
-def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, started: float,
-                  resume: bool = False) -> RunResult:
-    seed = resolved.seed
-    device = pick_device(resolved.train.device)
-    model = parts.model.to(device)
-    write_text(run_dir / "recipe.yaml", resolved.to_yaml())
-    write_json(run_dir / "environment.json", environment(device))
+@dataclass
+class _Loaders:
+    train: Any
+    holdout: Any
+    val: Any
+    train_eval: Any
+    workers: int
+    train_rows: int
+    holdout_rows: int
 
+
+def _build_loaders(parts, resolved: Recipe, device: torch.device, distributed: Distributed | None) -> _Loaders:
+    """Training batches (this process's shard of each global batch when data-parallel), the method's
+    held-out rows, validation, and an unshuffled pass over the rows trained on."""
     cfg = resolved.train
+    workers = worker_count(cfg.num_workers, device, distributed.local_world if distributed else 1)
     pin = device.type == "cuda"
     train_split, holdout_split = _holdout(parts, resolved)
-    train_loader = make_loader(train_split, cfg.batch_size, shuffle=True, seed=seed,
-                               num_workers=cfg.num_workers, pin_memory=pin)
-    holdout_loader = None if holdout_split is None else make_loader(
-        holdout_split, cfg.eval_batch_size, shuffle=False, num_workers=cfg.num_workers, pin_memory=pin)
-    val_loader = make_loader(parts.data.splits["val"], cfg.eval_batch_size, shuffle=False,
-                             num_workers=cfg.num_workers, pin_memory=pin)
-    optimizer = build_optimizer(model.parameters(), resolved.optim)
+    train = make_loader(train_split, cfg.batch_size, shuffle=True, seed=resolved.seed, num_workers=workers,
+                        pin_memory=pin, shard=distributed.shard if distributed else None)
+    holdout = None if holdout_split is None else make_loader(
+        holdout_split, cfg.eval_batch_size, shuffle=False, num_workers=workers, pin_memory=pin)
+    val = make_loader(parts.data.splits["val"], cfg.eval_batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=pin)
+    train_eval = make_loader(train_split, cfg.eval_batch_size, shuffle=False)
+    return _Loaders(train, holdout, val, train_eval, workers, len(train_split),
+                    0 if holdout_split is None else len(holdout_split))
+
+
+def _batch_transforms(cfg, parts, seed: int, device: torch.device) -> dict[str, Any]:
+    """Named per-batch edits of training batches, in the order applied: device augmentation, modality dropout."""
+    transforms: dict[str, Any] = {}
+    if cfg.augment.active:
+        kinds = {m: spec.kind for m, spec in parts.data.modalities.items()}
+        transforms["augment"] = DeviceAugment(cfg.augment, kinds, seed, device)
+    if cfg.modality_dropout:
+        transforms["modality_dropout"] = ModalityDropout(cfg.modality_dropout, parts.model.modalities, seed)
+    return transforms
+
+
+def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, started: float,
+                  resume: bool = False, distributed: Distributed | None = None) -> RunResult | None:
+    seed = resolved.seed
+    cfg = resolved.train
+    main = distributed is None or distributed.is_main
+    device = pick_device(cfg.device)
+    model = prepare_model(parts.model, cfg, device)
+    loaders = _build_loaders(parts, resolved, device, distributed)
+    train_loader = loaders.train
+    if main:
+        write_text(run_dir / "recipe.yaml", resolved.to_yaml())
+        env = {**environment(device), **fast_path_summary(cfg, device, loaders.workers),
+               "processes": distributed.world if distributed else 1}
+        write_json(run_dir / "environment.json", env)
+
+    optimizer = build_optimizer(model.parameters(), resolved.optim, fused=fused_optimizer(cfg, device))
     scheduler = build_scheduler(optimizer, resolved.optim, cfg.epochs)
     autocast = autocast_factory(device, cfg.precision)
     ctx = StepContext(device=device, optimizer=optimizer, autocast=autocast, grad_clip=resolved.optim.grad_clip,
-                      holdout=holdout_loader,
-                      train_eval=make_loader(train_split, cfg.eval_batch_size, shuffle=False))
+                      holdout=loaders.holdout, train_eval=loaders.train_eval, distributed=distributed)
     method = parts.method_cls(parts.options, model, ctx)
-    dropout = (ModalityDropout(cfg.modality_dropout, model.modalities, seed) if cfg.modality_dropout else None)
+    transforms = _batch_transforms(cfg, parts, seed, device)
     recipe_dict = resolved.to_dict()
     info = data_info(parts)
 
@@ -145,8 +195,8 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
         records, (best_acc, best_epoch), last_val = extra["records"], extra["best"], state["val"]
         train_loader.generator.set_state(extra["loader"])
         set_rng_state(extra["rng"])
-        if dropout is not None:
-            dropout.load_state_dict(extra["modality_dropout"])
+        for name, transform in transforms.items():
+            transform.load_state_dict(extra[name])
         start = state["epoch"] + 1
         partial = extra.get("partial")
         where = (f"at epoch {partial['epoch']}, step {partial['tally']['steps'] + 1}" if partial else
@@ -156,22 +206,32 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
         console.print(f"nothing to resume in {run_dir}: starting at epoch 1")
 
     def save_last(epoch_done: int, partial_epoch: dict | None = None) -> None:
+        if not main:
+            return
         resume_state = {"rng": rng_state(), "loader": train_loader.generator.get_state(), "records": records,
                         "best": [best_acc, best_epoch]}
-        if dropout is not None:
-            resume_state["modality_dropout"] = dropout.state_dict()
+        resume_state.update({name: t.state_dict() for name, t in transforms.items()})
         if partial_epoch is not None:
             resume_state["partial"] = partial_epoch
         save_checkpoint(run_dir / "last.pt", model=model, recipe=recipe_dict, epoch=epoch_done, val=last_val,
                         data=info, method_state=method.state_dict(), optimizer=optimizer, scheduler=scheduler,
                         keep_previous=True, resume=resume_state)
 
+    def agreed(flag: bool) -> bool:
+        """Data-parallel, every process must stop at the same step: true if true on any of them."""
+        return flag if distributed is None else distributed.any(flag, device)
+
+    def edit(batch):
+        for transform in transforms.values():
+            batch = transform(batch)
+        return batch
+
     all_step_ms: list[float] = []
     with GracefulStop() as stop, TrainProgress(console, title, cfg.epochs, len(train_loader)) as progress:
         for epoch in range(start, cfg.epochs + 1):
             model.train()
             if partial is not None:  # finish the epoch the last run stopped in, from its next batch
-                tally = EpochTally.from_state(partial["tally"], device)
+                tally = EpochTally.from_state(partial["tally"], device, sums=main)
                 train_loader.generator.set_state(partial["loader"])
                 train_loader.batch_sampler.start_next_epoch_at(tally.steps)
                 method.on_epoch_resume(epoch)
@@ -182,42 +242,57 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
             epoch_order = train_loader.generator.get_state()  # draws this epoch's batch order
 
             def stop_mid_epoch(tally: EpochTally, epoch: int = epoch, epoch_order=epoch_order) -> None:
+                if distributed is not None:
+                    tally.add_up(distributed)
+                    distributed.average_buffers(model)
                 save_last(epoch - 1, {"epoch": epoch, "loader": epoch_order, "tally": tally.state()})
-                console.print(f"{stop.requested}: stopped at epoch {epoch}, step {tally.steps}; "
+                console.print(f"{stop.requested or 'stop'}: stopped at epoch {epoch}, step {tally.steps}; "
                               f"checkpoint saved in {run_dir / 'last.pt'}")
+                if distributed is not None:
+                    distributed.barrier()  # no process may exit while process 0 still writes
                 raise StopRequested
 
             try:
                 record, step_ms = _train_epoch(method, model, train_loader, device, epoch, progress,
-                                               cfg.max_bad_steps, tally=tally, transform=dropout,
-                                               stop_requested=lambda: stop.requested is not None,
-                                               on_stop=stop_mid_epoch)
+                                               cfg.max_bad_steps, tally=tally, transform=edit if transforms else None,
+                                               stop_requested=lambda: agreed(stop.requested is not None),
+                                               on_stop=stop_mid_epoch, distributed=distributed,
+                                               global_rows=(loaders.train_rows, cfg.batch_size))
             except Diverged as exc:
                 kept = (f"{run_dir / 'last.pt'} holds epoch {epoch - 1}, from before the fault" if epoch > 1 else
                         "no checkpoint was written (the fault came in the first epoch)")
                 raise Diverged(f"{exc}; {kept}") from None
             all_step_ms += step_ms
+            if distributed is not None:
+                distributed.average_buffers(model)
             record.update(method.on_epoch_end(epoch))
             record["lr"] = scheduler.get_last_lr()[0]
             scheduler.step()
-            val = evaluate_predictions(predict(model, val_loader, device, autocast), parts.data.classes)
-            last_val = val
-            record.update({"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
-            record.update({f"val_unimodal_accuracy.{m}": a for m, a in val["unimodal_accuracy"].items()})
             record["peak_memory_mb"] = peak_memory_mb(device)
+            if main:
+                val = evaluate_predictions(predict(model, loaders.val, device, autocast), parts.data.classes)
+                last_val = val
+                record.update({"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+                record.update({f"val_unimodal_accuracy.{m}": a for m, a in val["unimodal_accuracy"].items()})
             records.append(record)
-            if val["accuracy"] > best_acc:
+            if main and val["accuracy"] > best_acc:
                 best_acc, best_epoch = val["accuracy"], epoch
                 save_checkpoint(run_dir / "best.pt", model=model, recipe=recipe_dict, epoch=epoch, val=val,
                                 data=info, method_state=method.state_dict())
             save_last(epoch)
-            write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-            progress.epoch_done(record)
-            if stop.requested:  # came during validation or saving: the epoch's checkpoint is complete
-                console.print(f"{stop.requested}: stopped after epoch {epoch}; checkpoint saved in "
+            if main:
+                write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+            if main:
+                progress.epoch_done(record)
+            if distributed is not None:
+                distributed.barrier()  # the others wait while process 0 validates and writes
+            if agreed(stop.requested is not None):  # during validation or saving: the epoch's checkpoint is complete
+                console.print(f"{stop.requested or 'stop'}: stopped after epoch {epoch}; checkpoint saved in "
                               f"{run_dir / 'last.pt'}")
                 raise StopRequested
 
+    if not main:
+        return None
     method.on_train_end(run_dir, records)
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     test_loader = make_loader(parts.data.splits["test"], cfg.eval_batch_size, shuffle=False)
@@ -230,8 +305,8 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
         "epoch_time_s_mean": statistics.fmean(r["epoch_time_s"] for r in records),
         "peak_memory_mb": max(r["peak_memory_mb"] for r in records),
         "train_seconds": seconds,
-        "train_rows": len(train_split),
-        "holdout_rows": 0 if holdout_split is None else len(holdout_split),
+        "train_rows": loaders.train_rows,
+        "holdout_rows": loaders.holdout_rows,
     }
     write_json(run_dir / "eval.json", summary)
     return RunResult(run_dir, seed, best_epoch, best_acc, summary, seconds)
@@ -296,21 +371,41 @@ class EpochTally:
                 "seconds": self.seconds}
 
     @classmethod
-    def from_state(cls, state: dict, device: torch.device) -> "EpochTally":
+    def from_state(cls, state: dict, device: torch.device, sums: bool = True) -> "EpochTally":
+        """The tally a checkpoint saved; ``sums=False`` keeps its step counts but starts its sums at zero
+        (data-parallel, the saved sums are already every process's, and process 0 alone takes them)."""
         tensors = {k: state[k].to(device) for k in ("loss_sum", "correct")}
         logs = {k: v.to(device) for k, v in state["log_sums"].items()}
         rest = {k: state[k] for k in ("seen", "steps", "bad", "in_a_row", "seconds")}
+        if not sums:
+            tensors = {k: torch.zeros_like(v) for k, v in tensors.items()}
+            logs = {k: torch.zeros_like(v) for k, v in logs.items()}
+            rest["seen"] = 0
         return cls(**tensors, log_sums=logs, step_ms=list(state["step_ms"]), **rest)
+
+    def add_up(self, distributed: Distributed) -> None:
+        """Replace the sums by their totals over every process (one collective)."""
+        keys = sorted(self.log_sums)
+        seen = torch.tensor(float(self.seen), device=self.loss_sum.device)
+        loss_sum, correct, seen, *logs = distributed.sum([self.loss_sum, self.correct, seen,
+                                                          *(self.log_sums[k] for k in keys)])
+        self.loss_sum, self.correct, self.seen = loss_sum, correct, int(seen)
+        self.log_sums = dict(zip(keys, logs))
 
 
 def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgress,
                  max_bad_steps: int = 10, tally: EpochTally | None = None,
-                 stop_requested=lambda: False, on_stop=None, transform=None) -> tuple[dict, list[float]]:
+                 stop_requested=lambda: False, on_stop=None, transform=None,
+                 distributed: Distributed | None = None,
+                 global_rows: tuple[int, int] | None = None) -> tuple[dict, list[float]]:
     """One epoch, or the rest of one when ``tally`` holds its first steps (the loader then yields
     only the batches after them). A step whose loss or gradient is not finite is skipped (no update),
     counted in ``bad_steps`` and left out of the epoch's averages; ``max_bad_steps`` in a row raise
     ``Diverged``. After every step, if ``stop_requested()``, ``on_stop(tally)`` is called (it saves
-    a checkpoint and raises). ``transform`` (e.g. modality dropout) edits each batch before the step."""
+    a checkpoint and raises). ``transform`` (e.g. modality dropout) edits each batch before the step.
+
+    Data-parallel, ``global_rows`` = (rows in the split, global batch size) tells each step what share
+    of its global batch this process holds, and the epoch's sums are added up across processes."""
     model.train()
     tally = tally if tally is not None else EpochTally.begin(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -319,6 +414,9 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
         batch = to_device(raw, device)
         if transform is not None:
             batch = transform(batch)
+        if distributed is not None:
+            rows, size = global_rows
+            distributed.share = len(batch) / min(size, rows - (step - 1) * size)
         t0 = time.perf_counter()
         method.ctx.skipped_step = False
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics, tiny
@@ -351,6 +449,8 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
         if stop_requested() and on_stop is not None:
             tally.seconds += time.perf_counter() - t_epoch
             on_stop(tally)
+    if distributed is not None:  # the epoch's figures over every process's rows
+        tally.add_up(distributed)
     if tally.seen == 0:
         raise Diverged(f"training diverged: every step of epoch {epoch} had a NaN/inf loss or gradient. Lower "
                        "optim.lr, set optim.grad_clip, or check the data for NaN/inf values")
@@ -362,6 +462,7 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
         **{f"method.{k}": float(v) / seen for k, v in tally.log_sums.items()},
         "epoch_time_s": tally.seconds + time.perf_counter() - t_epoch,
         "step_time_ms_median": statistics.median(tally.step_ms),
+        "step_time_s": sum(tally.step_ms) / 1000,  # inside method.step; the rest of the epoch waited on input
         "steps": len(tally.step_ms),
         "bad_steps": tally.bad,
     }

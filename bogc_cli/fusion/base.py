@@ -40,6 +40,8 @@ class StepContext:
     train_eval: Any = None  # DataLoader over the rows trained on, unshuffled (for per-epoch passes)
     extra: dict[str, Any] = field(default_factory=dict)
     skipped_step: bool = False  # set by clip_and_step when a non-finite gradient made it skip the update
+    distributed: Any = None  # engine.distributed.Distributed when data-parallel, else None
+    grads_synced: bool = False  # set by a method that made every process's gradients agree itself
 
 
 @dataclass
@@ -134,8 +136,14 @@ class Method:
 
     def clip_and_step(self) -> None:
         """Clip (when ``grad_clip`` is set) and take the optimiser step, unless a gradient is NaN or
-        infinite: then the update is skipped, the gradients dropped and ``ctx.skipped_step`` set."""
+        infinite: then the update is skipped, the gradients dropped and ``ctx.skipped_step`` set.
+
+        Data-parallel, the gradients are first averaged across processes (one all-reduce), unless the
+        method already made them agree (``ctx.grads_synced``), so every process takes the same step."""
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if self.ctx.distributed is not None and not self.ctx.grads_synced:
+            self.ctx.distributed.average_gradients(grads)
+        self.ctx.grads_synced = False
         if grads:
             norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
             if not torch.isfinite(norm):

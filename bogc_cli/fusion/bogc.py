@@ -24,13 +24,15 @@ from bogc_cli.data.loader import Batch
 from bogc_cli.fusion import calibration
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import calibrate  # noqa: F401  (public: bogc_cli.fusion.bogc.calibrate)
-from bogc_cli.fusion.sources import GradientSources, all_reduce_flat
+from bogc_cli.errors import UserError
+from bogc_cli.fusion.sources import GradientSources, all_reduce_flat, global_batch_gradients
 from bogc_cli.recipe import StrictModel
 
 
 class BOGCOptions(StrictModel):
     moments: Literal["microbatch", "ema"] = Field("microbatch", description="how gradient mean/variance are estimated")
-    chunks: int = Field(4, ge=2, description="microbatch: chunks per batch (per process under DDP)")
+    chunks: int = Field(4, ge=2, description="microbatch: chunks per (global) batch; data-parallel, each of W "
+                        "processes takes chunks / W of them")
     beta: float = Field(0.9, gt=0, lt=1, description="ema: decay of the moving moments")
     evidence: Literal["relative", "snr"] = Field(
         "snr", description="snr: mu^2 / var per dimension (chosen on validation, docs/ablation.md); "
@@ -40,10 +42,6 @@ class BOGCOptions(StrictModel):
     w_max: float = Field(10.0, gt=0, description="clip of the per-dimension weights")
     single_source: Literal["plain", "calibrate"] = Field("plain", description="tensors touched by one loss")
     norm: Literal["none", "match"] = Field("none", description="match: rescale to the plain sum's norm per tensor")
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class BOGC(Method):
@@ -58,6 +56,15 @@ class BOGC(Method):
         self.sources = GradientSources(model)
         self.ema: dict[str, dict[str, torch.Tensor]] = {}
         self.ema_steps = 0
+        world = self._world()
+        if options.moments == "microbatch" and options.chunks % world:
+            raise UserError(f"method.chunks ({options.chunks}) counts the chunks of the global batch, which the "
+                            f"{world} processes share: make it a multiple of {world}")
+
+    def _world(self) -> int:
+        if self.ctx.distributed is not None:
+            return self.ctx.distributed.world
+        return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
     # ----------------------------------------------------------------- losses
     def losses(self, out, labels):
@@ -72,7 +79,7 @@ class BOGC(Method):
     # ----------------------------------------------------------------- moments
     def _microbatch_moments(self, batch: Batch):
         """Per-source sums of chunk gradients and their squares; all-reduced across processes."""
-        k = min(self.options.chunks, len(batch))
+        k = max(1, min(self.options.chunks // self._world(), len(batch)))
         index = torch.arange(len(batch), device=batch.labels.device).tensor_split(k)
         zeros = dict(device=self.ctx.device, dtype=self.sources.dtype)
         sums = {s: torch.zeros(n, **zeros) for s, n in self.sources.sizes.items()}
@@ -88,7 +95,7 @@ class BOGC(Method):
             for s, v in losses.items():
                 loss_parts[s] = loss_parts.get(s, 0.0) + v.detach().float() / k
         count = torch.tensor(float(k), **zeros)
-        if _world() > 1:  # one collective per step, not one per tensor
+        if self._world() > 1:  # one collective per step, not one per tensor
             order = list(sums)
             *reduced, count = all_reduce_flat([sums[s] for s in order] + [squares[s] for s in order] + [count.view(1)])
             sums = dict(zip(order, reduced[:len(order)]))
@@ -102,9 +109,9 @@ class BOGC(Method):
     def _ema_moments(self, batch: Batch):
         out, losses = self._forward(batch.inputs, batch.labels)
         flats = self.sources.gradients(losses)
-        if _world() > 1:
-            order = list(flats)
-            flats = {s: g / _world() for s, g in zip(order, all_reduce_flat([flats[s] for s in order]))}
+        if self._world() > 1:
+            d = self.ctx.distributed
+            flats = global_batch_gradients(flats, d.share if d is not None else 1 / self._world())
         beta = self.options.beta
         self.ema_steps += 1
         correction = 1 - beta ** self.ema_steps
@@ -123,11 +130,13 @@ class BOGC(Method):
     # ----------------------------------------------------------------- step
     def step(self, batch: Batch) -> StepResult:
         self.ctx.optimizer.zero_grad(set_to_none=True)
-        if self.options.moments == "microbatch" and len(batch) >= 2:
+        # data-parallel, every process must take the same branch (its collectives must match)
+        if self.options.moments == "microbatch" and (len(batch) >= 2 or self._world() > 1):
             mu, var, logits, loss, parts = self._microbatch_moments(batch)
         else:
             mu, var, logits, loss, parts = self._ema_moments(batch)
         logs = self._apply(mu, var)
+        self.ctx.grads_synced = self._world() > 1  # every process calibrated the same all-reduced moments
         self.clip_and_step()
         logs.update({f"loss.{s}": v for s, v in parts.items()})
         return StepResult(torch.as_tensor(loss), logits, logs)

@@ -23,7 +23,7 @@ from pydantic import Field
 from bogc_cli.data.loader import Batch
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import Segments
-from bogc_cli.fusion.sources import GradientSources
+from bogc_cli.fusion.sources import GradientSources, global_batch_gradients
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.recipe import StrictModel
 
@@ -78,6 +78,9 @@ class MMPareto(Method):
             out = self.model(batch.inputs)
             losses = self.losses(out, batch.labels)
         flats = self.sources.gradients(losses)
+        if self.ctx.distributed is not None:  # the min-norm rule is not linear: combine the global gradients
+            flats = global_batch_gradients(flats, self.ctx.distributed.share)
+            self.ctx.grads_synced = True
         logs: dict[str, torch.Tensor] = {}
         for block in self.sources.blocks:
             grads = self.sources.stack(flats, block)

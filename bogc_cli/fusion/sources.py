@@ -38,6 +38,12 @@ def all_reduce_flat(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return list(flat.split([t.numel() for t in tensors]))
 
 
+def global_batch_gradients(flats: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """Per-source gradients of the global batch from each process's (of ``share`` of its rows): one collective."""
+    order = list(flats)
+    return dict(zip(order, all_reduce_flat([flats[s] * share for s in order])))
+
+
 class GradientSources:
     """Which parameters each loss touches, and their per-source gradients as flat vectors."""
 

@@ -1,0 +1,123 @@
+"""Data-parallel training over processes started by torchrun (``bogc train --gpus N`` starts it).
+
+Every process holds the whole model and the same recipe. Each global batch (``train.batch_size``
+rows, drawn in the same order on every process) is cut into contiguous shards, one per process;
+after the method has written its gradients, they are averaged across processes in one
+all-reduce of a single flat buffer, weighted by shard size, so every process takes the same
+update as one process would on the whole batch. Methods that combine per-source gradients
+non-linearly (bogc, mmpareto) all-reduce what they need themselves, once per step, and mark the
+step's gradients as already in agreement. Process 0 alone validates and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from bogc_cli.errors import UserError
+
+
+@dataclass
+class Distributed:
+    """This process's place in the job; ``share`` is the fraction of the current global batch it holds
+    (set by the train loop before each step)."""
+
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int
+    share: float = 1.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, rows: list[int]) -> list[int]:
+        """This process's contiguous part of a global batch's rows (as ``tensor_split``: sizes differ by <= 1)."""
+        n = len(rows)
+        base, extra = divmod(n, self.world)  # tensor_split gives the first `extra` shards one row more
+        start = self.rank * base + min(self.rank, extra)
+        stop = start + base + (1 if self.rank < extra else 0)
+        return rows[start:stop]
+
+    def average_gradients(self, grads: list[torch.Tensor]) -> None:
+        """Replace each process's gradients by the global batch's, in place: one all-reduce of one flat buffer."""
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1).float() for g in grads]).mul_(self.share)
+        dist.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average the floating-point buffers (BatchNorm statistics, running feature means) across processes,
+        in one all-reduce. They are running averages of batch statistics, which are linear in them, so the
+        average of every process's equals what one process would hold after the same global batches."""
+        buffers = [b for b in model.buffers() if b.is_floating_point()]
+        if not buffers:
+            return
+        flat = torch.cat([b.reshape(-1).double() for b in buffers]).div_(self.world)
+        dist.all_reduce(flat)
+        offset = 0
+        for b in buffers:
+            n = b.numel()
+            b.copy_(flat[offset:offset + n].view_as(b))
+            offset += n
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any process (e.g. a stop signal that reached only some of them)."""
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def sum(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Element-wise sums across processes of scalar or 1-D tensors, in one collective."""
+        flat = torch.cat([v.reshape(-1).double() for v in values])
+        dist.all_reduce(flat)
+        return [t.view_as(v).to(v.dtype) for t, v in zip(flat.split([v.numel() for v in values]), values)]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def start(device_setting: str) -> Distributed | None:
+    """Join the job torchrun started (NCCL on CUDA, gloo on the CPU), or None when run as one process.
+
+    On CUDA, each process takes the GPU of its local rank."""
+    if not launched_by_torchrun():
+        return None
+    if dist.is_initialized():
+        return _current()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_setting != "cpu" and torch.cuda.is_available()
+    if device_setting == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use train.device=cpu or auto")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise UserError(f"process {local_rank} of this node has no GPU: {torch.cuda.device_count()} visible; "
+                            "start at most that many processes per node")
+        torch.cuda.set_device(local_rank)
+    # validation and checkpoints run on process 0 alone while the others wait: allow them time
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    return _current()
+
+
+def _current() -> Distributed:
+    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                       int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def stop() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
