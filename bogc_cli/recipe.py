@@ -98,6 +98,8 @@ class AugmentBlock(StrictModel):
         "[0.08, 1.0] (torchvision's default); null: no crop")
     crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect-ratio range of the crops")
     flip: bool = Field(False, description="image/video: horizontal flip with probability 1/2")
+    per_frame: bool = Field(False, description="video: a crop and flip per frame, as OGM-GE's CREMA-D loader "
+                            "draws them (default: one per clip, so motion stays coherent)")
     freq_mask: int = Field(0, ge=0, description="audio: widest frequency mask in bins (0: none)")
     time_mask: int = Field(0, ge=0, description="audio: widest time mask in frames (0: none)")
     masks: int = Field(1, ge=1, description="audio: masks of each kind per sample")

@@ -68,6 +68,13 @@ def test_a_clip_keeps_one_crop_for_all_its_frames():
     assert not torch.allclose(out[0, 0], out[1, 0])  # but clips differ
 
 
+def test_per_frame_crops_differ_within_a_clip():
+    video = torch.rand(1, 1, 3, 16, 16).expand(6, 4, 3, 16, 16).contiguous()
+    aug = DeviceAugment(AugmentBlock(crop_scale=(0.1, 0.5), per_frame=True), {"visual": "video"}, 0, CPU)
+    out = aug(_batch(visual=video)).inputs["visual"]
+    assert not torch.allclose(out[0, 0], out[0, 1])
+
+
 def test_spec_masks_zero_whole_bands_no_wider_than_asked():
     x = torch.ones(300, 1, 40, 50)
     out = spec_masks(x, freq=7, time=9, count=2, generator=torch.Generator().manual_seed(1))
@@ -119,3 +126,21 @@ def test_an_augmented_run_stopped_mid_epoch_resumes_bitwise(capsys, tmp_path, mo
     # and the augmentation changed training: the same run without it ends elsewhere
     assert run_cli(capsys, *args[:-2], "--out", tmp_path / "plain")[0] == 0  # without --set train.augment=...
     assert run_results(tmp_path / "plain")[0] != expected[0]
+
+
+
+def test_processes_holding_parts_of_a_batch_augment_and_drop_as_one_process_does():
+    # data-parallel, each process draws for the global batch and keeps its rows' draws
+    from bogc_cli.engine.modality_dropout import ModalityDropout
+
+    block = AugmentBlock(crop_scale=(0.2, 1.0), flip=True, per_frame=True, freq_mask=5, time_mask=5)
+    kinds = {"visual": "video", "audio": "audio"}
+    full = _batch(visual=torch.rand(9, 3, 3, 12, 12), audio=torch.rand(9, 1, 20, 20))
+    one = ModalityDropout({"visual": 0.4, "audio": 0.4}, list(kinds), 0)(DeviceAugment(block, kinds, 0, CPU)(full))
+    for start, stop in ((0, 5), (5, 9)):  # two processes' shards, each with its own equally seeded copies
+        part = Batch({m: x[start:stop] for m, x in full.inputs.items()}, full.labels[start:stop], full.index[start:stop])
+        where = (start, stop, len(full))
+        mine = ModalityDropout({"visual": 0.4, "audio": 0.4}, list(kinds), 0)(
+            DeviceAugment(block, kinds, 0, CPU)(part, where), where)
+        for m in kinds:
+            assert torch.equal(mine.inputs[m], one.inputs[m][start:stop]), m

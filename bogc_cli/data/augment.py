@@ -7,7 +7,8 @@ un-augmented, and are augmented there for the whole batch at once:
 - ``image`` ``[B, C, H, W]`` and ``video`` ``[B, T, C, H, W]``: random resized crop (an area
   fraction from ``crop_scale`` and an aspect ratio from ``crop_ratio``, resized back to H x W with
   bilinear sampling, as torchvision's ``RandomResizedCrop``) and a horizontal flip with probability
-  1/2 (``flip``). A clip's frames share one crop and one flip, so motion stays coherent.
+  1/2 (``flip``). A clip's frames share one crop and one flip, so motion stays coherent, unless
+  ``per_frame`` (the reference CREMA-D loader transforms each frame on its own).
 - ``audio`` spectrograms ``[B, C, F, T]``: SpecAugment-style masks, ``masks`` bands of up to
   ``freq_mask`` frequency bins and ``masks`` of up to ``time_mask`` frames set to zero, drawn
   independently per sample.
@@ -51,15 +52,19 @@ def crop_flip_grid(n: int, scale: tuple[float, float] | None, ratio: tuple[float
     return theta
 
 
-def spec_masks(x: torch.Tensor, freq: int, time: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``x`` ``[B, C, F, T]`` with ``count`` frequency and ``count`` time bands zeroed per sample."""
+def spec_masks(x: torch.Tensor, freq: int, time: int, count: int, generator: torch.Generator,
+               place: tuple[int, int] | None = None) -> torch.Tensor:
+    """``x`` ``[B, C, F, T]`` with ``count`` frequency and ``count`` time bands zeroed per sample.
+
+    ``place`` = (start, rows): ``x`` is rows start..start+B of a batch of ``rows``, whose draws are made."""
     b, f, t = x.shape[0], x.shape[-2], x.shape[-1]
+    first, total = place if place is not None else (0, b)
     keep = torch.ones(b, 1, f, t, device=x.device, dtype=torch.bool)
     for width, size, axis in ((freq, f, 2), (time, t, 3)):
         if width <= 0:
             continue
         for _ in range(count):
-            u = torch.rand(b, 2, generator=generator, device=x.device)
+            u = torch.rand(total, 2, generator=generator, device=x.device)[first:first + b]
             span = (u[:, 0] * (min(width, size) + 1)).floor()                     # width in [0, width]
             start = (u[:, 1] * (size - span + 1)).floor()                            # [0, size - span]
             pos = torch.arange(size, device=x.device)
@@ -75,21 +80,28 @@ class DeviceAugment:
         self.cfg, self.kinds, self.device = cfg, dict(kinds), device
         self.generator = torch.Generator(device=device).manual_seed(seed + 104_729)
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch, part: tuple[int, int, int] | None = None) -> Batch:
+        """The augmented batch. ``part`` = (start, stop, rows): the batch is rows start..stop of a global
+        batch of ``rows`` (data-parallel); draws are made for the global batch and sliced, so every
+        process augments its rows as one process would."""
         c = self.cfg
+        start, stop, total = part if part is not None else (0, len(batch), len(batch))
         inputs = dict(batch.inputs)
         for m, x in batch.inputs.items():
             kind = self.kinds[m]
             if kind in ("image", "video") and (c.crop_scale is not None or c.flip):
                 frames = x.flatten(0, 1) if kind == "video" else x                     # [B*T or B, C, H, W]
-                theta = crop_flip_grid(x.shape[0], c.crop_scale, c.crop_ratio, c.flip, self.generator, x.device)
-                if kind == "video":  # one crop per clip
+                per_frame = kind == "video" and c.per_frame
+                t = x.shape[1] if per_frame else 1
+                theta = crop_flip_grid(total * t, c.crop_scale, c.crop_ratio, c.flip, self.generator, x.device)
+                theta = theta[start * t:stop * t]
+                if kind == "video" and not per_frame:  # one crop per clip
                     theta = theta.repeat_interleave(x.shape[1], dim=0)
                 grid = F.affine_grid(theta.to(frames.dtype), list(frames.shape), align_corners=False)
                 out = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
                 inputs[m] = out.view_as(x)
             elif kind == "audio" and (c.freq_mask or c.time_mask):
-                inputs[m] = spec_masks(x, c.freq_mask, c.time_mask, c.masks, self.generator)
+                inputs[m] = spec_masks(x, c.freq_mask, c.time_mask, c.masks, self.generator, (start, total))
         return Batch(inputs, batch.labels, batch.index)
 
     def state_dict(self) -> dict:

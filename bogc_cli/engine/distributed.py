@@ -36,12 +36,16 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, rows: list[int]) -> list[int]:
-        """This process's contiguous part of a global batch's rows (as ``tensor_split``: sizes differ by <= 1)."""
-        n = len(rows)
+    def shard_bounds(self, n: int) -> tuple[int, int]:
+        """``(start, stop)`` of this process's contiguous part of a global batch of ``n`` rows (as
+        ``tensor_split``: sizes differ by <= 1)."""
         base, extra = divmod(n, self.world)  # tensor_split gives the first `extra` shards one row more
         start = self.rank * base + min(self.rank, extra)
-        stop = start + base + (1 if self.rank < extra else 0)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def shard(self, rows: list[int]) -> list[int]:
+        """This process's part of a global batch's rows."""
+        start, stop = self.shard_bounds(len(rows))
         return rows[start:stop]
 
     def average_gradients(self, grads: list[torch.Tensor]) -> None:

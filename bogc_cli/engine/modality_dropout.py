@@ -30,14 +30,19 @@ class ModalityDropout:
             raise UserError(f"train.modality_dropout names {unknown}, which the run does not use; its modalities: "
                             f"{', '.join(modalities)}")
 
-    def __call__(self, batch: Batch) -> Batch:
-        """The batch with dropped inputs zeroed (new tensors; inputs ``[B, ...]`` keep their shapes)."""
-        n, k = len(batch), len(self.modalities)
-        drop = torch.rand(n, k, generator=self.generator) < self.rates                  # [B, M]
+    def __call__(self, batch: Batch, part: tuple[int, int, int] | None = None) -> Batch:
+        """The batch with dropped inputs zeroed (new tensors; inputs ``[B, ...]`` keep their shapes).
+
+        ``part`` = (start, stop, rows): the batch is rows start..stop of a global batch of ``rows``
+        (data-parallel); draws are made for the global batch, so every process agrees with one process."""
+        start, stop, n = part if part is not None else (0, len(batch), len(batch))
+        k = len(self.modalities)
+        drop = torch.rand(n, k, generator=self.generator) < self.rates                  # [rows, M]
         everything = drop.all(dim=1)
         if everything.any():  # keep one modality of such samples, uniformly chosen
             keep = torch.randint(k, (n,), generator=self.generator)
             drop[everything, keep[everything]] = False
+        drop = drop[start:stop]                                                          # [B, M]
         inputs = {}
         for j, m in enumerate(self.modalities):
             x = batch.inputs[m]

@@ -221,9 +221,9 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
         """Data-parallel, every process must stop at the same step: true if true on any of them."""
         return flag if distributed is None else distributed.any(flag, device)
 
-    def edit(batch):
+    def edit(batch, part):
         for transform in transforms.values():
-            batch = transform(batch)
+            batch = transform(batch, part)
         return batch
 
     all_step_ms: list[float] = []
@@ -402,7 +402,8 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
     only the batches after them). A step whose loss or gradient is not finite is skipped (no update),
     counted in ``bad_steps`` and left out of the epoch's averages; ``max_bad_steps`` in a row raise
     ``Diverged``. After every step, if ``stop_requested()``, ``on_stop(tally)`` is called (it saves
-    a checkpoint and raises). ``transform`` (e.g. modality dropout) edits each batch before the step.
+    a checkpoint and raises). ``transform(batch, part)`` (augmentation, modality dropout) edits each batch
+    before the step; data-parallel, ``part`` = (start, stop, rows) places it in the global batch.
 
     Data-parallel, ``global_rows`` = (rows in the split, global batch size) tells each step what share
     of its global batch this process holds, and the epoch's sums are added up across processes."""
@@ -412,11 +413,14 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
     t_epoch = time.perf_counter()
     for step, raw in enumerate(loader, start=tally.steps + 1):
         batch = to_device(raw, device)
-        if transform is not None:
-            batch = transform(batch)
+        part = None  # data-parallel: (start, stop, rows) of the global batch this process holds
         if distributed is not None:
             rows, size = global_rows
-            distributed.share = len(batch) / min(size, rows - (step - 1) * size)
+            total = min(size, rows - (step - 1) * size)
+            part = (*distributed.shard_bounds(total), total)
+            distributed.share = len(batch) / total
+        if transform is not None:
+            batch = transform(batch, part)
         t0 = time.perf_counter()
         method.ctx.skipped_step = False
         buffers = [b.detach().clone() for b in model.buffers()]  # BatchNorm statistics, tiny
