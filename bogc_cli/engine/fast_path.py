@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from bogc_cli.engine.runtime import resolved_precision
 from bogc_cli.models.multimodal import MultimodalModel
 from bogc_cli.recipe import TrainBlock
 
@@ -51,5 +52,5 @@ def prepare_model(model: MultimodalModel, cfg: TrainBlock, device: torch.device)
 
 def fast_path_summary(cfg: TrainBlock, device: torch.device, workers: int) -> dict:
     """What the run used, for environment.json."""
-    return {"num_workers": workers, "channels_last": _on_cuda(cfg.channels_last, device), "compile": cfg.compile,
+    return {"precision": resolved_precision(device, cfg.precision), "num_workers": workers, "channels_last": _on_cuda(cfg.channels_last, device), "compile": cfg.compile,
             "fused_optimizer": fused_optimizer(cfg, device)}

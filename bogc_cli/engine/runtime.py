@@ -34,10 +34,14 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
+def resolved_precision(device: torch.device, precision: str) -> str:
+    """``train.precision`` as a run uses it: ``bf16`` (autocast) or ``fp32``; ``auto`` = bf16 on CUDA."""
+    return "bf16" if precision == "bf16" or (precision == "auto" and device.type == "cuda") else "fp32"
+
+
 def autocast_factory(device: torch.device, precision: str):
     """A zero-argument callable returning the autocast context for this device and precision."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    if resolved_precision(device, precision) == "fp32":
         return nullcontext
     return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
 
