@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bogc_cli import __version__
-from bogc_cli.errors import UserError
+from bogc_cli.errors import ProcessError, UserError
 
 app = typer.Typer(
     name="bogc",
@@ -413,14 +413,19 @@ INTERRUPTED = ("interrupted: finished work is kept (`bogc train ... --resume` co
 
 def main() -> None:
     """Entry point: run the app; user errors -> one message, exit 2."""
+    import os
+
+    # data-parallel, every process meets the same mistakes and stops together: process 0 speaks for them
+    speaks = os.environ.get("RANK", "0") == "0"
     try:
         code = app(standalone_mode=False)  # typer turns Ctrl-C and typer.Exit into a returned exit code here
         if isinstance(code, int) and code != 0:
-            if code == 130:
+            if code == 130 and speaks:
                 err_console.print(INTERRUPTED)
             sys.exit(code)
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        if speaks or isinstance(exc, ProcessError):
+            err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

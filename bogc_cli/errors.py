@@ -6,3 +6,8 @@ class UserError(Exception):
 
     The message must name the thing at fault (key, file, option) and say how to fix it.
     """
+
+
+class ProcessError(UserError):
+    """A mistake only some processes of a data-parallel job meet (e.g. a process without a GPU): each
+    of them reports it, where other mistakes are reported by process 0 alone."""

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import run_cli, run_results
 
 TINY = ["--set", "dataset.n_train=600", "--set", "dataset.n_val=150", "--set", "dataset.n_test=300",
         "--set", "train.epochs=3", "--set", "model.cnn_channels=[8,16]"]
@@ -90,6 +90,7 @@ def test_missing_masks_are_seeded_and_nested():
     (["prepare", "cifar", "--raw", ".", "--out", "x"], ["cifar", "avdigits"]),
     (["prepare", "mfeat", "--raw", "/nonexistent/raw", "--out", "x"], ["/nonexistent/raw"]),
     (["report", "/nonexistent/results"], ["/nonexistent/results"]),
+    (["train", "recipes/quickstart.yaml", "--gpus", "64", "--out", "{tmp}"], ["--gpus 64", "visible CUDA GPU"]),
 ])
 def test_user_errors_exit_2_with_one_message(capsys, tmp_path, args, words):
     code, out, err = run_cli(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in args])
@@ -98,6 +99,29 @@ def test_user_errors_exit_2_with_one_message(capsys, tmp_path, args, words):
     assert err.startswith("error:")
     for w in words:
         assert w in err, (w, err)
+
+
+def test_gpus_is_refused_under_torchrun(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the check comes before any process group
+    code, _, err = run_cli(capsys, "train", "recipes/quickstart.yaml", "--gpus", "1", "--out", tmp_path)
+    assert code == 2 and "leave --gpus out" in err and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_compiled_encoders_train_what_plain_ones_train(capsys, tmp_path):
+    # torch.compile changes kernels, not the function: same losses up to float rounding, same checkpoint keys
+    args = ["train", "recipes/quickstart.yaml", "--set", "train.epochs=2"]
+    assert run_cli(capsys, *args, "--out", tmp_path / "plain")[0] == 0
+    assert run_cli(capsys, *args, "--compile", "--out", tmp_path / "compiled")[0] == 0
+    plain, compiled = run_results(tmp_path / "plain"), run_results(tmp_path / "compiled")
+    for a, b in zip(plain[0], compiled[0], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=0.01)
+    assert compiled[2].keys() == plain[2].keys()
+    run = next((tmp_path / "compiled").rglob("eval.json")).parent
+    assert json.loads((run / "environment.json").read_text())["compile"] is True
+    code, _, _ = run_cli(capsys, "eval", run)  # a compiled run's checkpoint loads into the plain model
+    assert code == 0
 
 
 def test_user_error_on_a_run_writes_nothing(tmp_path, capsys):

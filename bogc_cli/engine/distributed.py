@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from bogc_cli.errors import UserError
+from bogc_cli.errors import ProcessError, UserError
 
 
 @dataclass
@@ -109,7 +109,7 @@ def start(device_setting: str) -> Distributed | None:
         raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use train.device=cpu or auto")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"process {local_rank} of this node has no GPU: {torch.cuda.device_count()} visible; "
+            raise ProcessError(f"process {local_rank} of this node has no GPU: {torch.cuda.device_count()} visible; "
                             "start at most that many processes per node")
         torch.cuda.set_device(local_rank)
     # validation and checkpoints run on process 0 alone while the others wait: allow them time
