@@ -34,7 +34,7 @@ def test_near_zero_denominator_is_guarded():
 SPECS = {"audio": ModalitySpec("audio", [1, 12, 12], "float32"), "image": ModalitySpec("image", [1, 10, 10], "uint8")}
 
 
-def grads_before_and_after(options: dict, epoch: int = 1):
+def ogm_setup(options: dict, epoch: int = 1):
     torch.manual_seed(0)
     model = build_model(ModelBlock(encoders="cnn-small", cnn_channels=[4, 8], feature_dim=8,
                                    unimodal_logits="fusion-slices"), SPECS, 3)
@@ -43,6 +43,16 @@ def grads_before_and_after(options: dict, epoch: int = 1):
     g = torch.Generator().manual_seed(1)
     batch = Batch({m: torch.randn(16, *s.shape, generator=g) for m, s in SPECS.items()},
                   torch.randint(0, 3, (16,), generator=g), torch.arange(16))
+    return method, model, batch
+
+
+def grads_before_and_after(options: dict, epoch: int = 1):
+    return modulate(*ogm_setup(options, epoch))
+
+
+def modulate(method, model, batch):
+    """One backward and ``after_backward``: the gradients before and after it, and its logs."""
+    model.zero_grad(set_to_none=True)
     out = model(batch.inputs)
     sum(method.losses(out, batch.labels).values()).backward()
     before = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -71,6 +81,21 @@ def test_ge_adds_noise_of_the_gradients_scale_and_window_is_respected():
     assert noise.std().item() == pytest.approx(before[name].std().item(), rel=0.35)
     before, after, logs = grads_before_and_after({"ge": True, "start_epoch": 5}, epoch=1)
     assert logs == {} and all(torch.equal(after[n], g) for n, g in before.items())
+
+
+def test_ge_noise_has_its_own_generator_whose_state_a_resumed_run_continues():
+    method, model, batch = ogm_setup({"ge": True})
+    _, first, _ = modulate(method, model, batch)
+    saved = method.state_dict()
+    _, second, _ = modulate(method, model, batch)  # the same gradients, the next noise
+    twin, twin_model, _ = ogm_setup({"ge": True})
+    torch.randn(100)  # the global generator plays no part
+    _, fresh, _ = modulate(twin, twin_model, batch)
+    twin.load_state_dict(saved)
+    _, resumed, _ = modulate(twin, twin_model, batch)
+    assert all(torch.equal(fresh[n], first[n]) for n in first)
+    assert all(torch.equal(resumed[n], second[n]) for n in second)
+    assert any(not torch.equal(second[n], first[n]) for n in first)
 
 
 def test_needs_two_modalities():

@@ -23,14 +23,16 @@ from bogc_cli.errors import ProcessError, UserError
 
 @dataclass
 class Distributed:
-    """This process's place in the job; ``share`` is the fraction of the current global batch it holds
-    (set by the train loop before each step)."""
+    """This process's place in the job. Set by the train loop before each step: ``part`` = (start, stop,
+    rows), this process's rows start..stop of the current global batch of ``rows``, and ``share`` =
+    (stop - start) / rows."""
 
     rank: int
     world: int
     local_rank: int
     local_world: int
     share: float = 1.0
+    part: tuple[int, int, int] | None = None
 
     @property
     def is_main(self) -> bool:

@@ -418,7 +418,7 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
             rows, size = global_rows
             total = min(size, rows - (step - 1) * size)
             part = (*distributed.shard_bounds(total), total)
-            distributed.share = len(batch) / total
+            distributed.share, distributed.part = len(batch) / total, part
         if transform is not None:
             batch = transform(batch, part)
         t0 = time.perf_counter()

@@ -46,6 +46,10 @@ Reconstruction and deviations:
   sample) and the reference's three-modality ratio ``exp(M/(M-1) (mean s - s_m))``, which
   reduces to the two-modality form.
 
+Data-parallel: the scores are the global batch's (each process's batch means, weighted by its
+share, in one all-reduce of M numbers per step), so every process scales its backward by the same
+coefficients and keeps the same running means; the averaged gradients are then one process's.
+
 No division here can reach 0: ``M - 1 >= 1`` and the step count ``n >= 1``; the logarithm of a
 probability is guarded by the ``1e-8`` floor.
 """
@@ -183,7 +187,7 @@ class AGM(Method):
     def before_backward(self, out, batch) -> dict[str, torch.Tensor]:
         names = self.model.modalities
         split = self.contributions(batch.inputs, out.fused_logits)
-        s = mono_scores(split, batch.labels)
+        s = self.batch_mean(mono_scores(split, batch.labels))  # data-parallel: the global batch's (one all-reduce)
         scores = torch.stack([s[m] for m in names])
         r, _, coeff = agm_coefficients(scores, self.mean_scores, self.options.alpha, self.options.clip)
         if bool(torch.isfinite(scores).all()):  # a NaN batch (whose update is skipped) must not poison the mean

@@ -7,6 +7,9 @@ losses, ``before_backward`` (where a method hooks into the graph), backward of t
 ``p.grad``), optimiser step. Methods that need per-loss gradients override ``step`` and use
 ``model.param_groups()`` to know which losses touch which parameters. Epoch hooks let a
 method keep state across steps (prototypes, running means); ``state_dict`` saves it.
+Data-parallel, a rule that takes statistics of the batch (scores, means, prototypes) gets the
+global batch's from ``batch_sum`` / ``batch_mean`` (one all-reduce for them all) and, where it is
+non-linear in a statistic that carries gradient, back-propagates through ``global_value``.
 """
 
 from __future__ import annotations
@@ -175,6 +178,51 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    # ------------------------------------------------------------ data-parallel statistics
+    def batch_sum(self, sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sums over the global batch from this process's sums over its rows (tensors of any shape).
+
+        One process: the identity. Data-parallel: one all-reduce for all of them."""
+        d = self.ctx.distributed
+        if d is None or not sums:
+            return sums
+        return dict(zip(sums, d.sum([v.detach() for v in sums.values()])))
+
+    def batch_mean(self, means: dict[str, torch.Tensor], gradients: bool = False) -> dict[str, torch.Tensor]:
+        """Means over the global batch from this process's means over its rows (tensors of any shape).
+
+        One process: the identity. Data-parallel: one all-reduce, each process weighted by its share of
+        the batch. With ``gradients``, every parameter's gradient rides in the same all-reduce (averaged,
+        as ``clip_and_step`` would) and ``ctx.grads_synced`` is set: statistics needed only after
+        backward then cost no collective of their own."""
+        d = self.ctx.distributed
+        if d is None or not (means or gradients):
+            return means
+        if not gradients:
+            summed = d.sum([v.detach().double() * d.share for v in means.values()])
+            return {k: v.to(means[k].dtype) for k, v in zip(means, summed)}
+        out = {k: v.detach().float().clone() for k, v in means.items()}
+        d.average_gradients([p.grad for p in self.model.parameters() if p.grad is not None] + list(out.values()))
+        self.ctx.grads_synced = True
+        return {k: v.to(means[k].dtype) for k, v in out.items()}
+
+    def batch_part(self, rows: int) -> tuple[int, int, int]:
+        """(start, stop, global rows): where this process's ``rows`` rows sit in the global batch, so that
+        per-sample draws can be made for the global batch and sliced. One process: ``(0, rows, rows)``."""
+        d = self.ctx.distributed
+        return d.part if d is not None and d.part is not None else (0, rows, rows)
+
+    def global_value(self, local: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+        """``whole``'s value (a global batch statistic, e.g. from ``batch_mean``) with ``local``'s gradient
+        (this process's rows' part of it, same shape).
+
+        A non-linear function of ``whole`` then back-propagates its global derivative into this process's
+        rows; averaging the processes' gradients by share gives one process's gradient on the whole batch.
+        One process: ``local`` itself."""
+        if self.ctx.distributed is None:
+            return local
+        return whole.detach() + (local - local.detach())
 
     # ------------------------------------------------------------ shared pieces
     def fused_loss(self, out: Outputs, labels: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,11 @@ Cost: one more forward of the heads and one heads-only optimiser step per batch 
 Needs a linear concat fusion head and separate unimodal heads (refused at recipe validation
 otherwise). Any M >= 2, as in the paper (which has up to three modalities).
 
+Data-parallel: ``Delta_m``, ``G_m^uni`` and ``G_m^fus`` are the global batch's (each process's
+batch means, weighted by its share, in one all-reduce of ``M (1 + 2 C d_m)`` numbers per step);
+``G_m^fus`` keeps the gradient of this process's rows, so ``L_dir``'s averaged gradient is one
+process's on the whole batch, and every process scales by the same coefficients.
+
 Where this differs from the reference code (zrguo/CGGM): it takes the cosine between the
 *weights* of the classifier's and the fusion module's output layers and adds the direction loss
 to the *next* step's loss; here, as the paper writes, the cosine is between the two gradients
@@ -160,14 +165,18 @@ class CGGM(Method):
             after = {m: heads[m](detached[m]).float() for m in names}
         deltas = torch.stack([batch_accuracy(after[m], labels) - batch_accuracy(before[m].detach(), labels)
                               for m in names])
+        fused_logits = out.fused_logits.float()
+        g_uni = {m: linear_head_gradient(before[m].detach(), labels, detached[m].float()) for m in names}
+        g_fus = {m: linear_head_gradient(fused_logits, labels, out.features[m].float()) for m in names}
+        # data-parallel: the global batch's statistics, in one all-reduce
+        whole = self.batch_mean({"deltas": deltas, **{f"uni:{m}": g_uni[m] for m in names},
+                                 **{f"fus:{m}": g_fus[m] for m in names}})
+        deltas = whole["deltas"]
 
         # 2. magnitude coefficients; 3. direction loss
         coeff, guarded = cggm_coefficients(deltas, o.eps)
-        fused_logits = out.fused_logits.float()
-        cos = torch.stack([
-            gradient_cosine(linear_head_gradient(before[m].detach(), labels, detached[m].float()),
-                            linear_head_gradient(fused_logits, labels, out.features[m].float()))
-            for m in names])
+        cos = torch.stack([gradient_cosine(whole[f"uni:{m}"], self.global_value(g_fus[m], whole[f"fus:{m}"]))
+                           for m in names])
         l_dir = direction_loss(coeff, cos, o.lam)
 
         # 4. main backward, encoder m's gradients times rho * coeff_m, clipped step

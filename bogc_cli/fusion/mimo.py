@@ -14,6 +14,11 @@ the abstract and summary of the paper were available to us; the penalty's exact 
 (whether ``lam`` grows during training) is not reproduced -- ``lam`` is constant.
 
 Hyper-parameters (``method.*``): ``lam`` (1.0), ``temperature`` (1.0). Works for any M >= 2.
+
+Data-parallel: the smooth max is of the global batch's unimodal losses (each process's batch
+means, weighted by its share, in one all-reduce of M numbers per step); each process's rows reach
+it through their own losses, weighted by the global ``softmax(L / T)``, so the averaged gradients
+are one process's on the whole batch.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class MIMO(Method):
     def losses(self, out, labels):
         per_source = self.source_losses(out, labels)
         fused = per_source.pop(FUSED)
-        stacked = torch.stack(list(per_source.values()))
+        stacked = torch.stack(list(per_source.values()))  # [M]
+        stacked = self.global_value(stacked, self.batch_mean({"unimodal": stacked})["unimodal"])
         penalty = self.options.lam * smooth_max(stacked, self.options.temperature)
         self._priority = torch.softmax(stacked.detach() / self.options.temperature, dim=0)
         self._names = list(per_source)

@@ -45,6 +45,10 @@ Hyper-parameters (``method.*``):
 - ``alpha`` (0.1): the OWM regulariser. The paper only calls it a small constant; the
   reference code decays it from 0.1 to 0.01 within every epoch. Constant here.
 
+Data-parallel: each sub-step's batch-mean head input ``x`` is the global batch's, averaged in the
+same all-reduce as the sub-step's gradients (no collective added), so every process projects with
+the same ``P``.
+
 Reconstructed or generalised: the paper builds modality m's projector from the previous one
 and the previous modality's batch-mean feature; applied recursively over sub-steps and batches
 (as OWM and the reference code do), ``P`` accumulates every modality's inputs, which is also
@@ -236,6 +240,8 @@ class MLA(Method):
             self.model._track_mean(m, z, None)  # keeps mean-feature fill working, as model.encode would
         loss = F.cross_entropy(logits.float(), batch.labels)
         loss.backward()
+        # data-parallel: the global batch's mean head input, in the gradients' all-reduce
+        x = self.batch_mean({"x": z.detach().float().mean(0)}, gradients=True)["x"]
         weight = head.linear.weight
         if o.owm == "gradient" and weight.grad is not None:
             weight.grad = project_gradient(weight.grad, head.projector)
@@ -245,7 +251,7 @@ class MLA(Method):
             with torch.no_grad():
                 weight.copy_(before + project_gradient(weight - before, head.projector))
         if o.owm != "none":
-            head.observe(z.detach().float().mean(0), o.alpha)
+            head.observe(x, o.alpha)
         return logits.detach(), loss.detach()
 
     def step(self, batch: Batch) -> StepResult:

@@ -30,6 +30,13 @@ the unmasked features, so the accuracy is defined for every sample.
 The reference computes ``q`` and uses it in the same step (the paper's figure draws
 ``q_{t+1}`` from step t); here too the same step.
 
+The masks and the once-per-batch choice come from the method's own generator (seeded from the
+run seed, kept in ``state_dict``). Data-parallel, the scores are the global batch's (one small
+all-reduce before the masks), every process draws the masks of the whole global batch and keeps
+its rows', and the fusion loss is the sum over this process's kept samples divided by the global
+kept count (scaled by 1 / its share, which the gradient averaging undoes): the step one process
+takes on the whole batch.
+
 Hyper-parameters (``method.*``): ``q_base`` (0.5), ``lam`` (0.5), ``p_exe`` (0.7),
 ``warmup_epochs`` (5), ``scale`` (``modality``).
 """
@@ -49,6 +56,7 @@ from bogc_cli.models.multimodal import FUSED
 from bogc_cli.recipe import StrictModel
 
 KEEP_EPS = 1e-6
+DRAW_SEED = 15_485_863  # the mask generator's offset from the run seed, apart from the other generators
 
 
 class OPMOptions(StrictModel):
@@ -111,6 +119,10 @@ class OPM(Method):
     min_modalities = 2
     modality_note = "M > 2: rho_m = s_m / min_j s_j (as ogm_ge); every modality above the weakest may be dropped"
 
+    def __init__(self, options: OPMOptions, model, ctx):
+        super().__init__(options, model, ctx)
+        self.draws = torch.Generator(device=ctx.device).manual_seed((torch.initial_seed() + DRAW_SEED) % 2**63)
+
     def losses(self, out, labels):
         """Without masking: the fusion loss and the probes (the step masks the features itself)."""
         return {FUSED: self.fused_loss(out, labels), **self.probe_losses(out, labels)}
@@ -123,19 +135,27 @@ class OPM(Method):
         with self.ctx.autocast():
             feats = self.model.encode(batch.inputs)
             clean = self.model.heads(feats)
-            rho, _ = ogm_coefficients(unimodal_scores(clean.unimodal_logits, labels), alpha=1.0)
+            # means, not sums (the same ratios), so that shards' scores combine into the global batch's
+            scores = {m: s / len(batch) for m, s in unimodal_scores(clean.unimodal_logits, labels).items()}
+            rho, _ = ogm_coefficients(self.batch_mean(scores), alpha=1.0)
             if self.ctx.epoch > o.warmup_epochs:
                 q = drop_probabilities(rho, o.q_base, o.lam)
             else:
                 q = {m: torch.zeros_like(r) for m, r in rho.items()}
-            execute = self.ctx.epoch > o.warmup_epochs and bool(torch.rand(()) < o.p_exe)
+            execute = self.ctx.epoch > o.warmup_epochs and bool(
+                torch.rand((), generator=self.draws, device=self.draws.device) < o.p_exe)
             losses = {}
             if execute:
-                keep = keep_masks(q, len(batch), labels.device)
+                start, stop, rows = self.batch_part(len(batch))
+                everyone = keep_masks(q, rows, labels.device, self.draws)           # the global batch's masks
+                total_kept = kept_samples(everyone).sum()
+                keep = {m: k[start:stop] for m, k in everyone.items()}
                 kept = kept_samples(keep)
                 masked = self.model.heads(mask_features(feats, keep, q, o.scale))
-                if bool(kept.any()):
-                    losses[FUSED] = F.cross_entropy(masked.fused_logits[kept].float(), labels[kept])
+                if bool(total_kept > 0):
+                    share = (stop - start) / rows
+                    ce = F.cross_entropy(masked.fused_logits[kept].float(), labels[kept], reduction="sum")
+                    losses[FUSED] = ce / (total_kept * share)
                 logs["opm.kept"] = kept.float().mean()
             else:
                 losses[FUSED] = self.fused_loss(clean, labels)
@@ -153,6 +173,14 @@ class OPM(Method):
             total = torch.zeros((), device=labels.device)
         logs.update({f"loss.{k}": v.detach() for k, v in losses.items()})
         return StepResult(total.detach(), clean.fused_logits.detach(), logs)
+
+
+    def state_dict(self):
+        return {"draws": self.draws.get_state()}
+
+    def load_state_dict(self, state):
+        if "draws" in state:  # a checkpoint from before the generator: keep the fresh stream
+            self.draws.set_state(state["draws"])
 
 
 METHOD = OPM

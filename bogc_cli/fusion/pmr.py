@@ -51,6 +51,12 @@ for "the early training stage"), ``momentum`` (0), ``distance`` (``squared``), `
 (0), ``end_epoch`` (70, as the official scripts), ``prototypes`` (``train-features``),
 ``proto_fraction`` (1.0).
 
+Data-parallel: each step's scores and (``train-features``) per-class feature sums and counts
+are summed over every process's rows in one all-reduce (M scalars plus ``M (C d + C)`` numbers),
+so every process holds the global batch's coefficients and the same accumulated prototypes (a
+mid-epoch checkpoint, written by process 0, then holds every process's rows). The ``eval-pass``
+runs over the whole train split on every process, so its prototypes agree without a collective.
+
 M > 2 (the paper has two modalities): each modality is compared with the best of the others,
 so every modality behind the leader is accelerated in proportion to its lag and only the
 leader is entropy-regularised.
@@ -177,14 +183,18 @@ class PMR(Method):
         self._logs: dict[str, torch.Tensor] = {}  # this step's coefficients, from losses to before_backward
 
     # ------------------------------------------------------------ prototypes
-    def _accumulate(self, feats: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
-        for m, z in feats.items():
-            sums, counts = class_sums(z, labels, self.model.num_classes)
+    def _accumulate(self, sums: dict[str, torch.Tensor], counts: dict[str, torch.Tensor]) -> None:
+        """Add per-class feature sums ``{m: [C, d_m]}`` and counts ``{m: [C]}`` to the pass in progress."""
+        for m in sums:
             if m in self._sums:
-                self._sums[m] += sums
-                self._counts[m] += counts
+                self._sums[m] += sums[m]
+                self._counts[m] += counts[m]
             else:
-                self._sums[m], self._counts[m] = sums, counts
+                self._sums[m], self._counts[m] = sums[m], counts[m]
+
+    def _class_sums(self, feats: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[dict, dict]:
+        pairs = {m: class_sums(z, labels, self.model.num_classes) for m, z in feats.items()}
+        return {m: s for m, (s, _) in pairs.items()}, {m: c for m, (_, c) in pairs.items()}
 
     def _finish_prototypes(self) -> None:
         for m in self._sums:
@@ -207,7 +217,7 @@ class PMR(Method):
                 batch = raw if isinstance(raw, Batch) else to_device(raw, self.ctx.device)
                 with self.ctx.autocast():
                     feats = self.model.encode(batch.inputs)
-                self._accumulate(feats, batch.labels)
+                self._accumulate(*self._class_sums(feats, batch.labels))
         finally:
             self.model.train(was_training)
 
@@ -223,15 +233,30 @@ class PMR(Method):
         o = self.options
         return bool(self.protos) and o.start_epoch <= self.ctx.epoch <= o.end_epoch
 
+    def _batch_statistics(self, logits: dict[str, torch.Tensor], feats: dict[str, torch.Tensor],
+                          labels: torch.Tensor) -> tuple[dict, dict, dict]:
+        """``(scores {m: scalar}, sums {m: [C, d_m]}, counts {m: [C]})`` over the global batch (one
+        all-reduce data-parallel): the scores of the prototype ``logits`` ``{m: [B, C]}`` (none when
+        inactive) and, with ``train-features``, the per-class sums and counts of ``feats`` (else none)."""
+        scores = {m: prototype_score(p, labels) for m, p in logits.items()}
+        sums, counts = self._class_sums(feats, labels) if self.options.prototypes == "train-features" else ({}, {})
+        parts = {"score": scores, "sums": sums, "counts": counts}
+        flat = self.batch_sum({f"{kind}:{m}": v for kind, per in parts.items() for m, v in per.items()})
+        return tuple({m: flat[f"{kind}:{m}"] for m in per} for kind, per in parts.items())
+
     def losses(self, out, labels) -> dict[str, torch.Tensor]:
         """The fused loss, PMR's prototype terms and the probes; the coefficients wait in
-        ``self._logs`` for ``before_backward`` to log them."""
+        ``self._logs`` for ``before_backward`` to log them. With ``train-features`` the step's
+        features join the next prototypes here."""
         o = self.options
         losses = {FUSED: self.fused_loss(out, labels)}
         logs: dict[str, torch.Tensor] = {}
-        if self._active():
-            logits = {m: prototype_logits(z, self.protos[m], o.distance) for m, z in out.features.items()}
-            scores = {m: prototype_score(p, labels) for m, p in logits.items()}
+        active = self._active()
+        logits = ({m: prototype_logits(z, self.protos[m], o.distance) for m, z in out.features.items()}
+                  if active else {})
+        scores, sums, counts = self._batch_statistics(logits, out.features, labels)
+        self._accumulate(sums, counts)
+        if active:
             rho, gamma, beta = pmr_coefficients(scores, o.alpha, o.mu, o.coefficient)
             entropy_on = self.ctx.epoch <= o.entropy_epochs
             for m, p in logits.items():  # zero-weighted terms stay in, so every step logs the same keys
@@ -246,8 +271,6 @@ class PMR(Method):
         return losses
 
     def before_backward(self, out, batch) -> dict[str, torch.Tensor]:
-        if self.options.prototypes == "train-features":
-            self._accumulate(out.features, batch.labels)
         return self._logs
 
     # ------------------------------------------------------------ state
