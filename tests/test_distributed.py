@@ -51,11 +51,13 @@ def _run_dir(out: Path) -> Path:
 # methods whose rule takes statistics of the global batch (scores, means, prototypes, head gradients)
 BATCH_STATISTICS = ["ogm_ge", "agm", "cggm", "mla", "mimo", "pmr", "opm"]
 EXTRA = {"opm": ["--set", "method.warmup_epochs=0"]}  # its rule starts after the warm-up
+# and the rest: their rules are linear in the gradients (mmpareto gathers its per-source ones itself)
+OTHER_METHODS = ["uniform", "unimodal-fou", "mmpareto", "gblending", "i2m2"]
 
 
 @pytest.mark.parametrize("method, tolerance", [("joint", 1e-5), ("bogc", 1e-3),
                                                *(pytest.param(m, 1e-4, marks=pytest.mark.slow)
-                                                 for m in BATCH_STATISTICS)])
+                                                 for m in BATCH_STATISTICS + OTHER_METHODS)])
 def test_two_processes_train_the_model_one_process_trains(mfeat, tmp_path, method, tolerance):
     recipe = str(RECIPES / "mfeat" / f"{method}.yaml")
     one = _train(recipe, mfeat, tmp_path / "one", 1, *EXTRA.get(method, []))
