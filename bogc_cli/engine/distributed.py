@@ -89,6 +89,12 @@ class Distributed:
         dist.all_reduce(flat)
         return [t.view_as(v).to(v.dtype) for t, v in zip(flat.split([v.numel() for v in values]), values)]
 
+    def gather_to_main(self, obj):
+        """Every process's ``obj`` (picklable), in rank order, on process 0; None on the others."""
+        out = [None] * self.world if self.is_main else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+
     def barrier(self) -> None:
         dist.barrier()
 

@@ -232,6 +232,10 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
             model.train()
             if partial is not None:  # finish the epoch the last run stopped in, from its next batch
                 tally = EpochTally.from_state(partial["tally"], device, sums=main)
+                if (mine := _own_partial(partial, distributed)) is not None:  # exactly where this process was
+                    tally = EpochTally.from_state(mine["tally"], device)
+                    set_rng_state(mine["rng"])
+                    _set_float_buffers(model, mine["buffers"])
                 train_loader.generator.set_state(partial["loader"])
                 train_loader.batch_sampler.start_next_epoch_at(tally.steps)
                 method.on_epoch_resume(epoch)
@@ -242,10 +246,16 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
             epoch_order = train_loader.generator.get_state()  # draws this epoch's batch order
 
             def stop_mid_epoch(tally: EpochTally, epoch: int = epoch, epoch_order=epoch_order) -> None:
+                processes = None
                 if distributed is not None:
+                    # each process's own sums, RNG and BatchNorm statistics, so that a resume with as many
+                    # processes continues each exactly; and their totals, for a resume with another count
+                    processes = distributed.gather_to_main(
+                        {"tally": tally.state(), "rng": rng_state(), "buffers": _float_buffers(model)})
                     tally.add_up(distributed)
                     distributed.average_buffers(model)
-                save_last(epoch - 1, {"epoch": epoch, "loader": epoch_order, "tally": tally.state()})
+                save_last(epoch - 1, {"epoch": epoch, "loader": epoch_order, "tally": tally.state(),
+                                      "processes": processes})
                 console.print(f"{stop.requested or 'stop'}: stopped at epoch {epoch}, step {tally.steps}; "
                               f"checkpoint saved in {run_dir / 'last.pt'}")
                 if distributed is not None:
@@ -342,6 +352,24 @@ def _check_same_recipe(saved: dict, current: dict, run_dir: Path) -> None:
 
 class Diverged(UserError):
     """Too many non-finite steps in a row: the run stops; ``last.pt`` still holds the epoch before."""
+
+
+def _float_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b.detach().cpu().clone() for b in model.buffers() if b.is_floating_point()]
+
+
+def _set_float_buffers(model: torch.nn.Module, saved: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for b, value in zip((b for b in model.buffers() if b.is_floating_point()), saved, strict=True):
+            b.copy_(value)
+
+
+def _own_partial(partial: dict, distributed: Distributed | None) -> dict | None:
+    """This process's part of a data-parallel mid-epoch checkpoint, when the job has as many processes."""
+    processes = partial.get("processes")
+    if distributed is None or not processes or len(processes) != distributed.world:
+        return None
+    return processes[distributed.rank]
 
 
 @dataclass
