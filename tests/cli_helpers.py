@@ -30,7 +30,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-__all__ = ["run_cli", "run_results", "signal_during_step", "pytest"]
+__all__ = ["run_cli", "run_results", "signal_during_step", "stopped_and_resumed", "pytest"]
 
 
 # ------------------------------------------------------------------ comparing runs, interrupting them
@@ -76,3 +76,21 @@ def signal_during_step(monkeypatch, sig: int, epoch: int, step: int, times: int 
         return real(method, model, batches(), device, current, *args, **kwargs)
 
     monkeypatch.setattr(trainer, "_train_epoch", signalled_epoch)
+
+
+def stopped_and_resumed(capsys, monkeypatch, tmp_path: Path, args: list[str], step: int) -> tuple:
+    """``bogc train ARGS`` straight, and Ctrl-C'd at ``step`` of epoch 2 then resumed: asserts the two end
+    bitwise equal and returns the straight run's ``run_results``."""
+    import signal
+
+    import torch
+
+    assert run_cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, signal.SIGINT, epoch=2, step=step)
+        assert run_cli(capsys, *args, "--out", tmp_path / "cut")[0] == 130
+    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "cut", "--resume")
+    assert code == 0, out + err
+    expected, got = run_results(tmp_path / "straight"), run_results(tmp_path / "cut")
+    assert got[:2] == expected[:2] and all(torch.equal(got[2][k], expected[2][k]) for k in got[2])
+    return expected

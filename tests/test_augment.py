@@ -3,7 +3,6 @@ device from a generator of their own, so a run stopped mid-epoch resumes bitwise
 
 from __future__ import annotations
 
-import signal
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import torch
 from bogc_cli.data.augment import DeviceAugment, crop_flip_grid, spec_masks
 from bogc_cli.data.loader import Batch
 from bogc_cli.recipe import AugmentBlock
-from cli_helpers import run_cli, run_results, signal_during_step
+from cli_helpers import run_cli, run_results, stopped_and_resumed
 
 CPU = torch.device("cpu")
 
@@ -114,14 +113,7 @@ def test_an_augmented_run_stopped_mid_epoch_resumes_bitwise(capsys, tmp_path, mo
     args = ["train", "recipes/quickstart.yaml", "--set", "train.epochs=3", "--set", "dataset.n_train=160",
             "--set", "dataset.n_val=48", "--set", "dataset.n_test=48", "--set", "train.batch_size=32",
             "--set", "train.augment={crop_scale: [0.3, 1.0], flip: true, freq_mask: 6, time_mask: 6}"]
-    assert run_cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0
-    with monkeypatch.context() as patch:
-        signal_during_step(patch, signal.SIGINT, epoch=2, step=3)
-        assert run_cli(capsys, *args, "--out", tmp_path / "cut")[0] == 130
-    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "cut", "--resume")
-    assert code == 0, out + err
-    expected, got = run_results(tmp_path / "straight"), run_results(tmp_path / "cut")
-    assert got[:2] == expected[:2] and all(torch.equal(got[2][k], expected[2][k]) for k in got[2])
+    expected = stopped_and_resumed(capsys, monkeypatch, tmp_path, args, step=3)
     reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
     # and the augmentation changed training: the same run without it ends elsewhere
     assert run_cli(capsys, *args[:-2], "--out", tmp_path / "plain")[0] == 0  # without --set train.augment=...

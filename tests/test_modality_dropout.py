@@ -4,14 +4,13 @@ model trained so is more robust when that modality is missing, and a stopped run
 from __future__ import annotations
 
 import json
-import signal
 
 import pandas as pd
 import torch
 
 from bogc_cli.data.loader import Batch
 from bogc_cli.engine.modality_dropout import ModalityDropout
-from cli_helpers import run_cli, run_results, signal_during_step
+from cli_helpers import run_cli, stopped_and_resumed
 
 
 def test_inputs_are_zeroed_at_the_asked_rates_and_never_all_at_once():
@@ -53,13 +52,6 @@ def test_a_run_with_modality_dropout_stopped_mid_epoch_resumes_bitwise(capsys, t
     args = ["train", "recipes/quickstart.yaml", "--set", "train.epochs=3", "--set", "dataset.n_train=160",
             "--set", "dataset.n_val=48", "--set", "dataset.n_test=48", "--set", "train.batch_size=32",
             "--set", "train.modality_dropout={audio: 0.4, image: 0.2}"]
-    assert run_cli(capsys, *args, "--out", tmp_path / "straight")[0] == 0
-    with monkeypatch.context() as patch:
-        signal_during_step(patch, signal.SIGINT, epoch=2, step=2)
-        assert run_cli(capsys, *args, "--out", tmp_path / "cut")[0] == 130
-    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "cut", "--resume")
-    assert code == 0, out + err
-    expected, got = run_results(tmp_path / "straight"), run_results(tmp_path / "cut")
-    assert got[:2] == expected[:2] and all(torch.equal(got[2][k], expected[2][k]) for k in got[2])
+    stopped_and_resumed(capsys, monkeypatch, tmp_path, args, step=2)
     reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
     assert json.loads(next((tmp_path / "cut").rglob("eval.json")).read_text())["accuracy"] > 0

@@ -52,30 +52,13 @@ class Distributed:
 
     def average_gradients(self, grads: list[torch.Tensor]) -> None:
         """Replace each process's gradients by the global batch's, in place: one all-reduce of one flat buffer."""
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1).float() for g in grads]).mul_(self.share)
-        dist.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
-            offset += n
+        _sum_in_place(grads, self.share, torch.float32)
 
     def average_buffers(self, model: torch.nn.Module) -> None:
         """Average the floating-point buffers (BatchNorm statistics, running feature means) across processes,
         in one all-reduce. They are running averages of batch statistics, which are linear in them, so the
         average of every process's equals what one process would hold after the same global batches."""
-        buffers = [b for b in model.buffers() if b.is_floating_point()]
-        if not buffers:
-            return
-        flat = torch.cat([b.reshape(-1).double() for b in buffers]).div_(self.world)
-        dist.all_reduce(flat)
-        offset = 0
-        for b in buffers:
-            n = b.numel()
-            b.copy_(flat[offset:offset + n].view_as(b))
-            offset += n
+        _sum_in_place([b for b in model.buffers() if b.is_floating_point()], 1 / self.world, torch.float64)
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is true on any process (e.g. a stop signal that reached only some of them)."""
@@ -97,6 +80,17 @@ class Distributed:
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+def _sum_in_place(tensors: list[torch.Tensor], weight: float, dtype: torch.dtype) -> None:
+    """Replace each tensor by the sum over processes of ``weight`` x its value: one all-reduce of one flat
+    ``dtype`` buffer."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors]).mul_(weight)
+    dist.all_reduce(flat)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
 
 
 def launched_by_torchrun() -> bool:
