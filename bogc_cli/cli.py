@@ -117,8 +117,6 @@ def train(
                                        "batch). Several machines: torchrun ... -m bogc_cli train RECIPE."),
 ) -> None:
     """Train a recipe (once per seed) and evaluate each run's best-validation checkpoint on test."""
-    import os
-
     from bogc_cli.engine import distributed
     from bogc_cli.engine.run_lock import refuse_existing
     from bogc_cli.engine.setup import resolved_recipe, run_dir_for
@@ -136,8 +134,7 @@ def train(
     seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
     if resume and overwrite:
         raise UserError("--resume continues earlier results and --overwrite deletes them: choose one")
-    main_process = os.environ.get("RANK", "0") == "0"
-    if not overwrite and not resume and main_process:  # refuse before the first seed trains, not after it
+    if not overwrite and not resume and _process_zero():  # refuse before the first seed trains, not after it
         for seed in seed_list:
             refuse_existing(run_dir_for(resolved_recipe(rec.for_seed(seed))))
     if gpus is not None:
@@ -411,12 +408,17 @@ INTERRUPTED = ("interrupted: finished work is kept (`bogc train ... --resume` co
                "the same `bogc prepare` command resumes where it stopped)")
 
 
-def main() -> None:
-    """Entry point: run the app; user errors -> one message, exit 2."""
+def _process_zero() -> bool:
+    """True unless this is a data-parallel process other than 0 (torchrun sets RANK)."""
     import os
 
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main() -> None:
+    """Entry point: run the app; user errors -> one message, exit 2."""
     # data-parallel, every process meets the same mistakes and stops together: process 0 speaks for them
-    speaks = os.environ.get("RANK", "0") == "0"
+    speaks = _process_zero()
     try:
         code = app(standalone_mode=False)  # typer turns Ctrl-C and typer.Exit into a returned exit code here
         if isinstance(code, int) and code != 0:

@@ -125,8 +125,8 @@ def _batch_statistics(rank: int | None) -> dict[str, torch.Tensor]:
     distributed = None
     if rank is not None:
         distributed = Distributed(rank, 2, rank, 2)
+        distributed.place(ROWS)
         rows = distributed.shard(list(range(ROWS)))
-        distributed.share = len(rows) / ROWS
         x, y = x[rows], y[rows]
     ctx = StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.5), distributed=distributed)
     method = Method(NoOptions(), model, ctx)

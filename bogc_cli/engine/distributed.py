@@ -23,20 +23,31 @@ from bogc_cli.errors import ProcessError, UserError
 
 @dataclass
 class Distributed:
-    """This process's place in the job. Set by the train loop before each step: ``part`` = (start, stop,
-    rows), this process's rows start..stop of the current global batch of ``rows``, and ``share`` =
-    (stop - start) / rows."""
+    """This process's place in the job, and in the current global batch: ``part`` = (start, stop, rows),
+    this process's rows start..stop of a global batch of ``rows`` (set by ``place`` before each step)."""
 
     rank: int
     world: int
     local_rank: int
     local_world: int
-    share: float = 1.0
     part: tuple[int, int, int] | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def share(self) -> float:
+        """The fraction of the current global batch this process holds."""
+        if self.part is None:
+            return 1.0
+        start, stop, rows = self.part
+        return (stop - start) / rows
+
+    def place(self, rows: int) -> tuple[int, int, int]:
+        """Enter a global batch of ``rows`` rows: sets and returns ``part``."""
+        self.part = (*self.shard_bounds(rows), rows)
+        return self.part
 
     def shard_bounds(self, n: int) -> tuple[int, int]:
         """``(start, stop)`` of this process's contiguous part of a global batch of ``n`` rows (as
@@ -68,9 +79,8 @@ class Distributed:
 
     def sum(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         """Element-wise sums across processes of scalar or 1-D tensors, in one collective."""
-        flat = torch.cat([v.reshape(-1).double() for v in values])
-        dist.all_reduce(flat)
-        return [t.view_as(v).to(v.dtype) for t, v in zip(flat.split([v.numel() for v in values]), values)]
+        summed = all_reduce_flat([v.reshape(-1).double() for v in values])
+        return [t.view_as(v).to(v.dtype) for t, v in zip(summed, values)]
 
     def gather_to_main(self, obj):
         """Every process's ``obj`` (picklable), in rank order, on process 0; None on the others."""
@@ -80,6 +90,13 @@ class Distributed:
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+def all_reduce_flat(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Sum 1-D tensors across processes in one collective; returns them in the same order and sizes."""
+    flat = torch.cat(tensors)
+    dist.all_reduce(flat)
+    return list(flat.split([t.numel() for t in tensors]))
 
 
 def _sum_in_place(tensors: list[torch.Tensor], weight: float, dtype: torch.dtype) -> None:

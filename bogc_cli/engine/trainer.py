@@ -292,7 +292,6 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
             save_last(epoch)
             if main:
                 write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-            if main:
                 progress.epoch_done(record)
             if distributed is not None:
                 distributed.barrier()  # the others wait while process 0 validates and writes
@@ -444,9 +443,7 @@ def _train_epoch(method, model, loader, device, epoch: int, progress: TrainProgr
         part = None  # data-parallel: (start, stop, rows) of the global batch this process holds
         if distributed is not None:
             rows, size = global_rows
-            total = min(size, rows - (step - 1) * size)
-            part = (*distributed.shard_bounds(total), total)
-            distributed.share, distributed.part = len(batch) / total, part
+            part = distributed.place(min(size, rows - (step - 1) * size))
         if transform is not None:
             batch = transform(batch, part)
         t0 = time.perf_counter()

@@ -24,8 +24,9 @@ from bogc_cli.data.loader import Batch
 from bogc_cli.fusion import calibration
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import calibrate  # noqa: F401  (public: bogc_cli.fusion.bogc.calibrate)
+from bogc_cli.engine.distributed import all_reduce_flat
 from bogc_cli.errors import UserError
-from bogc_cli.fusion.sources import GradientSources, all_reduce_flat, global_batch_gradients
+from bogc_cli.fusion.sources import GradientSources, global_batch_gradients
 from bogc_cli.recipe import StrictModel
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from bogc_cli.engine.distributed import all_reduce_flat
 from bogc_cli.fusion.calibration import Segments
 from bogc_cli.models.multimodal import MultimodalModel
 
@@ -29,13 +29,6 @@ class Block:
     slices: dict[str, slice]
     segments: Segments
     numel: int
-
-
-def all_reduce_flat(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Sum 1-D tensors across processes in one collective; returns them in the same order and sizes."""
-    flat = torch.cat(tensors)
-    dist.all_reduce(flat)
-    return list(flat.split([t.numel() for t in tensors]))
 
 
 def global_batch_gradients(flats: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
