@@ -61,11 +61,17 @@ def prepare(
     preset: Optional[str] = typer.Option(None, "--preset", help="Preparation preset (see `bogc list`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation carve-out and pairings."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share carved from "
-                                                 "train (default per dataset: mfeat 0.25, others 0.1; "
-                                                 "ave, mosei and mosi have official validation splits)."),
+                                                 "train, in (0, 1) (default per dataset: mfeat 0.25, others 0.1; "
+                                                 "ave, mosei and mosi have official validation splits; 0 is "
+                                                 "refused: training picks its best epoch on validation)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes decoding files (clips, volumes); "
                                 "an interrupted prepare resumes where it stopped."),
-    strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones."),
+    strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones, or "
+                                "when a class has no training sample (warnings otherwise)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a cache in --out made from other inputs or "
+                                   "parameters (refused otherwise; an interrupted prepare resumes without it)."),
+    kinds: Optional[str] = typer.Option(None, "--kinds", help="arrays: each modality's kind, e.g. "
+                                        "audio=sequence,eeg=audio (default: from its per-sample rank)."),
 ) -> None:
     """Turn a raw dataset download into a prepared cache that `bogc train` reads."""
     from data_prep import PREPARERS
@@ -78,8 +84,12 @@ def prepare(
                         + ("" if dataset in DATASETS else f"; known datasets: {', '.join(DATASETS)}"))
     if not raw.exists():
         raise UserError(f"--raw {raw} does not exist: point it at the folder of the raw {dataset} download")
+    extra = {"kinds": _kinds_option(kinds)} if dataset == "arrays" and kinds is not None else {}
+    if kinds is not None and dataset != "arrays":
+        raise UserError(f"--kinds is for `bogc prepare arrays`; the kinds of {dataset}'s modalities are fixed")
     manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
-                                  workers=workers, strict=strict, log=lambda msg: console.print(msg, highlight=False))
+                                  workers=workers, strict=strict, overwrite=overwrite,
+                                  log=lambda msg: console.print(msg, highlight=False), **extra)
     table = Table(title=f"{dataset} prepared in {out}" + (f" (preset {manifest.preset})" if manifest.preset else ""))
     table.add_column("split")
     table.add_column("samples", justify="right")
@@ -94,6 +104,16 @@ def prepare(
         console.print(f"[yellow]skipped {len(manifest.skipped)} file(s):[/yellow]")
         for item in manifest.skipped:
             console.print(f"  {item.get('file')}: {item.get('reason')}", highlight=False)
+    for warning in manifest.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def _kinds_option(value: str) -> dict[str, str]:
+    """``--kinds audio=sequence,eeg=audio`` -> ``{"audio": "sequence", "eeg": "audio"}``."""
+    pairs = [p.strip() for p in value.split(",") if p.strip()]
+    if not pairs or any(p.count("=") != 1 or not all(p.split("=")) for p in pairs):
+        raise UserError(f"--kinds {value!r}: expected modality=kind pairs separated by commas, e.g. audio=sequence")
+    return {m.strip(): k.strip() for m, k in (p.split("=") for p in pairs)}
 
 
 # ------------------------------------------------------------------------------------------ train

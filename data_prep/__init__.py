@@ -1,7 +1,9 @@
 """Raw dataset -> prepared cache. One module per dataset, plus media helpers.
 
 ``PREPARERS[name](raw=..., out=..., preset=..., seed=..., val_fraction=..., workers=..., strict=...,
-log=...)`` prepares dataset ``name`` and returns its ``Manifest``. Modules are imported on first
+overwrite=..., log=...)`` prepares dataset ``name`` and returns its ``Manifest``; ``arrays`` also takes
+``kinds``. Every preparer follows one rule for an existing cache in ``out``: the same inputs and
+parameters -> nothing to do; other ones -> refused unless ``overwrite``; an interrupted run -> resumed. Modules are imported on first
 call, so listing the preparers stays cheap (torchaudio/torchvision load only for avdigits).
 """
 
@@ -20,10 +22,10 @@ def _lazy(module: str) -> Preparer:
     """A preparer that imports ``data_prep.<module>`` on first call and runs its ``prepare``."""
 
     def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
-                workers: int = 1, strict: bool = False, **kwargs: Any) -> Manifest:
+                workers: int = 1, strict: bool = False, overwrite: bool = False, **kwargs: Any) -> Manifest:
         run = importlib.import_module(f"data_prep.{module}").prepare
         return run(raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction, workers=workers,
-                   strict=strict, **kwargs)
+                   strict=strict, overwrite=overwrite, **kwargs)
 
     prepare.__name__ = prepare.__qualname__ = f"prepare_{module}"
     prepare.__doc__ = f"Prepare the {module} dataset (see data_prep.{module}.prepare)."

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bogc_cli.data.cache import SPLITS, Manifest, read_manifest
+from bogc_cli.data.cache import SPLITS, Manifest, read_manifest, summarise_skipped
 from bogc_cli.errors import UserError
 
 Log = Callable[[str], None]
@@ -32,37 +34,71 @@ def file_list_checksum(paths: Iterable[Path]) -> str:
 
 
 def check_out_folder(out: Path, raw: Path) -> None:
-    """Refuse to write a cache over the raw data or into a folder that holds other files."""
+    """Refuse to write a cache over the raw data, into a folder that holds other files, or where this user
+    cannot write (checked before anything is read, so a long preparation never fails at its end)."""
     if out.resolve() == raw.resolve():
         raise UserError(f"--out {out} is the raw folder itself: choose a separate output folder, e.g. data/<dataset>")
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--out {out}: {existing} is a file, not a folder: choose a folder for the prepared cache")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {existing} cannot be written by this user: choose a folder you can write to")
     if not out.exists():
         return
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: choose a folder for the prepared cache")
     foreign = sorted(p.name for p in out.iterdir() if p.name not in _CACHE_ENTRIES and not p.name.startswith("."))
     if foreign:
         raise UserError(f"--out {out} is not empty and is not a prepared cache (it holds {', '.join(foreign[:5])}): "
                         "choose an empty or new folder")
 
 
-def reusable_manifest(out: Path, fingerprint: str) -> Manifest | None:
-    """The manifest of a complete cache in ``out`` made from the same inputs and parameters, else None."""
+def reusable_manifest(out: Path, fingerprint: str, overwrite: bool = False) -> Manifest | None:
+    """What to do with a cache already in ``out``, the same rule for every preparer (and the same as
+    ``bogc train``'s for results):
+
+    - a complete cache made from the same inputs and parameters: its manifest is returned (nothing to do),
+      unless ``overwrite`` asks to make it again;
+    - a complete cache made from other inputs or parameters: ``UserError`` unless ``overwrite``;
+    - no complete cache (a new folder, or one an interrupted run left): ``None``, so preparation starts
+      or resumes.
+    """
     if not (out / "manifest.json").is_file():
         return None
     try:
         manifest = read_manifest(out)
     except UserError:
-        return None
-    if manifest.sources.get("fingerprint") != fingerprint:
-        return None
+        return None  # a damaged manifest is no usable cache: it is rewritten
     if not all((out / split).is_dir() for split in manifest.splits):
         return None
-    return manifest
+    if overwrite:
+        return None
+    if manifest.sources.get("fingerprint") == fingerprint:
+        return manifest
+    preset = f" (preset {manifest.preset})" if manifest.preset else ""
+    made = f", made {manifest.created}," if manifest.created else ""
+    raise UserError(f"--out {out} already holds a prepared {manifest.dataset}{preset} cache{made} from other inputs "
+                    "or parameters: add --overwrite to replace it, or choose another --out")
 
 
 def start_rewrite(out: Path) -> None:
-    """Drop the old manifest before any array is replaced, so a half-rewritten folder never looks complete."""
+    """Drop the old manifest before any array is replaced, so a half-rewritten folder never looks complete,
+    and the old split folders unless an interrupted preparation staged in ``out/.partial`` will resume
+    (their files belong to the cache being replaced: a modality the new one lacks must not linger)."""
     (out / "manifest.json").unlink(missing_ok=True)
+    if (out / ".partial").exists():
+        return
+    for split in SPLITS:
+        if (out / split).is_dir():
+            shutil.rmtree(out / split)
+
+
+def require_samples(dataset: str, counts: dict[str, int], skipped: list[dict[str, str]]) -> None:
+    """Refuse to finish a cache with an empty train or test split (or an empty val split that was listed):
+    ``counts`` are the samples written per split, ``skipped`` the files left out with their reasons."""
+    empty = [s for s, n in counts.items() if n == 0]
+    if empty:
+        raise UserError(f"{dataset}: no usable sample is left in the {' and '.join(empty)} split "
+                        f"({summarise_skipped(skipped)}); no cache was written: fix the raw data and run the same "
+                        "command again")
 
 
 def reject_preset(dataset: str, preset: str | None, hint: str) -> None:
@@ -80,10 +116,18 @@ def choose_preset(dataset: str, preset: str | None, presets: dict, default: str)
 
 
 def choose_val_fraction(val_fraction: float | None, default: float) -> float:
-    """``--val-fraction`` (or the dataset's default), checked to lie in [0, 1)."""
+    """``--val-fraction`` (or the dataset's default), checked to lie in (0, 1).
+
+    0 is refused rather than taken as "no validation": training picks its best epoch on the validation
+    split and would then carve one itself (``dataset.val_fraction``), so the cache would not hold what
+    the user asked for."""
     value = default if val_fraction is None else float(val_fraction)
-    if not 0 <= value < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {value}")
+    if value == 0:
+        raise UserError("--val-fraction 0 would leave no validation split, but training picks its best epoch on one "
+                        "(and would then carve dataset.val_fraction of train itself): give a share in (0, 1), "
+                        f"e.g. {default:g}")
+    if not 0 < value < 1:
+        raise UserError(f"--val-fraction must be in (0, 1), got {value:g}")
     return value
 
 

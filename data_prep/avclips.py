@@ -15,6 +15,7 @@ calls ``prepare_clips``.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,15 @@ from typing import Any
 import numpy as np
 
 from bogc_cli import __version__
-from bogc_cli.data.cache import Manifest, carve_validation, write_manifest
+from bogc_cli.data.cache import Manifest, carve_validation, carve_warnings, write_manifest
+from bogc_cli.data.lfs import FIX as LFS_FIX
+from bogc_cli.data.lfs import is_lfs_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, count_mismatch, digest, file_list_checksum, reusable_manifest,
-                               start_rewrite)
+from data_prep._common import (Log, check_out_folder, count_mismatch, digest, file_list_checksum, require_samples,
+                               reusable_manifest, start_rewrite)
 from data_prep.audio_features import kaldi_fbank, log_stft
-from data_prep.clipstore import Item, build_store
-from data_prep.media import read_audio, read_frames
+from data_prep.clipstore import WARNING, Item, build_store
+from data_prep.media import blank_warning, read_audio, read_frame_images, read_frames, silence_warning
 
 KINDS = {"audio": "audio", "visual": "video"}
 
@@ -77,19 +80,25 @@ class AVPreset:
 
 @dataclass(frozen=True)
 class ClipSource:
-    """Where one clip's media are: ``video`` (a container) and optionally a separate ``audio`` file;
-    without one, the video's own audio track is used."""
+    """Where one clip's media are: ``video`` (a container), optionally a separate ``audio`` file (without
+    one, the video's own audio track is used) and optionally ``frames``, a folder of frames extracted at
+    1 fps (used instead of the video's frames; then ``video`` may be None)."""
 
-    video: str
+    video: str | None
     preset: AVPreset
     audio: str | None = None
+    frames: str | None = None
 
     def describe(self) -> str:
-        return self.video
+        return str(self.video or self.frames or self.audio)
+
+    def files(self) -> list[str]:
+        return [p for p in (self.video, self.audio, self.frames) if p]
 
 
 def decode_clip(item: Item) -> dict[str, np.ndarray]:
-    """One clip -> ``{"audio": float16 [1, F, T], "visual": uint8 [n, 3, S, S]}`` (module level: runs in workers)."""
+    """One clip -> ``{"audio": float16 [1, F, T], "visual": uint8 [n, 3, S, S]}`` (module level: runs in workers),
+    with a ``WARNING`` when the audio is silent or the frames blank."""
     src: ClipSource = item.source
     p = src.preset
     wave = read_audio(Path(src.audio or src.video), p.sample_rate)
@@ -97,8 +106,29 @@ def decode_clip(item: Item) -> dict[str, np.ndarray]:
         audio = log_stft(wave, p.sample_rate, p.seconds, p.n_fft, p.hop)
     else:
         audio = kaldi_fbank(wave, p.sample_rate, p.fbank_frames, p.mel_bins)
-    frames = read_frames(Path(src.video), list(p.frame_seconds), p.frame_size)
-    return {"audio": audio.astype(np.float16), "visual": frames}
+    if src.frames:
+        frames = read_frame_images(Path(src.frames), list(p.frame_seconds), p.frame_size)
+    else:
+        frames = read_frames(Path(src.video), list(p.frame_seconds), p.frame_size)
+    out = {"audio": audio.astype(np.float16), "visual": frames}
+    warnings = [w for w in (silence_warning(wave), blank_warning(frames)) if w]
+    if warnings:
+        out[WARNING] = "; ".join(warnings)
+    return out
+
+
+def index_media(folder: Path, suffixes: tuple[str, ...], skipped: list[dict[str, str]]) -> dict[str, Path]:
+    """``{stem: path}`` of the files with ``suffixes`` anywhere below ``folder`` (nested copies included). A stem
+    found twice is reported in ``skipped`` (the first in sorted path order is used), never chosen silently."""
+    found: dict[str, Path] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                       and not p.name.startswith(".")):
+        if path.stem in found:
+            skipped.append({"file": str(path), "reason": f"a second file for clip {path.stem} (the first, "
+                                                         f"{found[path.stem]}, is used): keep one copy"})
+            continue
+        found[path.stem] = path
+    return found
 
 
 @dataclass
@@ -112,17 +142,20 @@ class ClipListing:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def carve_val_items(items: list[Item], fraction: float, seed: int) -> list[Item]:
-    """Move a stratified, seeded ``fraction`` of the train items to ``val`` (nothing changes when
-    the listing already has val items, or ``fraction`` is 0)."""
+def carve_val_items(items: list[Item], fraction: float, seed: int, classes: list[str] | None = None
+                    ) -> tuple[list[Item], list[str]]:
+    """Move a stratified, seeded ``fraction`` of the train items to ``val`` (nothing changes when the listing
+    already has val items, or ``fraction`` is 0); every class keeps a train item. Returns the items and the
+    warnings of ``carve_warnings`` (classes too small to give a validation item)."""
     if fraction <= 0 or any(it.split == "val" for it in items):
-        return items
+        return items, []
     train = [it for it in items if it.split == "train"]
-    if len(train) < 2:
-        return items
-    _, val_rows = carve_validation(np.array([it.label for it in train]), fraction, seed)
+    labels = np.array([it.label for it in train], np.int64)
+    _, val_rows = carve_validation(labels, fraction, seed)
+    names = classes or [str(k) for k in range(int(labels.max(initial=-1)) + 1)]
+    warnings = carve_warnings(labels, val_rows, names, "the raw folder")
     val_keys = {train[r].key for r in val_rows}
-    return [Item(it.key, "val", it.label, it.source) if it.key in val_keys else it for it in items]
+    return [Item(it.key, "val", it.label, it.source) if it.key in val_keys else it for it in items], warnings
 
 
 @dataclass(frozen=True)
@@ -158,24 +191,61 @@ def check_common_args(raw: Path, out: Path, dataset: str, layout_hint: str) -> N
     check_out_folder(out, raw)
 
 
+def check_lfs_pointers(dataset: str, listing: ClipListing, log: Log) -> None:
+    """A raw folder whose media are all Git LFS pointers (a clone without git-lfs) is refused before
+    anything is decoded; some pointers among real files are skipped one by one (reported)."""
+    files = [f for it in listing.items for f in it.source.files() if not Path(f).is_dir()]
+    pointers = sum(is_lfs_pointer(f) for f in files)
+    if files and pointers == len(files):
+        raise UserError(f"every {dataset} media file under --raw ({pointers}) is a Git LFS pointer (~130 bytes of "
+                        f"text), not the audio or video itself: {LFS_FIX}")
+    if pointers:
+        log(f"warning: {pointers} of {len(files)} media files are Git LFS pointers; their clips will be skipped "
+            f"({LFS_FIX})")
+
+
+def check_classes_have_training(dataset: str, listing: ClipListing, strict: bool, log: Log) -> list[str]:
+    """A class with clips in val or test but none in train cannot be learnt: warn (an error with ``strict``)."""
+    in_train = {it.label for it in listing.items if it.split == "train"}
+    lacking = sorted({it.label for it in listing.items} - in_train)
+    if not lacking:
+        return []
+    names = ", ".join(listing.classes[k] for k in lacking)
+    message = f"{dataset}: class(es) {names} have clips in val/test but none in train: the model cannot learn them"
+    if strict:
+        raise UserError(f"{message} (--strict): add their training clips, or drop --strict")
+    log(f"warning: {message}")
+    return [message]
+
+
 def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPreset, *, published: Published,
-                  strict: bool, workers: int, log: Log, seed: int, val_fraction: float) -> Manifest:
+                  strict: bool, workers: int, log: Log, seed: int, val_fraction: float,
+                  overwrite: bool = False) -> Manifest:
     """Check ``listing`` against the ``published`` sizes, carve ``val_fraction`` of train out for validation
     (when the listing has no val split), decode the clips into the cache at ``out`` (resumable,
-    ``workers`` processes) and write the manifest."""
+    ``workers`` processes) and write the manifest. A complete cache of other inputs in ``out`` is
+    replaced only with ``overwrite``; a split left empty after decoding is a ``UserError`` (no manifest)."""
     if not listing.items:
         raise UserError(f"no usable {dataset} clips found under --raw"
                         + (f" ({len(listing.skipped)} file(s) skipped, e.g. {listing.skipped[0]['file']}: "
                            f"{listing.skipped[0]['reason']})" if listing.skipped else ""))
+    check_lfs_pointers(dataset, listing, log)
     check_published(dataset, listing, published, strict, log)
-    listing.items = carve_val_items(listing.items, val_fraction, seed)
+    class_warnings = check_classes_have_training(dataset, listing, strict, log)
+    official_val = any(it.split == "val" for it in listing.items)
+    listing.items, carve_problems = carve_val_items(listing.items, val_fraction, seed, listing.classes)
+    for problem in carve_problems:
+        if strict:
+            raise UserError(f"{dataset}: {problem} (--strict): add training clips, or drop --strict")
+        log(f"warning: {problem}")
+    class_warnings += carve_problems
     params = {**preset.params(), **listing.params, "seed": seed, "val_fraction": val_fraction}
-    media = sorted({Path(p) for it in listing.items for p in (it.source.video, it.source.audio) if p})
+    media = sorted({Path(p) for it in listing.items for p in it.source.files()})
     sources = {**listing.sources, "clips_listed": len(listing.items), "media_files": len(media),
                "file_list_sha256": file_list_checksum(media)}
     fingerprint = digest({"dataset": dataset, "params": params, "sources": sources, "version": __version__,
                           "items": [(it.key, it.split, it.label) for it in listing.items]})
-    if (done := reusable_manifest(out, fingerprint)) is not None:
+    if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this {dataset} cache; nothing to do")
         return done
     counts = {s: sum(it.split == s for it in listing.items) for s in ("train", "val", "test")}
@@ -187,13 +257,22 @@ def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPrese
         f"test {counts['test']}) with preset {preset.name}, {workers} worker(s)")
     start_rewrite(out)
     layout = {"audio": (preset.audio_shape, "float16"), "visual": (preset.visual_shape, "uint8")}
-    splits, skipped = build_store(out, listing.items, layout, decode_clip, fingerprint=fingerprint,
-                                  workers=workers, log=log, noun="clips")
+    splits, skipped, warnings = build_store(out, listing.items, layout, decode_clip, fingerprint=fingerprint,
+                                            workers=workers, log=log, noun="clips")
     skipped = listing.skipped + skipped
     for item in skipped:
         log(f"skipped {item['file']}: {item['reason']}")
+    for warning in warnings:
+        log(f"warning: {warning}")
+    require_samples(dataset, {s: len(a) for s, a in splits.items() if s != "val" or official_val}, skipped)
+    if "val" in splits and not len(splits["val"]):
+        warnings.append("every clip carved out for validation was skipped: the cache has no val split (training "
+                        "carves one from train, and says so)")
+        log(f"warning: {warnings[-1]}")
+        splits.pop("val")
+        shutil.rmtree(out / "val", ignore_errors=True)
     written = sum(len(s) for s in splits.values())
     log(f"wrote {written} clips, skipped {len(skipped)}")
     return write_manifest(out, dataset=dataset, classes=listing.classes, kinds=KINDS, splits=splits,
                           preset=preset.name, params=params, sources={**sources, "fingerprint": fingerprint},
-                          skipped=skipped)
+                          skipped=skipped, warnings=class_warnings + warnings)

@@ -11,7 +11,9 @@ and gives a module-level ``decode(item) -> {modality: array}`` function. ``build
 - records every finished item in ``.partial/journal.tsv`` (only after its rows are flushed), so a
   run killed at any point and started again with the same inputs redoes only unfinished items;
 - leaves out items whose decode raised ``SkipItem`` (or any decoder error), reporting each with
-  its reason, and compacts the arrays so the final cache holds only the kept rows.
+  its reason, and compacts the arrays so the final cache holds only the kept rows;
+- keeps items whose decode returned a ``WARNING`` entry (a silent clip, blank frames) and reports
+  each with its warning.
 
 The finished splits are moved to ``<out>/<split>/`` and returned memory-mapped; the caller then
 writes the manifest (``bogc_cli.data.cache.write_manifest``).
@@ -76,6 +78,10 @@ class SkipItem(Exception):
     """Raised by a decode function: leave the item out, reporting the message as the reason."""
 
 
+WARNING = "__warning__"
+"""Key of an optional ``str`` in a decode function's result: keep the item, but report this warning."""
+
+
 Layout = dict[str, tuple[tuple[int, ...], str]]
 """Per modality: the per-sample shape and the storage dtype (``"uint8"``, ``"float16"``, ...)."""
 
@@ -98,9 +104,10 @@ def _die_with_parent() -> None:
 
 
 def build_store(out: Path, items: list[Item], layout: Layout, decode: Decode, *, fingerprint: str,
-                workers: int = 1, log: Log = no_log, noun: str = "clips") -> tuple[dict[str, SplitArrays],
-                                                                                  list[dict[str, str]]]:
-    """Decode ``items`` into ``out/<split>/``; returns the kept splits (memory-mapped) and the skipped items.
+                workers: int = 1, log: Log = no_log, noun: str = "clips"
+                ) -> tuple[dict[str, SplitArrays], list[dict[str, str]], list[str]]:
+    """Decode ``items`` into ``out/<split>/``; returns the kept splits (memory-mapped), the skipped items
+    (``{"file", "reason"}``) and the warnings about kept items (``"<file>: <warning>"``).
 
     ``fingerprint`` identifies the inputs and parameters: a staging folder left by an interrupted run
     with the same fingerprint is resumed, any other is discarded. Splits appear in SPLITS order.
@@ -114,24 +121,29 @@ def build_store(out: Path, items: list[Item], layout: Layout, decode: Decode, *,
         raise ValueError(f"unknown split(s) {sorted(unknown)}")
     plan = {"fingerprint": fingerprint, "layout": {m: [list(s), d] for m, (s, d) in layout.items()},
             "splits": {s: [it.key for it in its] for s, its in by_split.items()}}
-    done = _resume_or_reset(staging, plan, log, noun)
+    done, warned = _resume_or_reset(staging, plan, log, noun)
     _check_space(staging, {s: len(its) for s, its in by_split.items()}, layout)
     arrays = {s: {m: _open_rows(staging / s / f"{m}.npy", (len(its), *shape), dtype)
                   for m, (shape, dtype) in layout.items()} for s, its in by_split.items()}
     todo = [(s, row, it) for s, its in by_split.items() for row, it in enumerate(its) if (s, row) not in done]
-    _run(todo, arrays, layout, decode, staging / JOURNAL, done, workers, log, noun, total=len(items))
+    _run(todo, arrays, layout, decode, staging / JOURNAL, done, warned, workers, log, noun, total=len(items))
     skipped = [{"file": _describe(by_split[s][row]), "reason": reason}
                for (s, row), reason in sorted(done.items()) if reason is not None]
+    warnings = [f"{_describe(by_split[s][row])}: {text}" for (s, row), text in sorted(warned.items())
+                if done.get((s, row), "") is None]
     splits = _finish(out, staging, by_split, arrays, done)
-    return splits, skipped
+    return splits, skipped, warnings
 
 
 # ---------------------------------------------------------------------------------------------
 # staging and resuming
 
 
-def _resume_or_reset(staging: Path, plan: dict, log: Log, noun: str) -> dict[tuple[str, int], str | None]:
-    """Rows already finished in ``staging`` by an earlier run with the same plan: ``{(split, row): skip reason}``."""
+def _resume_or_reset(staging: Path, plan: dict, log: Log, noun: str
+                     ) -> tuple[dict[tuple[str, int], str | None], dict[tuple[str, int], str]]:
+    """Rows already finished in ``staging`` by an earlier run with the same plan: ``{(split, row): skip reason}``
+    and ``{(split, row): warning}``. A staging folder whose arrays are gone (a run stopped while moving
+    finished splits out) cannot be trusted and is started again."""
     plan_path = staging / PLAN
     if plan_path.is_file():
         try:
@@ -139,29 +151,37 @@ def _resume_or_reset(staging: Path, plan: dict, log: Log, noun: str) -> dict[tup
         except json.JSONDecodeError:
             same = False
         if same:
-            done = _read_journal(staging / JOURNAL)
-            if done:
-                log(f"resuming: {len(done)} {noun} already done in an earlier run")
-            return done
-        log("discarding an unfinished preparation with other inputs or parameters")
+            done, warned = _read_journal(staging / JOURNAL)
+            arrays_present = all((staging / split / f"{m}.npy").is_file()
+                                 for split in {s for s, _ in done} for m in plan["layout"])
+            if arrays_present:
+                if done:
+                    log(f"resuming: {len(done)} {noun} already done in an earlier run")
+                return done, warned
+            log("the unfinished preparation's arrays are incomplete: starting again")
+        else:
+            log("discarding an unfinished preparation with other inputs or parameters")
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
     write_json(plan_path, plan)
-    return {}
+    return {}, {}
 
 
-def _read_journal(path: Path) -> dict[tuple[str, int], str | None]:
+def _read_journal(path: Path) -> tuple[dict[tuple[str, int], str | None], dict[tuple[str, int], str]]:
     done: dict[tuple[str, int], str | None] = {}
+    warned: dict[tuple[str, int], str] = {}
     if not path.is_file():
-        return done
+        return done, warned
     for line in path.read_text(encoding="utf-8").splitlines():
         fields = line.split("\t")
-        if len(fields) != 3 or not fields[1].isdigit():
+        if len(fields) not in (3, 4) or not fields[1].isdigit():
             continue  # a line cut short by a kill: that item is simply redone
-        split, row, reason = fields
+        split, row, reason = fields[:3]
         done[(split, int(row))] = reason or None
-    return done
+        if len(fields) == 4 and fields[3]:
+            warned[(split, int(row))] = fields[3]
+    return done, warned
 
 
 def _check_space(staging: Path, rows: dict[str, int], layout: Layout) -> None:
@@ -201,7 +221,8 @@ def _describe(item: Item) -> str:
 
 
 def _decode_safely(decode: Decode, item: Item, layout: Layout) -> dict[str, np.ndarray] | str:
-    """``decode(item)`` checked against ``layout``; a string is the reason to skip the item."""
+    """``decode(item)`` checked against ``layout`` (its ``WARNING`` entry, if any, passed on); a string is
+    the reason to skip the item."""
     try:
         result = decode(item)
     except SkipItem as exc:
@@ -216,7 +237,8 @@ def _decode_safely(decode: Decode, item: Item, layout: Layout) -> dict[str, np.n
 
 
 def _run(todo: list[tuple[str, int, Item]], arrays: dict[str, dict[str, np.memmap]], layout: Layout,
-         decode: Decode, journal_path: Path, done: dict, workers: int, log: Log, noun: str, total: int) -> None:
+         decode: Decode, journal_path: Path, done: dict, warned: dict, workers: int, log: Log, noun: str,
+         total: int) -> None:
     if not todo:
         return
     journal = open(journal_path, "a", encoding="utf-8")
@@ -226,15 +248,19 @@ def _run(todo: list[tuple[str, int, Item]], arrays: dict[str, dict[str, np.memma
 
     def record(split: str, row: int, result: dict[str, np.ndarray] | str) -> None:
         nonlocal last_flush
+        warning = ""
         if isinstance(result, str):
-            reason = result.replace("\t", " ").replace("\n", " ")
+            reason = _one_line(result)
         else:
             reason = ""
+            warning = _one_line(result.get(WARNING) or "")
             for m, arr in result.items():
                 if m in layout:
                     arrays[split][m][row] = arr
-        pending_lines.append(f"{split}\t{row}\t{reason}\n")
+        pending_lines.append(f"{split}\t{row}\t{reason}" + (f"\t{warning}" if warning else "") + "\n")
         done[(split, row)] = reason or None
+        if warning:
+            warned[(split, row)] = warning
         progress.advance()
         if time.monotonic() - last_flush > FLUSH_SECONDS:
             _flush(arrays, journal, pending_lines)
@@ -250,6 +276,10 @@ def _run(todo: list[tuple[str, int, Item]], arrays: dict[str, dict[str, np.memma
         _flush(arrays, journal, pending_lines)
         journal.close()
         progress.close()
+
+
+def _one_line(text: str) -> str:
+    return str(text).replace("\t", " ").replace("\n", " ")
 
 
 def _run_pool(todo, decode: Decode, layout: Layout, workers: int, record) -> None:

@@ -29,7 +29,7 @@ def _items(n: int, bad: dict[int, str] | None = None) -> list[Item]:
 
 def test_skipped_items_are_left_out_and_rows_stay_aligned(tmp_path):
     items = _items(12, {1: "bad", 5: "boom", 6: "shape"})
-    splits, skipped = build_store(tmp_path, items, LAYOUT, decode, fingerprint="f")
+    splits, skipped, _ = build_store(tmp_path, items, LAYOUT, decode, fingerprint="f")
     assert {s["file"]: s["reason"].split(" (")[0] if s["file"] == "boom" else s["reason"] for s in skipped} == {
         "bad": "bad file", "boom": "cannot decode", "shape": "decoder returned x of shape (3, 3), expected (2, 3)"}
     train = splits["train"]
@@ -64,7 +64,7 @@ def test_a_cut_journal_line_is_redone_and_a_changed_plan_starts_over(tmp_path, m
         redone.append(item.key)
         return decode(item)
 
-    splits, _ = build_store(tmp_path, items, LAYOUT, counting, fingerprint="f")
+    splits, _, _ = build_store(tmp_path, items, LAYOUT, counting, fingerprint="f")
     assert len(redone) == 4  # 3 never done + 1 whose journal line was cut
     assert sum(len(s) for s in splits.values()) == 8
 
@@ -77,3 +77,54 @@ def test_a_cut_journal_line_is_redone_and_a_changed_plan_starts_over(tmp_path, m
     build_store(tmp_path, items, LAYOUT, counting, fingerprint="other", log=log.append)
     assert len(redone) == 8 and any("discarding" in line for line in log)
     assert not (tmp_path / STAGING / PLAN).exists()
+
+
+def test_a_warning_keeps_the_item_and_survives_a_resume(tmp_path):
+    from data_prep.clipstore import WARNING
+
+    def warn_on_three(item):
+        out = decode(item)
+        if item.key == "3":
+            out[WARNING] = "silent audio (every sample is 0): kept"
+        return out
+
+    items = _items(6)
+    splits, skipped, warnings = build_store(tmp_path, items, LAYOUT, warn_on_three, fingerprint="f")
+    assert not skipped and warnings == ["file3.bin: silent audio (every sample is 0): kept"]
+    assert "3" in splits["train"].ids
+    # the journal keeps the warning for a resumed run (4 tab-separated fields; 3-field lines still read)
+    from data_prep.clipstore import _read_journal
+
+    journal = tmp_path / "j.tsv"
+    journal.write_text("train\t0\t\ttoo quiet\ntrain\t1\tbad file\ntest\t0\t\n")
+    assert _read_journal(journal) == ({("train", 0): None, ("train", 1): "bad file", ("test", 0): None},
+                                      {("train", 0): "too quiet"})
+
+
+def test_a_run_stopped_while_moving_finished_splits_starts_over(tmp_path, monkeypatch):
+    """Killed after the train split's arrays left the staging folder: the resumed run must not fill train
+    with empty rows from new staging arrays; it decodes everything again."""
+    import os
+
+    from data_prep import clipstore
+
+    items = _items(8)
+    real_replace = os.replace
+    moved = []
+
+    def die_after_first_move(src, dst):
+        real_replace(src, dst)
+        moved.append(dst)
+        if len(moved) == 2:  # both arrays of the first split moved, nothing of the second
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(clipstore.os, "replace", die_after_first_move)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(tmp_path, items, LAYOUT, decode, fingerprint="f")
+    monkeypatch.setattr(clipstore.os, "replace", real_replace)
+    log: list[str] = []
+    splits, _, _ = build_store(tmp_path, items, LAYOUT, decode, fingerprint="f", log=log.append)
+    assert any("starting again" in line for line in log)
+    for split in splits.values():
+        for row, key in enumerate(split.ids):
+            assert np.all(np.asarray(split.inputs["x"][row]) == int(key))

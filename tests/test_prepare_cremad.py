@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import av
@@ -59,7 +60,10 @@ def test_ogmge_preset_shapes_labels_and_standard_test_split(ogmge):
         assert CLASSES[label] == clip_id.split("_")[2]
     # 1001_DFA_HAP_XX and 1001_DFA_SAD_XX are in the standard 744-clip test list; the rest is train (+ val)
     assert sorted(c for c, (s, _, _) in rows.items() if s == "test") == ["1001_DFA_HAP_XX", "1001_DFA_SAD_XX"]
-    assert manifest.splits["train"] + manifest.splits["val"] == 4 and manifest.splits["val"] >= 1
+    # each of the 4 train emotions has a single clip: a carve-out would take a class's only training sample,
+    # so there is no val split, and the manifest says why
+    assert manifest.splits["train"] == 4 and "val" not in manifest.splits
+    assert any("no validation sample could be carved" in w for w in manifest.warnings)
     assert manifest.params["sample_rate"] == 22050 and manifest.params["hop"] == 353
     assert manifest.sources["audio_from"] == {"AudioWAV": 6, "video track": 0}
 
@@ -75,7 +79,8 @@ def test_the_shipped_test_list_is_the_standard_744_clips():
 def test_wavs_without_video_are_skipped_and_reported(ogmge, reliability):
     skipped = read_manifest(ogmge).skipped
     reliability("unusable media files given to prepare (skipped with a reason, the rest written)", len(skipped))
-    assert sorted(Path(s["file"]).name for s in skipped) == [f"1002_DFA_{e}_XX.wav" for e in sorted(CLASSES)]
+    assert sorted(Path(s["file"]).name for s in skipped) == sorted(
+        f"1002_DFA_{e}_XX.{ext}" for e in CLASSES for ext in ("mp3", "wav"))  # AudioMP3/ and AudioWAV/, no video
     assert all("no video" in s["reason"] for s in skipped)
 
 
@@ -122,7 +127,7 @@ def test_fbank_preset_through_the_cli(capsys, tmp_path, mini):
     assert manifest.modalities["visual"].shape == [2, 3, 224, 224]
     audio = np.load(out / "test" / "audio.npy").astype(np.float32)
     assert np.isfinite(audio).all() and -3 < audio.mean() < 3  # AST-normalised, not raw log-mel
-    assert "wrote 6 clips, skipped 6" in stdout
+    assert "wrote 6 clips, skipped 12" in stdout
     assert "not the published 6,698 / 744" in stdout  # the count warning
     assert "per class" in stdout
 
@@ -193,19 +198,28 @@ def test_two_workers_write_the_same_cache_as_one(tmp_path, mini, ogmge):
     out = tmp_path / "two"
     cremad.prepare(mini, out, workers=2)
     assert json.loads((out / "manifest.json").read_text())["splits"] == read_manifest(ogmge).splits
-    for split in ("train", "val", "test"):
+    for split in read_manifest(ogmge).splits:
         for name in ("audio.npy", "visual.npy", "labels.npy", "ids.txt"):
             a, b = out / split / name, ogmge / split / name
             assert a.read_bytes() == b.read_bytes(), f"{split}/{name} differs"
 
 
 def test_a_short_training_run_on_the_prepared_clips(capsys, tmp_path, ogmge):
-    code, out, err = run_cli(capsys, "train", "recipes/cremad/joint.yaml", "--set", f"dataset.root={ogmge}",
-                             "--seeds", "0", "--set", "train.epochs=1", "--set", "train.batch_size=4", "--set",
-                             "model.encoders=cnn-small", "--set", "model.cnn_channels=[8,8,8]", "--out", tmp_path)
+    args = ["train", "recipes/cremad/joint.yaml", "--seeds", "0", "--set", "train.epochs=1", "--set",
+            "train.batch_size=4", "--set", "model.encoders=cnn-small", "--set", "model.cnn_channels=[8,8,8]"]
+    # the mini set has one training clip per emotion: no validation split can be carved, and training says so
+    code, _, err = run_cli(capsys, *args, "--set", f"dataset.root={ogmge}", "--out", tmp_path / "r0")
+    assert code == 2 and "too few to carve one" in err
+    raw = tmp_path / "raw"  # 24 clips named as CREMA-D's, linked to the genuine ones
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from prepare_speed import build_raw
+
+    build_raw(raw, 24)
+    cremad.prepare(raw, tmp_path / "cache")
+    code, out, err = run_cli(capsys, *args, "--set", f"dataset.root={tmp_path / 'cache'}", "--out", tmp_path / "r")
     assert code == 0, out + err
-    evals = list(tmp_path.rglob("eval.json"))
-    assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == 2
+    evals = list((tmp_path / "r").rglob("eval.json"))
+    assert len(evals) == 1 and json.loads(evals[0].read_text())["n"] == read_manifest(tmp_path / "cache").splits["test"]
 
 
 def test_sigkill_mid_prepare_then_rerun_finishes_and_leaves_no_orphan_workers(tmp_path):
@@ -243,7 +257,7 @@ def test_sigkill_mid_prepare_then_rerun_finishes_and_leaves_no_orphan_workers(tm
     assert "resuming:" in rerun.stdout and "wrote 150 clips" in rerun.stdout
     fresh = tmp_path / "fresh"
     cremad.prepare(raw, fresh)
-    for split in ("train", "val", "test"):
+    for split in read_manifest(fresh).splits:
         for name in ("audio.npy", "visual.npy", "labels.npy", "ids.txt"):
             assert (out / split / name).read_bytes() == (fresh / split / name).read_bytes(), f"{split}/{name}"
 

@@ -57,7 +57,7 @@ def ks_raw(tmp_path_factory, samples) -> Path:
 def ks_cache(tmp_path_factory, ks_raw) -> tuple[Path, list[str]]:
     out = tmp_path_factory.mktemp("ks") / "cache"
     log: list[str] = []
-    kinetics_sounds.prepare(ks_raw, out, val_fraction=0.0, log=log.append)
+    kinetics_sounds.prepare(ks_raw, out, log=log.append)
     return out, log
 
 
@@ -65,7 +65,7 @@ def test_kinetics_sounds_folders_give_classes_splits_and_shapes(ks_cache):
     out, _ = ks_cache
     manifest = read_manifest(out)
     assert manifest.classes == ["playing drums", "ripping paper"]
-    assert manifest.splits == {"train": 4, "test": 2}
+    assert manifest.splits["train"] + manifest.splits.get("val", 0) == 4 and manifest.splits["test"] == 2
     assert manifest.modalities["audio"].shape == [1, 257, 454]  # 10 s at 16 kHz, hop 353
     assert manifest.modalities["visual"].shape == [3, 3, 224, 224]
     train = load_split(out, manifest, "train")
@@ -100,14 +100,14 @@ def test_kinetics_sounds_list_layout_with_class_index_labels(capsys, tmp_path, s
     (raw / "my_test.txt").write_text("0bXjaGuxRSU_2,10,1\n")
     (raw / "classes.txt").write_text("blowing nose\nbowling\n")
     out = tmp_path / "cache"
-    code, stdout, err = run_cli(capsys, "prepare", "kinetics_sounds", "--raw", raw, "--out", out,
-                                "--val-fraction", "0")
+    code, stdout, err = run_cli(capsys, "prepare", "kinetics_sounds", "--raw", raw, "--out", out)
     assert code == 0, stdout + err
     manifest = read_manifest(out)
     assert manifest.classes == ["blowing nose", "bowling"]
     train = load_split(out, manifest, "train")
     assert dict(zip(train.ids, train.labels.tolist())) == {"-3Mwkq-7TV4_2": 1, "04fLIUMTbco_6": 0}
-    assert [s["reason"] for s in manifest.skipped] == ["no video file <id>.mp4 found"]
+    assert [s["reason"] for s in manifest.skipped] == ["no video file missing_clip_1.mp4 found"]
+    assert "no validation sample could be carved" in stdout  # one training clip per class: no val split
     assert "missing_clip_1" in stdout
 
 

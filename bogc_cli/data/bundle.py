@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, carve_validation, load_split, read_manifest
+from bogc_cli.data.cache import (Manifest, ModalitySpec, SplitArrays, carve_validation, load_split, read_manifest,
+                                 summarise_skipped)
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
 from bogc_cli.recipe import Recipe
@@ -20,6 +21,8 @@ class DataBundle:
     modalities: dict[str, ModalitySpec]
     splits: dict[str, SplitArrays]
     manifest: Manifest
+    notes: list[str] = field(default_factory=list)
+    """Warnings about the data for the user (shown when a run starts): carve-outs, classes missing from a split."""
 
     @property
     def num_classes(self) -> int:
@@ -49,11 +52,16 @@ def requested_modalities(recipe: Recipe, available: list[str]) -> list[str]:
 
 
 def load_data(recipe: Recipe, use: list[str] | None = None) -> DataBundle:
-    """Read (or generate) the dataset; ``use`` restricts modalities further (a method's choice)."""
+    """Read (or generate) the dataset; ``use`` restricts modalities further (a method's choice).
+
+    Raises ``UserError`` when a split the run needs is empty, or when ``dataset.kinds`` cannot apply."""
     name = recipe.dataset.name
+    notes: list[str] = []
+    root = None
     if name == "synthetic":
         from bogc_cli.data.synthetic import SyntheticOptions, generate
 
+        _refuse_kinds(recipe, "the synthetic data's kinds are fixed (audio, image, vector)")
         manifest, splits = generate(SyntheticOptions.model_validate(recipe.dataset_options()))
     else:
         root = dataset_root(recipe)
@@ -70,8 +78,10 @@ def load_data(recipe: Recipe, use: list[str] | None = None) -> DataBundle:
             if name != "arrays" and manifest.dataset != name:
                 raise UserError(f"{root} holds a prepared {manifest.dataset!r} dataset, but the recipe says "
                                 f"dataset.name {name!r}; fix dataset.root or dataset.name")
+            _check_kinds(recipe, manifest, root)
             splits = {s: load_split(root, manifest, s) for s in manifest.splits}
-    splits = _ensure_validation(splits, recipe)
+        notes += manifest.warnings
+    splits = _ensure_validation(splits, recipe, manifest, root, notes)
     wanted = requested_modalities(recipe, list(manifest.modalities))
     if use is not None:
         bad = [m for m in use if m not in wanted]
@@ -80,15 +90,55 @@ def load_data(recipe: Recipe, use: list[str] | None = None) -> DataBundle:
                             f"available: {', '.join(wanted)}")
         wanted = [m for m in wanted if m in use]
     splits = {s: SplitArrays({m: a.inputs[m] for m in wanted}, a.labels, a.ids) for s, a in splits.items()}
-    return DataBundle(name, list(manifest.classes), {m: manifest.modalities[m] for m in wanted}, splits, manifest)
+    return DataBundle(name, list(manifest.classes), {m: manifest.modalities[m] for m in wanted}, splits, manifest,
+                      notes)
 
 
-def _ensure_validation(splits: dict[str, SplitArrays], recipe: Recipe) -> dict[str, SplitArrays]:
+def _refuse_kinds(recipe: Recipe, why: str) -> None:
+    if recipe.dataset.kinds:
+        raise UserError(f"dataset.kinds is set, but {why}: remove dataset.kinds (it applies to arrays data only)")
+
+
+def _check_kinds(recipe: Recipe, manifest: Manifest, root: Path) -> None:
+    """``dataset.kinds`` on a prepared cache must agree with the kinds it was prepared with (never ignored)."""
+    given = recipe.dataset.kinds or {}
+    if not given:
+        return
+    if manifest.dataset != "arrays":
+        _refuse_kinds(recipe, f"the {manifest.dataset} cache at {root} fixes each modality's kind")
+    unknown = sorted(set(given) - set(manifest.modalities))
+    if unknown:
+        raise UserError(f"dataset.kinds names {', '.join(unknown)}, but the cache at {root} has only the modalities "
+                        f"{', '.join(manifest.modalities)}")
+    differ = {m: k for m, k in given.items() if manifest.modalities[m].kind != k}
+    if differ:
+        stored = ", ".join(f"{m} as {manifest.modalities[m].kind} {manifest.modalities[m].shape}" for m in differ)
+        wanted = ",".join(f"{m}={k}" for m, k in differ.items())
+        raise UserError(f"dataset.kinds asks for {wanted}, but the cache at {root} was prepared with {stored}: "
+                        f"prepare it again with `bogc prepare arrays --kinds {wanted} --overwrite ...`, or remove "
+                        "dataset.kinds")
+
+
+def _ensure_validation(splits: dict[str, SplitArrays], recipe: Recipe, manifest: Manifest, root: Path | None,
+                       notes: list[str]) -> dict[str, SplitArrays]:
+    """The splits with a validation split (carved from train when the data has none, said in ``notes``);
+    an empty train, val or test split is a ``UserError``."""
+    where = f"the {recipe.dataset.name} data" + (f" at {root}" if root is not None else "")
     for required in ("train", "test"):
         if required not in splits:
-            raise UserError(f"the {recipe.dataset.name} data has no {required!r} split; prepare it again")
+            raise UserError(f"{where} has no {required!r} split; prepare it again")
+        if len(splits[required]) == 0:
+            why = f" ({summarise_skipped(manifest.skipped)})" if manifest.skipped else ""
+            raise UserError(f"{where} has an empty {required} split{why}: there is nothing to "
+                            f"{'train on' if required == 'train' else 'test on'}; fix the raw data and prepare it "
+                            "again (`bogc prepare ... --overwrite`)")
     if "val" in splits and len(splits["val"]) > 0:
         return splits
-    train_idx, val_idx = carve_validation(splits["train"].labels, recipe.dataset.val_fraction,
-                                          recipe.dataset.split_seed)
+    fraction, seed = recipe.dataset.val_fraction, recipe.dataset.split_seed
+    train_idx, val_idx = carve_validation(splits["train"].labels, fraction, seed)
+    if len(val_idx) == 0:
+        raise UserError(f"{where} has no validation split and its {len(splits['train'])} training samples are too "
+                        "few to carve one (every class keeps a training sample): add training samples or a val split")
+    notes.append(f"{where} has no validation split: carving {len(val_idx)} of its {len(splits['train'])} training "
+                 f"samples (dataset.val_fraction {fraction:g}, split_seed {seed}, stratified) to pick the best epoch")
     return {**splits, "train": splits["train"].subset(train_idx), "val": splits["train"].subset(val_idx)}

@@ -60,6 +60,7 @@ class Manifest:
     params: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     format: str = CACHE_FORMAT
     tool_version: str = __version__
     created: str = ""
@@ -97,21 +98,82 @@ def class_counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices ``[0, N)`` into (train, val), stratified by label and seeded.
+    """Split row indices ``[0, N)`` of ``labels`` ``[N]`` into (kept, carved), stratified by label and seeded.
 
-    Returns two sorted int64 index arrays. Falls back to an unstratified split when some
-    class has too few samples to stratify.
+    Returns two sorted int64 index arrays. The carve-out is scikit-learn's
+    ``train_test_split(test_size=fraction, stratify=labels, random_state=seed)`` where it can stratify;
+    where it cannot (a class with a single row, or fewer carved rows than classes), each class gives
+    ``round(fraction * n_c)`` of its rows, drawn by ``numpy.random.default_rng(seed)``. Either way every
+    class keeps at least one row on the kept side: a carve-out never takes a class's only training sample.
+    ``fraction`` 0 carves nothing. Used for every validation, test and held-out carve-out in bogc.
     """
     from sklearn.model_selection import train_test_split
 
+    labels = np.asarray(labels)
     index = np.arange(labels.shape[0])
-    if fraction <= 0:
+    if fraction <= 0 or index.size == 0:
         return index, index[:0]
     try:
-        train, val = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
+        kept, carved = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError:
-        train, val = train_test_split(index, test_size=fraction, random_state=seed)
-    return np.sort(train), np.sort(val)
+        kept, carved = _carve_per_class(labels, fraction, seed)
+    kept, carved = _keep_one_per_class(labels, np.asarray(kept, np.int64), np.asarray(carved, np.int64))
+    return np.sort(kept), np.sort(carved)
+
+
+def _carve_per_class(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``round(fraction * n_c)`` random rows of each class (at most ``n_c - 1``); at least one row overall
+    when some class has two."""
+    rng = np.random.default_rng(seed)
+    carved = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        take = min(len(rows) - 1, int(round(fraction * len(rows))))
+        carved.extend(rng.choice(rows, size=take, replace=False).tolist() if take > 0 else [])
+    if not carved:
+        values, counts = np.unique(labels, return_counts=True)
+        if counts.max() >= 2:
+            carved = [int(rng.choice(np.flatnonzero(labels == values[np.argmax(counts)])))]
+    carved_set = set(carved)
+    return np.array([i for i in range(len(labels)) if i not in carved_set], np.int64), np.array(carved, np.int64)
+
+
+def _keep_one_per_class(labels: np.ndarray, kept: np.ndarray, carved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move back one carved row of every class that has none left on the kept side."""
+    lost = sorted(set(labels[carved].tolist()) - set(labels[kept].tolist()))
+    if not lost:
+        return kept, carved
+    back = [int(carved[labels[carved] == c][0]) for c in lost]
+    return np.concatenate([kept, back]), np.setdiff1d(carved, back)
+
+
+def carve_warnings(labels: np.ndarray, carved: np.ndarray, classes: list[str], where: str) -> list[str]:
+    """What a validation carve-out of ``labels`` ``[N]`` (rows ``carved`` taken) could not do, in words:
+    classes with a single training sample (kept in train, so absent from validation), or no row carved."""
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=len(classes))
+    single = [classes[k] for k in np.flatnonzero(counts == 1)]
+    out = []
+    if len(carved) == 0:
+        out.append(f"no validation sample could be carved from the {len(labels)} training samples of {where} "
+                   "(every class keeps at least one training sample)")
+    elif single:
+        out.append(f"class(es) {', '.join(single[:10])}{' ...' if len(single) > 10 else ''} have a single training "
+                   f"sample in {where}: it stays in train, so the validation split has none of them")
+    return out
+
+
+def summarise_skipped(skipped: list[dict[str, str]], limit: int = 3) -> str:
+    """``"12 files skipped: 10 Git LFS pointer file, ...; 2 empty audio"``: the commonest reasons with counts."""
+    if not skipped:
+        return "no file was skipped"
+    reasons: dict[str, int] = {}
+    for item in skipped:
+        reason = str(item.get("reason", "")).split(" (")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])
+    text = "; ".join(f"{n} x {reason}" for reason, n in top[:limit])
+    more = f"; {len(top) - limit} other reason(s)" if len(top) > limit else ""
+    return f"{len(skipped)} file(s) skipped: {text}{more} (each listed in manifest.json and the prepare report)"
 
 
 def write_cache(
@@ -125,6 +187,7 @@ def write_cache(
     params: dict[str, Any] | None = None,
     sources: dict[str, Any] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    warnings: list[str] | None = None,
 ) -> Manifest:
     """Write ``splits`` (arrays already in their storage dtype) and the manifest to ``out``.
 
@@ -141,7 +204,7 @@ def write_cache(
         if split.ids is not None:
             write_text(out / split_name / "ids.txt", "\n".join(split.ids) + "\n")
     return write_manifest(out, dataset=dataset, classes=classes, kinds=kinds, splits=splits, preset=preset,
-                          params=params, sources=sources, skipped=skipped)
+                          params=params, sources=sources, skipped=skipped, warnings=warnings)
 
 
 def write_manifest(
@@ -155,6 +218,7 @@ def write_manifest(
     params: dict[str, Any] | None = None,
     sources: dict[str, Any] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    warnings: list[str] | None = None,
 ) -> Manifest:
     """Describe ``splits`` (already written to ``out``, e.g. memory-mapped from there) in ``out/manifest.json``.
 
@@ -179,6 +243,7 @@ def write_manifest(
         params=params or {},
         sources=sources or {},
         skipped=skipped or [],
+        warnings=list(warnings or []),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
     write_json(Path(out) / "manifest.json", manifest.to_json())
@@ -218,8 +283,11 @@ def load_split(root: str | Path, manifest: Manifest, split: str, modalities: lis
 
 
 def _load_npy(path: Path, mmap_mode: str | None) -> np.ndarray:
+    from bogc_cli.data.lfs import refuse_pointer
+
     if not path.is_file():
         raise UserError(f"missing file {path}: the prepared cache is incomplete; prepare the dataset again")
+    refuse_pointer(path)
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

@@ -96,6 +96,8 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
         console = Console(quiet=True)
     seed_everything(resolved.seed, resolved.train.deterministic)  # the same seed: the same initial weights
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
+    for note in parts.data.notes:  # what the data loader decided for the user (carve-outs, missing classes)
+        console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
     if resolved.train.modality_dropout:
         ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
     run_dir = run_dir_for(resolved)
