@@ -13,6 +13,7 @@ import torch
 from bogc_cli.data.cache import load_split, read_manifest
 from cli_helpers import run_cli
 from data_prep import brats_grade
+from bogc_cli.errors import UserError
 from data_prep.brats_grade import SEQUENCES, prepare
 
 SHAPE = (48, 40, 20)
@@ -154,3 +155,89 @@ def test_a_short_training_run(capsys, tmp_path, cache):
     assert code == 0, stdout + err
     result = json.loads(next((tmp_path / "r").rglob("eval.json")).read_text())
     assert result["n"] == read_manifest(out).splits["test"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the other years' layouts (BraTS 2020 official and Kaggle, 2021, 2023) and what is reported
+
+
+def _flat_patient(root: Path, pid: str, grade: str, seed: int, suffix: str = ".nii.gz", names=None,
+                  shape=SHAPE) -> None:
+    """A patient folder of a flat layout; ``names`` maps sequence -> file name (default ``<pid>_<seq><suffix>``)."""
+    rng = np.random.default_rng(seed)
+    folder = root / pid
+    folder.mkdir(parents=True)
+    brain = np.zeros(shape, bool)
+    brain[4:-4, 4:-4, 2:-2] = True
+    for seq in (*SEQUENCES, "seg"):
+        vol = (np.where(brain, rng.normal(100, 15, shape), 0) if seq != "seg" else brain * 2).astype(np.float32)
+        name = (names or {}).get(seq, f"{pid}_{seq}{suffix}")
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(folder / name))
+
+
+def test_brats2020_kaggle_flat_nii_with_name_mapping_and_the_misnamed_segmentation(tmp_path, reliability):
+    """Kaggle's BraTS 2020: BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/BraTS20_Training_NNN/*.nii, grades
+    in name_mapping.csv, and patient 355's segmentation named W39_1998.09.19_Segm.nii."""
+    root = tmp_path / "kaggle" / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
+    grades = {f"BraTS20_Training_{i:03d}": "HGG" if i % 2 else "LGG" for i in range(350, 362)}
+    for i, (pid, grade) in enumerate(grades.items()):
+        names = {"seg": "W39_1998.09.19_Segm.nii"} if pid.endswith("355") else None
+        _flat_patient(root, pid, grade, i, suffix=".nii", names=names)
+    rows = "".join(f"{g},Brats18_x_{pid[-3:]},{pid}\n" for pid, g in grades.items() if not pid.endswith("361"))
+    (root / "name_mapping.csv").write_text("Grade,BraTS_2018_subject_ID,BraTS_2020_subject_ID\n" + rows)
+    (root / "survival_info.csv").write_text("Brats20ID,Age,Survival_days,Extent_of_Resection\n")
+    log: list[str] = []
+    manifest = prepare(tmp_path / "kaggle", tmp_path / "out", log=log.append)
+    reasons = {Path(s["file"]).name: s["reason"] for s in manifest.skipped}
+    reliability("raw-data variants and misnamed samples given to prepare (read, or reported with the fix)", 2)
+    assert set(reasons) == {"BraTS20_Training_355", "BraTS20_Training_361"}
+    assert "W39_1998.09.19_Segm.nii does not follow its siblings'" in reasons["BraTS20_Training_355"]
+    assert "BraTS20_Training_355_seg.nii" in reasons["BraTS20_Training_355"]  # the rename that fixes it
+    assert reasons["BraTS20_Training_361"] == "no grade for BraTS20_Training_361 in name_mapping.csv"
+    assert sum(manifest.splits.values()) == 10
+    assert manifest.sources["year"] == 2020 and "name_mapping.csv" in manifest.sources["layout"]
+    assert any("not the published 293 + 76 of BraTS 2020" in line for line in log)
+    for split in manifest.splits:
+        data = load_split(tmp_path / "out", manifest, split)
+        for pid, label in zip(data.ids, data.labels):
+            assert manifest.classes[label] == grades[pid]
+
+
+def test_brats2021_without_grades_is_refused_and_a_grade_table_makes_it_work(capsys, tmp_path):
+    root = tmp_path / "RSNA_ASNR_MICCAI_BraTS2021_TrainingData_16July2021"
+    for i in range(8):
+        _flat_patient(root, f"BraTS2021_{i:05d}", "", i)
+    code, _, err = run_cli(capsys, "prepare", "brats_grade", "--raw", tmp_path, "--out", tmp_path / "o")
+    assert code == 2 and "publish no grade" in err and "Grade column" in err
+    assert not (tmp_path / "o").exists()
+    (root / "grades.csv").write_text("ID,Grade\n" + "".join(f"BraTS2021_{i:05d},{'HGG' if i < 5 else 'LGG'}\n"
+                                                             for i in range(8)))
+    code, out, err = run_cli(capsys, "prepare", "brats_grade", "--raw", tmp_path, "--out", tmp_path / "o")
+    assert code == 0, out + err
+    assert sum(read_manifest(tmp_path / "o").splits.values()) == 8
+
+
+def test_brats2023_sequence_names_and_a_patient_of_another_shape(tmp_path):
+    """2023 names t1n/t1c/t2w/t2f with hyphens; one patient's volumes have another shape: kept, with a warning."""
+    root = tmp_path / "raw"
+    names = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f", "seg": "seg"}
+    for i in range(6):
+        pid = f"BraTS-GLI-{i:05d}-000"
+        _flat_patient(root, pid, "", i, names={s: f"{pid}-{n}.nii.gz" for s, n in names.items()},
+                      shape=(40, 40, 16) if i == 3 else SHAPE)
+    (root / "labels.csv").write_text("subject,grade\n" + "".join(f"BraTS-GLI-{i:05d}-000,{'hgg' if i % 2 else 'lgg'}\n"
+                                                                 for i in range(6)))
+    manifest = prepare(root, tmp_path / "out", preset="vol3d")
+    assert sum(manifest.splits.values()) == 6 and not manifest.skipped
+    assert [w for w in manifest.warnings if "BraTS-GLI-00003-000" in w and "(40, 40, 16) differs" in w]
+
+
+def test_lfs_pointer_volumes_are_named_as_such(tmp_path, raw):
+    import shutil
+
+    root = tmp_path / "raw"
+    shutil.copytree(raw, root)
+    for path in root.rglob("*.nii.gz"):
+        path.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 4021\n")
+    with pytest.raises(UserError, match="Git LFS pointer files, not images: run `git lfs pull`"):
+        prepare(root, tmp_path / "out")
