@@ -1,17 +1,27 @@
-"""CMU-MOSEI (and, through ``data_prep.mosi``, CMU-MOSI) sentiment from the word-aligned feature pickle.
+"""CMU-MOSEI (and, through ``data_prep.mosi``, CMU-MOSI) sentiment from the feature pickles researchers share.
 
-Raw input (``--raw``): the aligned pickle distributed with MulT (Tsai et al., ACL 2019),
-``mosei_senti_data.pkl`` (MOSI: ``mosi_data.pkl``), or a folder holding it. It is a dict with
-``train``, ``valid`` and ``test``, each holding ``text`` ``[N, 50, 300]`` (GloVe), ``audio``
-``[N, 50, 74]`` (COVAREP; MOSI 5), ``vision`` ``[N, 50, 35]`` (Facet; MOSI 20), ``labels``
-``[N, 1, 1]`` (sentiment in [-3, 3]) and ``id``. Pickles can run code when loaded: only prepare
-files you trust.
+Raw input (``--raw``): the pickle, or a folder holding it (searched two levels down). Pickles read:
 
-Cache: three ``sequence`` modalities ``[50, D]`` float32 (the features span several orders of
+- MulT's (Tsai et al., ACL 2019): word-aligned ``mosei_senti_data.pkl`` (MOSI ``mosi_data.pkl``) and
+  unaligned ``mosei_senti_data_noalign.pkl`` (``mosi_data_noalign.pkl``): a dict with ``train``,
+  ``valid`` and ``test``, each holding ``text`` ``[N, 50, 300]`` (GloVe), ``audio`` ``[N, T_a, 74]``
+  (COVAREP; MOSI 5), ``vision`` ``[N, T_v, 35]`` (Facet; MOSI 20), ``labels`` ``[N, 1, 1]`` (sentiment in
+  [-3, 3]) and ``id``. Aligned, every T is 50; unaligned, MOSEI's audio and vision have 500 steps;
+- MMSA's (Yu et al.; also Self-MM, MMIM): ``aligned_50.pkl`` / ``unaligned_50.pkl`` with the same split and
+  modality keys, ``text`` of 768 BERT features (or 300 GloVe), sentiment in ``regression_labels`` ``[N]``,
+  and extra keys (``raw_text``, ``text_bert`` token ids, lengths) that are not used.
+
+Other key spellings met in re-packs are accepted (``visual`` for ``vision``, ``acoustic`` for ``audio``).
+Refused with one message naming the file and the fix: a pickle of the other dataset (feature sizes
+differ from the preset's), a modality whose sequence length differs between splits, an empty split,
+labels that are not finite, a Git LFS pointer instead of the pickle, a file that is not a pickle.
+
+Cache: three ``sequence`` modalities ``[T, D]`` float32 (the features span several orders of
 magnitude, so float16 would lose the small ones), the pickle's own splits (``valid`` becomes
 ``val``; no carve-out). Non-finite values (the MOSEI audio has -inf) become 0, as MulT does, and
 are counted in the manifest. Labels: preset ``acc2`` = negative (< 0) vs non-negative (>= 0);
-``acc7`` = sentiment rounded and clipped to -3..3.
+``acc7`` = sentiment rounded and clipped to -3..3. Pickles can run code when loaded: only prepare
+files you trust.
 """
 
 from __future__ import annotations
@@ -24,38 +34,48 @@ import numpy as np
 
 from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, SplitArrays, write_cache
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum, no_log,
-                               reusable_manifest, start_rewrite)
+                               require_samples, reusable_manifest, start_rewrite)
 
 MODALITIES = ("text", "audio", "vision")
 SPLIT_KEYS = {"train": "train", "val": "valid", "test": "test"}
+KEYS = {"text": ("text",), "audio": ("audio", "acoustic"), "vision": ("vision", "visual", "video"),
+        "labels": ("labels", "regression_labels", "label")}
+"""The key of each array in a split's dict, in the spellings met: MulT's first, MMSA's and re-packs' after."""
+TEXT_DIMS = (300, 768)  # GloVe (MulT), BERT features (MMSA)
+MMSA_NAMES = ("aligned_50.pkl", "unaligned_50.pkl")
+SEARCH_DEPTH = 2
 PRESETS = {"acc2": ["negative", "non-negative"], "acc7": [str(k) for k in range(-3, 4)]}
 DEFAULT_PRESET = "acc2"
 
 
 def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
-            workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
-    """Prepare the MOSEI cache from its aligned pickle."""
-    return prepare_pickle("mosei", ("mosei_senti_data.pkl", "mosei_data.pkl", "mosei_senti.pkl", "mosei.pkl"),
-                          {"train": 16326, "val": 1871, "test": 4659}, {"text": 300, "audio": 74, "vision": 35},
-                          raw, out, preset, val_fraction, strict, log)
+            workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False) -> Manifest:
+    """Prepare the MOSEI cache from a MulT or MMSA feature pickle (see the module doc)."""
+    return prepare_pickle("mosei", ("mosei_senti_data.pkl", "mosei_data.pkl", "mosei_senti.pkl", "mosei.pkl",
+                                    "mosei_senti_data_noalign.pkl", "mosei_data_noalign.pkl", *MMSA_NAMES),
+                          {"train": 16326, "val": 1871, "test": 4659}, {"audio": 74, "vision": 35},
+                          raw, out, preset, val_fraction, strict, log, overwrite)
 
 
 def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int], dims: dict[str, int], raw: Path,
-                   out: Path, preset: str | None, val_fraction: float | None, strict: bool, log: Log) -> Manifest:
-    """Shared by MOSEI and MOSI: ``names`` are the pickle names looked for, ``expected`` the published sizes."""
+                   out: Path, preset: str | None, val_fraction: float | None, strict: bool, log: Log,
+                   overwrite: bool = False) -> Manifest:
+    """Shared by MOSEI and MOSI: ``names`` are the pickle names looked for (preferred first), ``expected`` the
+    published sizes, ``dims`` the audio and vision feature sizes (text: 300 GloVe or 768 BERT)."""
     raw, out = Path(raw), Path(out)
     preset = choose_preset(dataset, preset, PRESETS, DEFAULT_PRESET)
     if val_fraction is not None:
         raise UserError(f"{dataset} has an official validation split (the pickle's 'valid'): drop --val-fraction")
-    path = find_pickle(raw, names)
+    path = find_pickle(raw, names, log)
     check_out_folder(out, path.parent)
     params = {"labels": preset, "classes": PRESETS[preset], "non_finite": "replaced by 0 (as MulT)",
               "split": "the pickle's train/valid/test", "dtype": "float32"}
     sources = {"pickle": path.name, "file_list_sha256": file_list_checksum([path]), "expected": expected}
     fingerprint = digest({"dataset": dataset, "params": params, "sources": sources, "version": __version__})
-    if (done := reusable_manifest(out, fingerprint)) is not None:
+    if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this {dataset} cache; nothing to do")
         return done
     log(f"reading {path}")
@@ -63,7 +83,12 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
     splits, replaced = {}, {m: 0 for m in MODALITIES}
     for split, key in SPLIT_KEYS.items():
         splits[split] = _split(path, data, key, dims, preset, replaced)
+    require_samples(dataset, {s: len(a) for s, a in splits.items()}, [])
+    lengths = _check_lengths(path, splits)
     params["non_finite_replaced"] = replaced
+    params["sequence_lengths"] = lengths
+    params["text_features"] = int(splits["train"].inputs["text"].shape[2])
+    params["aligned"] = len(set(lengths.values())) == 1
     counts = {s: len(a) for s, a in splits.items()}
     if counts != expected:
         message = (f"{dataset}: the pickle has train {counts['train']} / val {counts['val']} / test {counts['test']} "
@@ -75,18 +100,27 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
                        splits=splits, preset=preset, params=params, sources={**sources, "fingerprint": fingerprint})
 
 
-def find_pickle(raw: Path, names: tuple[str, ...]) -> Path:
+def find_pickle(raw: Path, names: tuple[str, ...], log: Log = no_log) -> Path:
+    """``raw`` itself when it is a file, else the first of ``names`` found in ``raw`` or its sub-folders (two levels
+    down); when several are found, the one used and the others are logged."""
     if raw.is_file():
         return raw
-    for name in names:
-        if (raw / name).is_file():
-            return raw / name
-    raise UserError(f"no aligned feature pickle in {raw}: looked for {', '.join(names)}; point --raw at the "
-                    "pickle distributed with MulT, or the folder holding it")
+    if not raw.is_dir():
+        raise UserError(f"--raw {raw} does not exist: point it at the feature pickle (e.g. {names[0]}) or its folder")
+    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
+                             if p.is_dir() and not p.name.startswith("."))
+    found = [folder / name for name in names for folder in folders if (folder / name).is_file()]
+    if not found:
+        raise UserError(f"no feature pickle in {raw}: looked for {', '.join(names)}; point --raw at the pickle "
+                        "distributed with MulT or MMSA, or the folder holding it")
+    if len(found) > 1:
+        log(f"using {found[0]} (also found {', '.join(str(p) for p in found[1:3])}: give that file as --raw to use it)")
+    return found[0]
 
 
 def load_pickle(path: Path) -> dict[str, Any]:
     """The pickle's dict; Python 2 era files need ``encoding='latin1'``."""
+    refuse_pointer(path)
     try:
         with open(path, "rb") as fh:
             try:
@@ -109,28 +143,50 @@ def labels_for(sentiment: np.ndarray, preset: str) -> np.ndarray:
     return (np.round(np.clip(sentiment, -3, 3)) + 3).astype(np.int64)
 
 
+def _pick(part: dict, name: str) -> Any:
+    """The array stored under one of ``KEYS[name]``, or None."""
+    return next((part[k] for k in KEYS[name] if k in part), None)
+
+
 def _split(path: Path, data: dict, key: str, dims: dict[str, int], preset: str, replaced: dict[str, int]) -> SplitArrays:
     if key not in data or not isinstance(data[key], dict):
         raise UserError(f"{path} has no {key!r} split (it has {', '.join(map(str, data))}): expected train, valid, test")
     part = data[key]
-    missing = [k for k in (*MODALITIES, "labels") if k not in part]
+    missing = [" or ".join(KEYS[k]) for k in (*MODALITIES, "labels") if _pick(part, k) is None]
     if missing:
         raise UserError(f"{path}: split {key!r} lacks {', '.join(missing)} (it has {', '.join(map(str, part))})")
-    sentiment = np.asarray(part["labels"], dtype=np.float32).reshape(len(part["labels"]), -1)[:, 0]
+    raw_labels = np.asarray(_pick(part, "labels"), dtype=np.float32)
+    sentiment = raw_labels.reshape(len(raw_labels), -1)[:, 0] if raw_labels.size else np.zeros(0, np.float32)
+    if not np.isfinite(sentiment).all():
+        raise UserError(f"{path}: split {key!r} has labels that are NaN or infinite: use an intact pickle")
     inputs = {}
     for m in MODALITIES:
-        arr = np.asarray(part[m], dtype=np.float32)
+        arr = np.asarray(_pick(part, m), dtype=np.float32)
         if arr.ndim != 3 or arr.shape[0] != sentiment.shape[0]:
             raise UserError(f"{path}: {key}/{m} has shape {arr.shape}; expected [{sentiment.shape[0]}, T, D] "
                             f"(one [T, D] sequence per labelled segment)")
-        if arr.shape[2] != dims[m]:
-            raise UserError(f"{path}: {key}/{m} has {arr.shape[2]} features per step, not {dims[m]}: is this the "
-                            "right dataset's pickle?")
+        allowed = TEXT_DIMS if m == "text" else (dims[m],)
+        if arr.shape[2] not in allowed:
+            raise UserError(f"{path}: {key}/{m} has {arr.shape[2]} features per step, not "
+                            f"{' or '.join(map(str, allowed))}: is this the right dataset's pickle?")
         bad = ~np.isfinite(arr)
         replaced[m] += int(bad.sum())
         inputs[m] = np.where(bad, 0.0, arr).astype(np.float32)
-    ids = [_id_text(i) for i in part["id"]] if "id" in part else None
+    ids = part.get("id", part.get("ids"))
+    ids = [_id_text(i) for i in ids] if ids is not None and len(ids) == len(sentiment) else None
     return SplitArrays(inputs, labels_for(sentiment, preset), ids)
+
+
+def _check_lengths(path: Path, splits: dict[str, SplitArrays]) -> dict[str, int]:
+    """Each modality's sequence length, which every split must share (the model's input shape)."""
+    lengths = {}
+    for m in MODALITIES:
+        per_split = {s: int(a.inputs[m].shape[1]) for s, a in splits.items()}
+        if len(set(per_split.values())) != 1:
+            raise UserError(f"{path}: {m} sequences have {per_split} steps in the splits; every split must have "
+                            "the same length: use one pickle (aligned or unaligned) for all splits")
+        lengths[m] = per_split["train"]
+    return lengths
 
 
 def _id_text(value: Any) -> str:

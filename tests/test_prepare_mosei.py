@@ -125,3 +125,73 @@ def test_a_short_training_run_with_the_transformer(capsys, tmp_path, raw):
     assert code == 0, out + err
     result = json.loads(next((tmp_path / "r").rglob("eval.json")).read_text())
     assert result["n"] == 12 and 0 <= result["accuracy"] <= 1
+
+
+# ------------------------------------------------------------------------------------------------
+# the pickles researchers actually have: MulT unaligned, MMSA (Self-MM, MMIM), and broken ones
+
+
+def _mmsa_pickle(path: Path, dims=(768, 5, 20), lengths=(50, 50, 50), sizes=SIZES) -> dict:
+    """An MMSA-format pickle: text (BERT features), audio, vision, regression_labels [N], id strings, and the extra
+    keys MMSA stores (raw_text, text_bert token ids, lengths)."""
+    rng = np.random.default_rng(1)
+    data = {}
+    for split, n in sizes.items():
+        part = {m: rng.normal(size=(n, t, d)).astype(np.float32) for m, t, d in zip(("text", "audio", "vision"),
+                                                                                   lengths, dims)}
+        part["regression_labels"] = rng.uniform(-3, 3, size=n).astype(np.float32)
+        part["classification_labels"] = np.zeros(n)
+        part["text_bert"] = np.zeros((n, 3, 50), np.float32)
+        part["raw_text"] = np.array(["a sentence"] * n)
+        part["audio_lengths"] = [lengths[1]] * n
+        part["id"] = np.array([f"vid{i}$_${i}" for i in range(n)])
+        data[split] = part
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(data))
+    return data
+
+
+def test_mmsa_unaligned_pickle_in_its_folder(tmp_path, reliability):
+    from data_prep.mosi import prepare
+
+    data = _mmsa_pickle(tmp_path / "MMSA-Standard" / "MOSI" / "Processed" / "unaligned_50.pkl",
+                        lengths=(50, 375, 500))
+    log: list[str] = []
+    manifest = prepare(tmp_path / "MMSA-Standard", tmp_path / "c", log=log.append)
+    reliability("raw-data variants and misnamed samples given to prepare (read, or reported with the fix)")
+    assert {m: s.shape for m, s in manifest.modalities.items()} == {
+        "text": [50, 768], "audio": [375, 5], "vision": [500, 20]}
+    assert manifest.params["aligned"] is False and manifest.params["text_features"] == 768
+    train = load_split(tmp_path / "c", manifest, "train")
+    np.testing.assert_array_equal(train.labels, (data["train"]["regression_labels"] >= 0).astype(int))
+    assert train.ids[1] == "vid1$_$1"
+
+
+def test_mult_unaligned_pickle_with_visual_key(tmp_path):
+    from data_prep.mosei import prepare
+
+    data = _mmsa_pickle(tmp_path / "x.pkl", dims=(300, 74, 35), lengths=(50, 500, 500))
+    for part in data.values():
+        part["visual"] = part.pop("vision")
+        part["labels"] = part.pop("regression_labels").reshape(-1, 1, 1)
+    (tmp_path / "mosei_senti_data_noalign.pkl").write_bytes(pickle.dumps(data))
+    (tmp_path / "x.pkl").unlink()
+    manifest = prepare(tmp_path, tmp_path / "c")
+    assert manifest.modalities["vision"].shape == [500, 35] and manifest.sources["pickle"] == "mosei_senti_data_noalign.pkl"
+
+
+def test_lengths_differing_between_splits_an_empty_split_and_an_lfs_pointer_exit_2(capsys, tmp_path):
+    data = _mmsa_pickle(tmp_path / "a" / "aligned_50.pkl", dims=(300, 74, 35))
+    data["test"]["audio"] = data["test"]["audio"][:, :40]
+    (tmp_path / "a" / "aligned_50.pkl").write_bytes(pickle.dumps(data))
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", tmp_path / "a", "--out", tmp_path / "o")
+    assert code == 2 and "audio sequences have" in err and "'test': 40" in err
+    _mmsa_pickle(tmp_path / "b" / "aligned_50.pkl", dims=(300, 74, 35), sizes={"train": 8, "valid": 0, "test": 4})
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", tmp_path / "b", "--out", tmp_path / "o")
+    assert code == 2 and "no usable sample is left in the val split" in err
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "mosei_senti_data.pkl").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "1" * 64 + "\nsize 3600000000\n")
+    code, _, err = run_cli(capsys, "prepare", "mosei", "--raw", tmp_path / "c", "--out", tmp_path / "o")
+    assert code == 2 and "Git LFS pointer" in err and "git lfs pull" in err
+    assert not (tmp_path / "o").exists()
