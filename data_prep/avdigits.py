@@ -1,7 +1,11 @@
 """avdigits: FSDD spoken digits (audio) paired by label with MNIST images (image).
 
-Raw layout (``--raw``): FSDD wavs in ``fsdd/recordings/``, ``fsdd/`` or ``recordings/``, and the
-torchvision MNIST root (the folder holding ``MNIST/raw``) in ``mnist/`` or ``--raw`` itself.
+Raw layout (``--raw``): FSDD wavs in ``fsdd/recordings/``, ``fsdd/`` or ``recordings/``, or in a
+``recordings/`` folder up to three levels down (a clone, or GitHub's ZIP:
+``free-spoken-digit-dataset-master/recordings/``); MNIST in ``mnist/`` or ``--raw`` in any form
+``data_prep.mnist`` reads (torchvision root, IDX files plain or ``.gz``, Keras' ``mnist.npz``, Kaggle's
+CSVs). A wav that is empty, unreadable, a Git LFS pointer or not named ``{digit}_{speaker}_{index}.wav``
+is skipped and reported; a silent one is kept with a warning.
 
 Cache contents per split (``train``/``val``/``test``):
 
@@ -30,10 +34,13 @@ import torchaudio
 
 from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, write_cache
+from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, digest, file_list_checksum, no_log, reusable_manifest,
-                               start_rewrite)
+from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, no_log,
+                               reusable_manifest, start_rewrite)
+from data_prep.media import EMPTY_AUDIO, silence_warning
+from data_prep.mnist import MnistSource, find_mnist, load_mnist
 
 DATASET = "avdigits"
 CLASSES = [str(d) for d in range(10)]
@@ -74,26 +81,17 @@ class Clip:
 
 
 def find_fsdd(raw: Path) -> Path:
-    """The folder holding the FSDD ``*.wav`` files under ``raw``."""
+    """The folder holding the FSDD ``*.wav`` files under ``raw`` (a ``recordings/`` folder up to three levels down)."""
     candidates = [raw / "fsdd" / "recordings", raw / "fsdd", raw / "recordings"]
+    candidates += sorted(p for depth in range(1, 4) for p in raw.glob("/".join(["*"] * (depth - 1) + ["recordings"]))
+                         if p.is_dir())
     for folder in candidates:
         if folder.is_dir() and any(folder.glob("*.wav")):
             return folder
-    looked = ", ".join(str(c) for c in candidates)
-    raise UserError(f"no FSDD recordings found: looked for *.wav in {looked}. Put the Free Spoken Digit Dataset's "
-                    "recordings/ folder ({digit}_{speaker}_{index}.wav) under --raw as fsdd/recordings/")
-
-
-def find_mnist_root(raw: Path) -> Path:
-    """The torchvision MNIST root (the folder that contains ``MNIST/raw``) under ``raw``."""
-    candidates = [raw / "mnist", raw]
-    for root in candidates:
-        if (root / "MNIST" / "raw").is_dir():
-            return root
-    looked = ", ".join(str(c / "MNIST" / "raw") for c in candidates)
-    raise UserError(f"no MNIST found: looked for {looked}. Put a torchvision MNIST root under --raw as mnist/ "
-                    "(mnist/MNIST/raw/ holding train-images-idx3-ubyte etc.; "
-                    "torchvision.datasets.MNIST('mnist', download=True) makes one)")
+    looked = ", ".join(str(c) for c in candidates[:3])
+    raise UserError(f"no FSDD recordings found: looked for *.wav in {looked} and recordings/ folders below --raw. Put "
+                    "the Free Spoken Digit Dataset's recordings/ folder ({digit}_{speaker}_{index}.wav) under --raw as "
+                    "fsdd/recordings/")
 
 
 def list_clips(folder: Path) -> tuple[list[Clip], list[dict[str, str]]]:
@@ -115,9 +113,11 @@ def list_clips(folder: Path) -> tuple[list[Clip], list[dict[str, str]]]:
 
 def read_wave(path: Path) -> np.ndarray:
     """Decode one wav to float32 mono ``[S]`` at 8 kHz in [-1, 1] (downmixed / resampled if needed)."""
+    if is_lfs_pointer(path):
+        raise ValueError(POINTER_REASON)
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [S, channels]
     if data.shape[0] == 0:
-        raise ValueError("no audio samples")
+        raise ValueError(EMPTY_AUDIO)
     wave = data.mean(axis=1)
     if rate != SAMPLE_RATE:
         wave = torchaudio.functional.resample(torch.from_numpy(wave), rate, SAMPLE_RATE).numpy()
@@ -130,12 +130,15 @@ def fit_length(wave: np.ndarray, length: int = CLIP_SAMPLES) -> np.ndarray:
 
 
 def load_waves(clips: list[Clip], workers: int = 1) -> tuple[list[Clip], np.ndarray, list[dict[str, str]]]:
-    """Read ``clips``; returns the readable clips, their waves float32 ``[N, 8000]``, and the skipped files."""
+    """Read ``clips``; returns the readable clips, their waves float32 ``[N, 8000]``, and the skipped files
+    (reason ``empty audio``, a Git LFS pointer, or ``unreadable wav: ...``)."""
 
     def read(clip: Clip) -> np.ndarray | str:
         try:
             return fit_length(read_wave(clip.path))
-        except (RuntimeError, OSError, ValueError) as exc:  # soundfile.LibsndfileError is a RuntimeError
+        except ValueError as exc:
+            return str(exc) if str(exc) in (EMPTY_AUDIO, POINTER_REASON) else f"unreadable wav: {exc}"
+        except (RuntimeError, OSError) as exc:  # soundfile.LibsndfileError is a RuntimeError
             return f"unreadable wav: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -174,19 +177,6 @@ def compute_spectrograms(waves: np.ndarray, preset: str, batch_size: int = 512) 
 # images
 
 
-def load_mnist(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
-    """MNIST images uint8 ``[N, 28, 28]`` and labels int64 ``[N]`` via torchvision (no download)."""
-    import torchvision
-
-    try:
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-    except RuntimeError as exc:
-        raise UserError(f"cannot load MNIST from {root / 'MNIST' / 'raw'} ({exc}): it needs the four IDX files "
-                        "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                        "t10k-labels-idx1-ubyte") from None
-    return ds.data.numpy(), ds.targets.numpy().astype(np.int64)
-
-
 def draw_images(labels: np.ndarray, mnist_labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """For each label pick an MNIST index with the same label, without replacement: int64 ``[N]``."""
     chosen = np.empty(labels.shape[0], np.int64)
@@ -205,7 +195,7 @@ def draw_images(labels: np.ndarray, mnist_labels: np.ndarray, rng: np.random.Gen
 
 
 def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
-            workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
+            workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False) -> Manifest:
     """Prepare the avdigits cache in ``out`` from FSDD + MNIST under ``raw``; returns its manifest.
 
     Idempotent: a complete cache in ``out`` made from the same files and parameters is returned as is.
@@ -213,15 +203,15 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     """
     raw, out = Path(raw), Path(out)
     preset = preset or DEFAULT_PRESET
-    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
+    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
     _check_args(raw, out, preset, val_fraction)
-    fsdd_dir, mnist_root = find_fsdd(raw), find_mnist_root(raw)
+    fsdd_dir, mnist_root = find_fsdd(raw), find_mnist(raw)
     clips, skipped = list_clips(fsdd_dir)
     sources = _sources(fsdd_dir, mnist_root, clips)
     params = {**PRESETS[preset], "clip_samples": CLIP_SAMPLES, "pad": "zeros at the end", "seed": seed,
               "val_fraction": val_fraction, "test_indices": f"{TEST_INDICES.start}-{TEST_INDICES.stop - 1}"}
     fingerprint = digest({"preset": preset, "params": params, "sources": sources, "version": __version__})
-    if (done := reusable_manifest(out, fingerprint)) is not None:
+    if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this avdigits cache; nothing to do")
         return done
 
@@ -230,6 +220,9 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     skipped += unreadable
     for item in skipped:
         log(f"skipped {item['file']}: {item['reason']}")
+    warnings = [f"{c.path}: {w}" for c, wave in zip(clips, waves) if (w := silence_warning(wave))]
+    for warning in warnings:
+        log(f"warning: {warning}")
     count_problem = _check_counts(clips, strict, log)
 
     log(f"computing {preset} spectrograms")
@@ -240,7 +233,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
         raise UserError(f"{fsdd_dir} has no {'test' if not is_test.any() else 'train'} recordings "
                         "(index 0-4 is test, 5-49 train): use the complete FSDD recordings folder")
 
-    log(f"pairing with MNIST images from {mnist_root}")
+    log(f"pairing with MNIST images from {mnist_root.root} ({mnist_root.form} files)")
     rng = np.random.default_rng(seed)
     splits = {}
     for split, mask, mnist_train in (("train", ~is_test, True), ("test", is_test, False)):
@@ -261,26 +254,25 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     start_rewrite(out)
     log(f"writing the cache to {out}")
     return write_cache(out, dataset=DATASET, classes=CLASSES, kinds=KINDS, splits=splits, preset=preset,
-                       params=params, sources={**sources, "fingerprint": fingerprint}, skipped=skipped)
+                       params=params, sources={**sources, "fingerprint": fingerprint}, skipped=skipped,
+                       warnings=warnings)
 
 
 def _check_args(raw: Path, out: Path, preset: str, val_fraction: float) -> None:
     if preset not in PRESETS:
         raise UserError(f"unknown avdigits preset {preset!r}; valid: {', '.join(PRESETS)}")
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if not raw.is_dir():
         raise UserError(f"raw folder {raw} does not exist: point --raw at the folder holding fsdd/ and mnist/")
     check_out_folder(out, raw)
 
 
-def _sources(fsdd_dir: Path, mnist_root: Path, clips: list[Clip]) -> dict[str, Any]:
+def _sources(fsdd_dir: Path, mnist_root: MnistSource, clips: list[Clip]) -> dict[str, Any]:
     """File counts and cheap checksums (sorted ``name size`` lists) of the raw inputs."""
-    mnist_files = sorted(p for p in (mnist_root / "MNIST" / "raw").iterdir() if p.is_file())
+    mnist_files = sorted(mnist_root.files)
     return {
         "fsdd": {"folder": str(fsdd_dir), "wav_files": len(clips),
                  "file_list_sha256": file_list_checksum(c.path for c in clips)},
-        "mnist": {"root": str(mnist_root), "files": [p.name for p in mnist_files],
+        "mnist": {"root": str(mnist_root.root), "form": mnist_root.form, "files": [p.name for p in mnist_files],
                   "file_list_sha256": file_list_checksum(mnist_files)},
         "expected": EXPECTED_COUNTS,
     }

@@ -165,3 +165,66 @@ def test_bad_arguments_raise_user_errors(shared_data, tmp_path):
     (tmp_path / "busy" / "thesis.tex").write_text("x")
     with pytest.raises(UserError, match="not empty"):
         prepare(shared_data, tmp_path / "busy")
+
+
+# ------------------------------------------------------------------------------------------------
+# the forms FSDD and MNIST come in, and the wavs that cannot be used as they are
+
+
+def test_github_zip_layout_keras_mnist_and_odd_wavs(tmp_path, shared_data, mnist, reliability):
+    """FSDD as GitHub's ZIP unpacks (free-spoken-digit-dataset-master/recordings/), MNIST as Keras' mnist.npz, and
+    three odd wavs: 0 samples (skipped: empty audio), all zeros (kept, with a warning), a Git LFS pointer (skipped)."""
+    rec = tmp_path / "raw" / "free-spoken-digit-dataset-master" / "recordings"
+    rec.mkdir(parents=True)
+    for wav in (shared_data / "fsdd" / "recordings").glob("*_jackson_*.wav"):
+        if int(wav.stem.split("_")[2]) < 10:
+            (rec / wav.name).symlink_to(wav)
+    sf.write(rec / "3_jackson_10.wav", np.zeros(0, np.float32), 8000)
+    sf.write(rec / "4_jackson_10.wav", np.zeros(6000, np.float32), 8000)
+    (rec / "5_jackson_10.wav").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "2" * 64
+                                          + "\nsize 14000\n")
+    (tmp_path / "raw" / "mnist").mkdir()
+    np.savez(tmp_path / "raw" / "mnist" / "mnist.npz", x_train=mnist["mnist_train"].data.numpy(),
+             y_train=mnist["mnist_train"].targets.numpy(), x_test=mnist["mnist_test"].data.numpy(),
+             y_test=mnist["mnist_test"].targets.numpy())
+    log: list[str] = []
+    manifest = prepare(tmp_path / "raw", tmp_path / "out", log=log.append)
+    reasons = {Path(s["file"]).name: s["reason"] for s in manifest.skipped}
+    reliability("unusable media files given to prepare (skipped with a reason, the rest written)", 3)
+    assert reasons["3_jackson_10.wav"] == "empty audio (0 samples)"  # not a torch reshape error
+    assert "Git LFS pointer" in reasons["5_jackson_10.wav"] and "git lfs pull" in reasons["5_jackson_10.wav"]
+    assert "4_jackson_10.wav" not in reasons
+    assert [w for w in manifest.warnings if "4_jackson_10.wav" in w and "silent audio" in w]
+    assert any("silent audio" in line for line in log)
+    assert sum(manifest.splits.values()) == 101 and manifest.sources["mnist"]["form"] == "keras"
+
+
+def test_mnist_gz_idx_files_and_kaggle_csv_read_as_torchvision_does(tmp_path, shared_data, mnist):
+    import gzip
+
+    from data_prep.mnist import find_mnist, load_mnist
+
+    gz = tmp_path / "gz" / "mnist"
+    gz.mkdir(parents=True)
+    for path in (shared_data / "mnist" / "MNIST" / "raw").iterdir():
+        (gz / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+    source = find_mnist(tmp_path / "gz")
+    assert source.form == "idx"
+    images, labels = load_mnist(source, train=False)
+    np.testing.assert_array_equal(images, mnist["mnist_test"].data.numpy())
+    np.testing.assert_array_equal(labels, mnist["mnist_test"].targets.numpy())
+    kaggle = tmp_path / "kaggle" / "archive"
+    kaggle.mkdir(parents=True)
+    header = "label," + ",".join(f"{r}x{c}" for r in range(1, 29) for c in range(1, 29)) + "\n"
+    for split, ds in (("train", mnist["mnist_train"]), ("test", mnist["mnist_test"])):
+        rows = "".join(f"{int(y)}," + ",".join(map(str, x.reshape(-1).tolist())) + "\n"
+                       for x, y in zip(ds.data.numpy()[:50], ds.targets.numpy()[:50]))
+        (kaggle / f"mnist_{split}.csv").write_text(header + rows)
+    source = find_mnist(tmp_path / "kaggle")
+    images, labels = load_mnist(source, train=True)
+    assert source.form == "kaggle"
+    np.testing.assert_array_equal(images, mnist["mnist_train"].data.numpy()[:50])
+    np.testing.assert_array_equal(labels, mnist["mnist_train"].targets.numpy()[:50])
+    (tmp_path / "none").mkdir()
+    with pytest.raises(UserError, match="Keras' mnist.npz"):
+        find_mnist(tmp_path / "none")
