@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -269,3 +270,134 @@ def _parent(pid: int) -> int | None:
     except OSError:
         return None
     return None if fields[0] == "Z" else int(fields[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the forms CREMA-D comes in, through the real `bogc` entry point where the CLI is involved
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{}\nsize 414429\n"
+
+
+def _bogc(*args) -> "subprocess.CompletedProcess":
+    """The installed ``bogc`` console script (``python -m bogc_cli`` where it is not on PATH), as a user runs it."""
+    import subprocess
+
+    command = [shutil.which("bogc")] if shutil.which("bogc") else [sys.executable, "-m", "bogc_cli"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_a_clone_without_git_lfs_exits_2_naming_git_lfs_pull(tmp_path, mini, reliability):
+    """GitHub's ZIP (or a clone without git-lfs): every flv/wav is a ~130-byte pointer. One message, exit 2,
+    no cache; and `train` on an empty cache (as the old prepare wrote one) is one clear error too."""
+    raw = tmp_path / "CREMA-D-master"
+    for folder in ("VideoFlash", "AudioWAV"):
+        (raw / folder).mkdir(parents=True)
+        for i, src in enumerate(sorted((mini / folder).iterdir())):
+            (raw / folder / src.name).write_text(LFS_POINTER.format(f"{i:064x}"))
+    done = _bogc("prepare", "cremad", "--raw", tmp_path, "--out", tmp_path / "out")
+    reliability("empty or unusable results refused with exit 2 (never exit 0)")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Git LFS pointer" in done.stderr and "git lfs pull" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    # some pointers among real files: those clips are skipped with the same reason, the rest written
+    mixed = tmp_path / "mixed"
+    shutil.copytree(mini, mixed, symlinks=True)
+    for name in ("1001_DFA_ANG_XX", "1001_DFA_SAD_XX"):
+        (mixed / "VideoFlash" / f"{name}.flv").unlink()
+        (mixed / "VideoFlash" / f"{name}.flv").write_text(LFS_POINTER.format("0" * 64))
+    manifest = cremad.prepare(mixed, tmp_path / "mixed_out")
+    lfs = [s for s in manifest.skipped if "Git LFS pointer" in s["reason"]]
+    assert sorted(Path(s["file"]).name for s in lfs) == ["1001_DFA_ANG_XX.flv", "1001_DFA_SAD_XX.flv"]
+
+
+def test_train_on_an_empty_split_is_one_clear_error(tmp_path, reliability):
+    """A cache whose train split holds 0 samples (what prepare used to write from LFS pointers)."""
+    from bogc_cli.data.cache import SplitArrays, write_cache
+
+    empty = SplitArrays({"x": np.zeros((0, 4), np.float32)}, np.zeros(0, np.int64))
+    full = SplitArrays({"x": np.ones((6, 4), np.float32)}, np.arange(6) % 2)
+    write_cache(tmp_path / "cache", dataset="arrays", classes=["a", "b"], kinds={"x": "vector"},
+                splits={"train": empty, "test": full},
+                skipped=[{"file": f"c{i}.flv", "reason": "Git LFS pointer file, not the file's content"}
+                         for i in range(3)])
+    done = _bogc("train", "recipes/quickstart.yaml", "--set", "dataset.name=arrays", "--set",
+                 f"dataset.root={tmp_path / 'cache'}", "--set", "train.epochs=1", "--out", tmp_path / "r")
+    reliability("empty or unusable results refused with exit 2 (never exit 0)")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "empty train split" in done.stderr and "3 x Git LFS pointer" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
+
+
+def _linked(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.symlink_to(src)
+
+
+def test_variants_mp3_audio_nested_folders_44k_wav_and_ogmge_frames(tmp_path, mini, ogmge, reliability):
+    """The official AudioMP3/ (44.1 kHz) as the only audio, nested re-pack folders, a 44.1 kHz wav, and OGM-GE's
+    Image-01-FPS/ frames without videos: each read, giving the same clips as the official layout."""
+    ids = sorted(p.stem for p in (mini / "VideoFlash").glob("*.flv"))
+    # 1. videos in nested folders, audio from AudioMP3 only (the mini set's mp3s are of actor 1002: renamed to 1001)
+    raw = tmp_path / "repack" / "CREMA-D" / "CREMA-D"
+    for i, clip in enumerate(ids):
+        _linked(mini / "VideoFlash" / f"{clip}.flv", raw / "VideoFlash" / f"part{i % 2}" / f"{clip}.flv")
+        mp3 = mini / "AudioMP3" / f"{clip.replace('1001', '1002')}.mp3"
+        _linked(mp3, raw / "AudioMP3" / f"{clip}.mp3")
+    manifest = cremad.prepare(tmp_path / "repack", tmp_path / "c1")
+    reliability("raw-data variants and misnamed samples given to prepare (read, or reported with the fix)", 3)
+    assert sum(manifest.splits.values()) == 6 and manifest.sources["audio_from"]["AudioMP3"] == 6
+    # 2. a wav resampled to 44.1 kHz gives (nearly) the same features as the 16 kHz original
+    raw44 = tmp_path / "hz44"
+    shutil.copytree(mini, raw44, symlinks=True)
+    wave, rate = sf.read(mini / "AudioWAV" / "1001_DFA_DIS_XX.wav", dtype="float32")
+    (raw44 / "AudioWAV" / "1001_DFA_DIS_XX.wav").unlink()
+    up = torchaudio.functional.resample(torch.from_numpy(wave), rate, 44100).numpy()
+    sf.write(raw44 / "AudioWAV" / "1001_DFA_DIS_XX.wav", up, 44100, subtype="FLOAT")
+    cremad.prepare(raw44, tmp_path / "c2")
+    a, b = _rows(tmp_path / "c2")["1001_DFA_DIS_XX"], _rows(ogmge)["1001_DFA_DIS_XX"]
+    got = np.load(tmp_path / "c2" / a[0] / "audio.npy")[a[1]].astype(np.float32)
+    want = np.load(ogmge / b[0] / "audio.npy")[b[1]].astype(np.float32)
+    assert np.abs(got - want).mean() < 0.05 * np.abs(want).mean()
+    # 3. OGM-GE's layout: Image-01-FPS/<id>/00000.jpg ... and AudioWAV/, no VideoFlash/
+    ogm = tmp_path / "ogm"
+    for clip in ids:
+        (ogm / "Image-01-FPS" / clip).mkdir(parents=True)
+        with av.open(str(mini / "VideoFlash" / f"{clip}.flv")) as container:
+            fps = round(float(container.streams.video[0].average_rate))
+            for k, frame in enumerate(container.decode(video=0)):
+                if k % fps == 0:
+                    frame.to_image().save(ogm / "Image-01-FPS" / clip / f"{k:05d}.jpg")
+        _linked(mini / "AudioWAV" / f"{clip}.wav", ogm / "AudioWAV" / f"{clip}.wav")
+    manifest = cremad.prepare(ogm, tmp_path / "c3")
+    assert sum(manifest.splits.values()) == 6 and "Image-01-FPS" in manifest.params["visual_from"]
+    assert manifest.modalities["visual"].shape == [3, 3, 224, 224]
+    split, row, _ = _rows(tmp_path / "c3")["1001_DFA_ANG_XX"]
+    frames = np.load(tmp_path / "c3" / split / "visual.npy")[row]
+    first = np.asarray(Image.open(ogm / "Image-01-FPS" / "1001_DFA_ANG_XX" / "00000.jpg").convert("RGB")
+                       .resize((224, 224), Image.BILINEAR)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(frames[0], first)
+
+
+def test_audio_only_copy_duplicates_misnamed_empty_and_silent_files(capsys, tmp_path, mini, reliability):
+    # Kaggle's CREMA-D: AudioWAV/ alone: refused, saying what is missing
+    kaggle = tmp_path / "kaggle"
+    shutil.copytree(mini / "AudioWAV", kaggle / "AudioWAV" / "AudioWAV", symlinks=True)
+    code, _, err = run_cli(capsys, "prepare", "cremad", "--raw", kaggle, "--out", tmp_path / "o")
+    assert code == 2 and "audio-only copy" in err and "VideoFlash" in err
+    # a second copy of a clip, a misnamed file, a 0-sample wav and a silent wav
+    raw = tmp_path / "raw"
+    shutil.copytree(mini, raw, symlinks=True)
+    _linked(mini / "VideoFlash" / "1001_DFA_ANG_XX.flv", raw / "VideoFlash" / "copy" / "1001_DFA_ANG_XX.flv")
+    _linked(mini / "VideoFlash" / "1001_DFA_NEU_XX.flv", raw / "VideoFlash" / "1001_dfa_neu_xx (1).flv")
+    for name, samples in (("1001_DFA_FEA_XX", 0), ("1001_DFA_HAP_XX", 16000)):
+        (raw / "AudioWAV" / f"{name}.wav").unlink()
+        sf.write(raw / "AudioWAV" / f"{name}.wav", np.zeros(samples, np.float32), 16000)
+    manifest = cremad.prepare(raw, tmp_path / "out")
+    reasons = {str(Path(s["file"]).relative_to(raw)): s["reason"] for s in manifest.skipped
+               if not s["file"].startswith(str(raw / "AudioMP3")) and "1002_" not in s["file"]}
+    reliability("unusable media files given to prepare (skipped with a reason, the rest written)", len(reasons))
+    assert "a second file for clip 1001_DFA_ANG_XX" in reasons["VideoFlash/copy/1001_DFA_ANG_XX.flv"]
+    assert "does not follow its siblings'" in reasons["VideoFlash/1001_dfa_neu_xx (1).flv"]
+    assert reasons["VideoFlash/1001_DFA_FEA_XX.flv"] == "empty audio (0 samples)"
+    assert "1001_DFA_HAP_XX" in _rows(tmp_path / "out")  # silent: kept ...
+    assert [w for w in manifest.warnings if "1001_DFA_HAP_XX" in w and "silent audio" in w]  # ... and reported
