@@ -13,42 +13,46 @@ from bogc_cli import __version__
 from bogc_cli.data.arrays import describe_kinds, read_arrays_folder
 from bogc_cli.data.cache import SPLITS, Manifest, write_cache
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, digest, file_list_checksum, no_log, reject_preset,
-                               reusable_manifest, start_rewrite)
+from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, no_log,
+                               reject_preset, reusable_manifest, start_rewrite)
 
 DEFAULT_VAL_FRACTION = 0.1
 
 
 def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
-            workers: int = 1, strict: bool = False, log: Log = no_log) -> Manifest:
+            workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False,
+            kinds: dict[str, str] | None = None) -> Manifest:
     """Validate the arrays folder ``raw`` and write it to ``out`` as a cache; returns its manifest.
 
     Without a ``val`` split, ``val_fraction`` (default 0.1) of train is carved out, stratified and seeded.
-    ``workers`` and ``strict`` are accepted for a uniform interface; the folder is always validated fully.
+    ``kinds`` sets modality kinds (``--kinds``), recorded in the manifest; ``strict`` turns the warnings about
+    classes (none in train, none in test, none left for validation, names without samples) into errors.
+    ``workers`` is accepted for a uniform interface.
     """
     raw, out = Path(raw), Path(out)
     reject_preset("arrays", preset, "your arrays are stored as they are; choose modalities in the recipe")
-    val_fraction = DEFAULT_VAL_FRACTION if val_fraction is None else float(val_fraction)
-    if not 0 <= val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
     if not raw.is_dir():
         raise UserError(f"arrays folder {raw} does not exist: point --raw at the folder holding train/ and test/ "
                         "(or train.npz and test.npz)")
     check_out_folder(out, raw)
     files = _input_files(raw)
     fingerprint = digest({"files": [str(p.relative_to(raw)) for p in files], "sha": file_list_checksum(files),
-                          "seed": seed, "val_fraction": val_fraction, "version": __version__})
-    if (done := reusable_manifest(out, fingerprint)) is not None:
+                          "seed": seed, "val_fraction": val_fraction, "kinds": dict(sorted((kinds or {}).items())),
+                          "version": __version__})
+    if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this arrays cache; nothing to do")
         return done
 
     log(f"reading and checking {raw}")
-    manifest, splits = read_arrays_folder(raw, val_fraction=val_fraction, seed=seed)
+    manifest, splits = read_arrays_folder(raw, kinds=kinds, val_fraction=val_fraction, seed=seed, strict=strict)
+    for warning in manifest.warnings:
+        log(f"warning: {warning}")
     start_rewrite(out)
     log(f"writing the cache to {out}")
     return write_cache(out, dataset="arrays", classes=manifest.classes, kinds=describe_kinds(manifest),
                        splits=splits, params=manifest.params,
-                       sources={**manifest.sources, "fingerprint": fingerprint})
+                       sources={**manifest.sources, "fingerprint": fingerprint}, warnings=manifest.warnings)
 
 
 def _input_files(raw: Path) -> list[Path]:

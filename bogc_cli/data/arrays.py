@@ -3,27 +3,53 @@
 A folder holding, for each split (``train`` and ``test`` required, ``val`` optional), either::
 
     <split>/<modality>.npy     first axis = samples
-    <split>/labels.npy         integer class indices [N] in [0, C)
+    <split>/labels.npy         integer class labels [N]
 
 or one ``<split>.npz`` with arrays named by modality plus ``labels``. An optional ``classes.txt``
-names the classes, one per line (line i = class i). Without ``val``, a stratified, seeded
-validation split is carved from train (its rows are recorded as ids ``train:<row>``).
+names the classes, one per line (line i = label i). Without ``val``, a stratified, seeded
+validation split is carved from train (its rows are recorded as ids ``train:<row>``); every class
+keeps a training sample (``cache.carve_validation``).
+
+Rules, each checked across all splits (``read_arrays_folder``):
+
+- labels: the labels used (in any split) become class ids 0..C-1 in their sorted order, named by
+  ``classes.txt`` or by the label values themselves (labels 3, 7, 42 are classes "3", "7", "42"; the
+  mapping is in ``params["label_map"]``). Names in ``classes.txt`` without a sample anywhere are left
+  out (a class with no samples would count as 0 in macro-F1), with a warning;
+- classes: one with samples in val or test but none in train, or none in test, gets a warning
+  (``strict``: refused), as does a carve-out that leaves a class without validation samples;
+- dtypes, one rule per modality: ``uint8`` means pixels, which batches scale by 1/255; every other
+  dtype is used as it is. So a modality is ``uint8`` in every split or in none (refused otherwise:
+  the splits would be scaled differently), and other differences (float64 train, float32 test) are
+  resolved by storing every split in float32, the precision training computes in. Float values
+  beyond float32's range (about 3.4e38) are refused: they would become inf;
+- names: a modality's name becomes a key in recipes, the model (a ``torch.nn.ModuleDict``), metrics
+  and reports, so it must start with a letter and hold only letters, digits, ``_`` and ``-``, and
+  must not be ``fused`` (the fused loss's name) or an attribute of ``torch.nn.ModuleDict`` (``keys``,
+  ``float``, ``type``, ...); others are refused, naming the file to rename.
 
 A modality's kind is inferred from its per-sample rank when not given: ``[D]`` -> vector,
 ``[F, T]`` -> audio (a channel axis is added: ``[1, F, T]``), ``[C, H, W]`` -> image,
-``[T, C, H, W]`` -> video.
+``[T, C, H, W]`` -> video; ``kinds`` (``bogc prepare arrays --kinds``, or the recipe's
+``dataset.kinds`` for a folder read directly) overrides it, e.g. ``sequence`` for ``[T, D]``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
 import numpy as np
 
 from bogc_cli.data.cache import (KIND_NDIM, KINDS, SPLITS, Manifest, ModalitySpec, SplitArrays, carve_validation,
-                                 class_counts)
+                                 carve_warnings, class_counts)
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 
 LABELS = "labels"
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+RESERVED = {"fused": "the fused loss's name", LABELS: "the labels' file"}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 REQUIRED_SPLITS = ("train", "test")
 KIND_BY_NDIM = {1: "vector", 2: "audio", 3: "image", 4: "video"}
 
@@ -32,10 +58,13 @@ _FORMAT_HELP = ("expected <split>/<modality>.npy + <split>/labels.npy, or <split
 
 
 def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_fraction: float = 0.1,
-                       seed: int = 0) -> tuple[Manifest, dict[str, SplitArrays]]:
+                       seed: int = 0, strict: bool = False) -> tuple[Manifest, dict[str, SplitArrays]]:
     """Read and validate an arrays folder; returns an (unwritten) manifest and the splits.
 
-    ``.npy`` arrays are memory-mapped. Every problem is a ``UserError`` naming the file and the fix.
+    ``.npy`` arrays are memory-mapped (copied only when a split's dtype must change). Every problem is a
+    ``UserError`` naming the file and the fix. What was decided for the user (a label mapping, a dtype
+    made common, a class without training or test samples) is listed in ``manifest.warnings``; with
+    ``strict``, the warnings about classes are ``UserError``s instead.
     """
     root = Path(root)
     if not root.is_dir():
@@ -43,18 +72,36 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
     layout = _layout(root)
     raw = {split: _read_split(root, split, layout[split]) for split in layout}
     modalities = _check_modalities(root, raw, layout)
-    kinds = _resolve_kinds(root, raw, modalities, layout, kinds or {})
-    classes = _classes(root, raw, layout)
+    notes = _unify_dtypes(root, raw, layout, modalities)
+    given_kinds = dict(kinds or {})
+    kinds = _resolve_kinds(root, raw, modalities, layout, given_kinds)
+    classes, label_map, class_notes = _classes(root, raw, layout)
+    raw = {split: (inputs, np.searchsorted(np.array(sorted(label_map)), labels).astype(np.int64))
+           for split, (inputs, labels) in raw.items()}
+    problems = class_notes + _class_presence(raw, classes)
     splits = {split: SplitArrays({m: _with_channel(a, kinds[m]) for m, a in inputs.items()}, labels,
                                  [f"{split}:{i}" for i in range(len(labels))])
               for split, (inputs, labels) in raw.items()}
     val_source = "given"
     if "val" not in splits:
         train_rows, val_rows = carve_validation(splits["train"].labels, val_fraction, seed)
+        problems += carve_warnings(splits["train"].labels, val_rows, classes, str(root))
+        if len(val_rows) == 0:
+            raise UserError(f"{root} has no val split and its {len(train_rows)} training samples are too few to carve "
+                            "one (every class keeps a training sample): add a val split or more training samples")
         splits["val"] = splits["train"].subset(val_rows)
         splits["train"] = splits["train"].subset(train_rows)
         val_source = "carved from train"
+    if strict and problems:
+        raise UserError(f"{problems[0]} (--strict): fix the arrays, or drop --strict")
     splits = {s: splits[s] for s in SPLITS if s in splits}
+    params = {"val": val_source, "val_fraction": val_fraction if val_source != "given" else None, "seed": seed,
+              "dtype_rule": "uint8 = pixels (scaled by 1/255 in batches) in every split or none; other dtypes as "
+                            "they are, float32 when the splits differ"}
+    if any(k != v for k, v in label_map.items()):
+        params["label_map"] = {str(k): v for k, v in label_map.items()}
+    if given_kinds:
+        params["kinds_given"] = given_kinds
     manifest = Manifest(
         dataset="arrays",
         classes=classes,
@@ -62,8 +109,9 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
                                     str(splits["train"].inputs[m].dtype)) for m in modalities},
         splits={s: len(a) for s, a in splits.items()},
         class_counts={s: class_counts(a.labels, classes) for s, a in splits.items()},
-        params={"val": val_source, "val_fraction": val_fraction if val_source != "given" else None, "seed": seed},
+        params=params,
         sources={"root": str(root), "layout": {s: _describe(root, s, layout[s]) for s in layout}},
+        warnings=notes + problems,
     )
     return manifest, splits
 
@@ -103,14 +151,42 @@ def _read_split(root: Path, split: str, form: str) -> tuple[dict[str, np.ndarray
     labels = _check_labels(arrays.pop(LABELS), f"{where}{'labels.npy' if form == 'npy' else ' (labels)'}")
     if not arrays:
         raise UserError(f"{where} holds labels but no modality arrays: {_FORMAT_HELP}")
+    if labels.size == 0:
+        hint = "remove it to have one carved from train" if split == "val" else "every split needs samples"
+        raise UserError(f"{where} has 0 samples: {hint}")
     for name, array in arrays.items():
+        _check_name(name, _file(root, split, form, name))
         _check_modality_array(array, labels, _file(root, split, form, name))
     return arrays, labels
+
+
+def _check_name(name: str, where: str) -> None:
+    """A modality name must work as a key everywhere it goes (recipe, ModuleDict, metrics, report columns)."""
+    import torch
+
+    why = None
+    if not NAME.match(name):
+        why = "use letters, digits, _ and -, starting with a letter"
+    elif name in RESERVED:
+        why = f"{name!r} is {RESERVED[name]}"
+    elif hasattr(torch.nn.ModuleDict(), name):
+        why = f"{name!r} is an attribute of torch.nn.ModuleDict, which holds the model's per-modality encoders"
+    if why:
+        raise UserError(f"{where}: modality name {name!r} cannot be used ({why}); the name becomes a key in recipes, "
+                        "the model, metrics and reports: rename the file (or the npz entry), e.g. to "
+                        f"{_suggest(name)!r}")
+
+
+def _suggest(name: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-") or "modality"
+    cleaned = cleaned if cleaned[0].isalpha() else f"m_{cleaned}"
+    return cleaned if NAME.match(cleaned) and cleaned not in RESERVED else f"{cleaned}_data"
 
 
 def _read_npy_folder(folder: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for path in sorted(folder.glob("*.npy")):
+        refuse_pointer(path)
         try:
             arrays[path.stem] = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -119,6 +195,7 @@ def _read_npy_folder(folder: Path) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    refuse_pointer(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {name: archive[name] for name in archive.files}
@@ -178,6 +255,37 @@ def _check_modalities(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np
     return sorted(train)
 
 
+def _unify_dtypes(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], layout: dict[str, str],
+                  modalities: list[str]) -> list[str]:
+    """One dtype rule per modality across splits (see the module doc); converts ``raw`` in place where the splits
+    differ, refuses uint8 mixed with another dtype and float values beyond float32; returns notes for the user."""
+    notes = []
+    for name in modalities:
+        arrays = {split: inputs[name] for split, (inputs, _) in raw.items()}
+        for split, array in arrays.items():
+            if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4 and array.size:
+                peak = float(np.max(np.abs(array)))
+                if peak > FLOAT32_MAX:
+                    raise UserError(f"{_file(root, split, layout[split], name)} holds values up to {peak:.3g}, beyond "
+                                    f"float32's {FLOAT32_MAX:.3g}: training computes in float32, where they become "
+                                    "inf. Rescale the modality (e.g. standardise it) and save it again")
+        dtypes = {split: a.dtype for split, a in arrays.items()}
+        if len(set(dtypes.values())) == 1:
+            continue
+        pixels = [s for s, d in dtypes.items() if d == np.uint8]
+        if pixels:
+            other = next(s for s, d in dtypes.items() if d != np.uint8)
+            raise UserError(f"{_file(root, pixels[0], layout[pixels[0]], name)} is uint8 (pixels, scaled by 1/255 in "
+                            f"training) but {_file(root, other, layout[other], name)} is {dtypes[other]} (used as it "
+                            "is): the splits would be scaled differently. Store every split of a modality in one dtype, "
+                            f"e.g. {other}.astype(numpy.uint8) for pixels 0-255")
+        for split, (inputs, _) in raw.items():
+            inputs[name] = np.asarray(inputs[name], dtype=np.float32)
+        notes.append(f"modality {name!r} has dtypes {', '.join(f'{s} {d}' for s, d in dtypes.items())}: every split is "
+                     "stored as float32, the precision training computes in")
+    return notes
+
+
 def _resolve_kinds(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], modalities: list[str],
                    layout: dict[str, str], given: dict[str, str]) -> dict[str, str]:
     """Each modality's kind: as given, else inferred from its per-sample rank (see module doc)."""
@@ -207,20 +315,52 @@ def _with_channel(array: np.ndarray, kind: str) -> np.ndarray:
 
 
 def _classes(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.ndarray]],
-             layout: dict[str, str]) -> list[str]:
-    """Class names from ``classes.txt`` (checked against the labels), else ``"0"`` .. ``"C-1"``."""
-    top = max(int(labels.max()) if labels.size else -1 for _, labels in raw.values())
+             layout: dict[str, str]) -> tuple[list[str], dict[int, int], list[str]]:
+    """The classes, ``{label: class id}`` and warnings. The labels used in any split become ids 0..C-1 in sorted
+    order, named by ``classes.txt`` (line i names label i; names without samples are left out) or by the labels."""
+    used = sorted(set().union(*(np.unique(labels).tolist() for _, labels in raw.values())))
+    label_map = {int(v): i for i, v in enumerate(used)}
     path = root / "classes.txt"
+    notes = []
     if not path.is_file():
-        return [str(i) for i in range(top + 1)]
+        if used != list(range(len(used))):
+            notes.append(f"the labels of {root} are {_listing(used)}, not 0..{len(used) - 1}: they are mapped to class "
+                         f"ids 0..{len(used) - 1} in that order and keep their values as class names")
+        return [str(v) for v in used], label_map, notes
+    refuse_pointer(path)
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(set(names)) != len(names):
         raise UserError(f"{path} lists a class name twice: one unique name per line")
+    top = used[-1]
     if top >= len(names):
         split = next(s for s, (_, labels) in raw.items() if labels.size and labels.max() == top)
         raise UserError(f"{_describe(root, split, layout[split])} has label {top} but {path} names only "
                         f"{len(names)} classes: labels must be in [0, {len(names)})")
-    return names
+    unused = [names[i] for i in range(len(names)) if i not in label_map]
+    if unused:
+        notes.append(f"{path} names {len(names)} classes but {len(unused)} of them have no sample in any split "
+                     f"({_listing(unused)}): they are left out, so the model has {len(used)} classes")
+    return [names[v] for v in used], label_map, notes
+
+
+def _listing(values: list, limit: int = 8) -> str:
+    return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
+
+
+def _class_presence(raw: dict[str, tuple[dict[str, np.ndarray], np.ndarray]], classes: list[str]) -> list[str]:
+    """Warnings for classes with samples elsewhere but none in train (cannot be learnt) or none in test (no test
+    accuracy; macro-F1 counts them as 0)."""
+    counts = {s: np.bincount(labels, minlength=len(classes)) for s, (_, labels) in raw.items()}
+    out = []
+    untrained = [classes[k] for k in np.flatnonzero(counts["train"] == 0)]
+    if untrained:
+        out.append(f"class(es) {_listing(untrained)} have samples in val/test but none in train: the model cannot "
+                   "learn them")
+    untested = [classes[k] for k in np.flatnonzero(counts["test"] == 0)]
+    if untested:
+        out.append(f"class(es) {_listing(untested)} have no test samples: their test accuracy is undefined and "
+                   "macro-F1 counts them as 0")
+    return out
 
 
 def describe_kinds(manifest: Manifest) -> dict[str, str]:
