@@ -33,7 +33,7 @@ import torch
 import torchaudio
 
 from bogc_cli import __version__
-from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, write_cache
+from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, carve_warnings, write_cache
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
@@ -244,8 +244,11 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
         splits[split] = SplitArrays({"audio": audio[mask], "image": images[picked][:, None]}, labels[mask], ids)
 
     train_rows, val_rows = carve_validation(splits["train"].labels, val_fraction, seed)
+    warnings += carve_warnings(splits["train"].labels, val_rows, CLASSES, str(fsdd_dir))
     splits = {"train": splits["train"].subset(train_rows), "val": splits["train"].subset(val_rows),
               "test": splits["test"]}
+    if not len(val_rows):  # too few recordings to carve one: no val split (training says so, or refuses)
+        splits.pop("val")
     mean, std = _normalise_audio(splits)
     params["normalisation"] = {"mean": mean, "std": std, "over": "train split after the validation carve-out"}
     if count_problem:

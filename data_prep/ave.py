@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import Log, choose_preset, no_log
 from data_prep.avclips import (AVPreset, ClipListing, ClipSource, Published, check_common_args, index_media,
@@ -70,6 +71,7 @@ def read_set(path: Path) -> list[tuple[str, str]]:
     """``(category, video_id)`` per line of an AVE list; the header line is left out."""
     if not path.is_file():
         raise UserError(f"missing AVE list {path}: the official download has {', '.join(SET_FILES.values())}")
+    refuse_pointer(path)
     rows = []
     for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():

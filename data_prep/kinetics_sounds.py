@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import Log, choose_preset, choose_val_fraction, no_log
 from data_prep.avclips import (AVPreset, ClipListing, ClipSource, Published, check_common_args, index_media,
@@ -160,6 +161,7 @@ def _read_list(path: Path) -> list[tuple[list[str], str]]:
     CSV (header ``label,youtube_id,time_start,time_end,...``) the names its download scripts give a clip."""
     import csv
 
+    refuse_pointer(path)
     text = path.read_text(encoding="utf-8-sig")
     first = text.splitlines()[0] if text.strip() else ""
     if "youtube_id" in first:
@@ -192,4 +194,5 @@ def _class_names(raw: Path) -> list[str] | None:
     path = raw / "classes.txt"
     if not path.is_file():
         return None
+    refuse_pointer(path)
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -152,3 +152,70 @@ def test_ave_official_lists(capsys, tmp_path, ave_raw):
 def test_ave_refuses_a_val_fraction(capsys, tmp_path, ave_raw):
     code, _, err = run_cli(capsys, "prepare", "ave", "--raw", ave_raw, "--out", tmp_path / "o", "--val-fraction", "0.2")
     assert code == 2 and "valSet.txt" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# the other forms: Kinetics' own annotation CSVs, leaks between splits, nested AVE, feature-only folders
+
+
+def test_kinetics_csv_annotations_need_the_class_list_and_leaks_are_reported(capsys, tmp_path, samples, reliability):
+    """Kinetics' train.csv/validate.csv (label,youtube_id,time_start,time_end,split) with videos named
+    <youtube_id>_<start:06d>_<end:06d>.mp4, as its download scripts write them; 400 classes in the lists."""
+    raw = tmp_path / "kinetics400"
+    (raw / "train").mkdir(parents=True)
+    (raw / "val").mkdir()
+    header = "label,youtube_id,time_start,time_end,split,is_cc\n"
+    train = {"aaaaaaaaaaa": ("playing drums", samples["mp4"]), "bbbbbbbbbbb": ("playing drums", samples["flv"]),
+             "ccccccccccc": ("ripping paper", samples["bunny"]), "ddddddddddd": ("ripping paper", samples["mp4"]),
+             "eeeeeeeeeee": ("shot put", samples["mp4"])}
+    test = {"fffffffffff": ("playing drums", samples["bunny"]), "ggggggggggg": ("ripping paper", samples["flv"]),
+            "aaaaaaaaaaa": ("playing drums", samples["mp4"])}  # a clip in both lists: a leak
+    rows = {}
+    for split, clips in (("train", train), ("val", test)):
+        for yt, (label, src) in clips.items():
+            shutil.copy(src, raw / split / f"{yt}_000010_000020.mp4")
+        extra = "".join(f"class {k},zzzzzzzzz{k:02d},0,10,{split},0\n" for k in range(400))  # Kinetics-400's other classes
+        rows[split] = header + "".join(f'"{label}",{yt},10,20,{split},0\n' for yt, (label, _) in clips.items()) + extra
+    (raw / "train.csv").write_text(rows["train"])
+    (raw / "test.csv").write_text(rows["val"])
+    code, _, err = run_cli(capsys, "prepare", "kinetics_sounds", "--raw", raw, "--out", tmp_path / "o")
+    assert code == 2 and "Kinetics-400's" in err and "classes.txt" in err
+    (raw / "classes.txt").write_text("playing drums\nripping paper\n")
+    log: list[str] = []
+    manifest = kinetics_sounds.prepare(raw, tmp_path / "o", log=log.append)
+    reliability("raw-data variants and misnamed samples given to prepare (read, or reported with the fix)", 2)
+    assert manifest.classes == ["playing drums", "ripping paper"]
+    assert manifest.sources["layout"] == "kinetics csv" and manifest.sources["clips_of_other_classes"] == 801
+    leak = [s for s in manifest.skipped if "also in the test split" in s["reason"]]
+    assert [Path(s["file"]).name for s in leak] == ["aaaaaaaaaaa_000010_000020.mp4"]
+    test_ids = load_split(tmp_path / "o", manifest, "test").ids
+    assert sorted(test_ids) == ["aaaaaaaaaaa_000010_000020", "fffffffffff_000010_000020", "ggggggggggg_000010_000020"]
+
+
+def test_ave_nested_duplicates_across_sets_and_feature_only_folders(capsys, tmp_path, ave_raw, reliability):
+    nested = tmp_path / "download" / "AVE_Dataset_unzipped"
+    shutil.copytree(ave_raw, nested, symlinks=True)
+    root = nested / "AVE_Dataset"
+    with open(root / "valSet.txt", "a") as fh:
+        fh.write("Church bell&MH3m4AwEcRY&good&0&10\n")  # also in testSet.txt
+    manifest_path = tmp_path / "out"
+    code, out, err = run_cli(capsys, "prepare", "ave", "--raw", tmp_path / "download", "--out", manifest_path)
+    assert code == 0, out + err
+    manifest = read_manifest(manifest_path)
+    reliability("raw-data variants and misnamed samples given to prepare (read, or reported with the fix)")
+    assert manifest.splits == {"train": 3, "val": 1, "test": 1}
+    assert [s for s in manifest.skipped if "also listed in testSet.txt" in s["reason"]]
+    features = tmp_path / "features"
+    features.mkdir()
+    (features / "audio_feature.h5").write_bytes(b"\x89HDF")
+    code, _, err = run_cli(capsys, "prepare", "ave", "--raw", features, "--out", tmp_path / "o2")
+    assert code == 2 and "pre-computed AVE features" in err
+
+
+def test_list_files_that_are_lfs_pointers_are_named(capsys, tmp_path, ave_raw):
+    raw = tmp_path / "raw"
+    shutil.copytree(ave_raw, raw, symlinks=True)
+    (raw / "AVE_Dataset" / "testSet.txt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:"
+                                                     + "3" * 64 + "\nsize 12000\n")
+    code, _, err = run_cli(capsys, "prepare", "ave", "--raw", raw, "--out", tmp_path / "o")
+    assert code == 2 and "testSet.txt is a Git LFS pointer" in err

@@ -257,6 +257,9 @@ def read_manifest(root: str | Path) -> Manifest:
         raise UserError(f"prepared dataset folder {root} does not exist: run `bogc prepare` first, or fix dataset.root")
     if not path.is_file():
         raise UserError(f"{root} has no manifest.json: it is not a prepared cache (run `bogc prepare` on the raw data)")
+    from bogc_cli.data.lfs import refuse_pointer
+
+    refuse_pointer(path)
     try:
         return Manifest.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
