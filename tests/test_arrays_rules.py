@@ -54,7 +54,7 @@ def test_labels_3_7_42_become_three_classes_and_eval_has_no_nan(capsys, tmp_path
     done = bogc("prepare", "arrays", "--raw", tmp_path / "mine", "--out", tmp_path / "cache")
     assert done.returncode == 0, done.stderr
     manifest = read_manifest(tmp_path / "cache")
-    reliability("arrays data that cannot be right, mapped or refused (kind 6)")
+    reliability("arrays data that cannot be right (labels, classes, dtypes, names, kinds): mapped, warned or refused")
     assert manifest.classes == ["3", "7", "42"] and manifest.params["label_map"] == {"3": 0, "7": 1, "42": 2}
     assert "not 0..2" in done.stdout
     test = load_split(tmp_path / "cache", manifest, "test")
@@ -71,7 +71,7 @@ def test_classes_txt_with_extra_names_class_missing_from_train_or_test(capsys, t
     root = _folder(tmp_path / "mine", {"train": np.repeat([0, 1, 2], 10), "test": np.repeat([0, 1, 3], 4)})
     (root / "classes.txt").write_text("cat\ndog\neel\nfox\ngnu\n")
     manifest, splits = read_arrays_folder(root)
-    reliability("arrays data that cannot be right, mapped or refused (kind 6)", 3)
+    reliability("arrays data that cannot be right (labels, classes, dtypes, names, kinds): mapped, warned or refused", 3)
     assert manifest.classes == ["cat", "dog", "eel", "fox"]  # gnu has no sample anywhere: left out
     assert any("gnu" in w and "left out" in w for w in manifest.warnings)
     assert any("fox" in w and "none in train" in w for w in manifest.warnings)
@@ -119,7 +119,7 @@ def test_uint8_in_one_split_and_float_in_another_is_refused(capsys, tmp_path, re
     root = _folder(tmp_path / "mine", {"train": np.arange(30) % 3, "test": np.arange(9) % 3},
                    img={"train": pixels, "test": pixels[:9].astype(np.float32)})
     done = bogc("prepare", "arrays", "--raw", root, "--out", tmp_path / "c")
-    reliability("arrays data that cannot be right, mapped or refused (kind 6)")
+    reliability("arrays data that cannot be right (labels, classes, dtypes, names, kinds): mapped, warned or refused")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "train/img.npy is uint8" in done.stderr and "test/img.npy is float32" in done.stderr
     code, _, err = run_cli(capsys, *TRAIN, "--set", f"dataset.root={root}", "--out", tmp_path / "r")  # read directly
@@ -147,7 +147,7 @@ def test_modality_names_that_would_break_later_are_refused_at_prepare(capsys, tm
     root = _folder(tmp_path / "mine", {"train": np.arange(20) % 2, "test": np.arange(6) % 2},
                    **{name: {"train": np.ones((20, 3), np.float32), "test": np.ones((6, 3), np.float32)}})
     code, _, err = run_cli(capsys, "prepare", "arrays", "--raw", root, "--out", tmp_path / "c")
-    reliability("arrays data that cannot be right, mapped or refused (kind 6)")
+    reliability("arrays data that cannot be right (labels, classes, dtypes, names, kinds): mapped, warned or refused")
     assert code == 2 and f"modality name {name!r} cannot be used" in err and "rename" in err
 
 
@@ -168,7 +168,7 @@ def test_prepare_takes_kinds_and_a_recipe_kind_is_honoured_or_refused(capsys, tm
     manifest = read_manifest(tmp_path / "c")
     assert manifest.modalities["audio"].kind == "sequence" and manifest.modalities["audio"].shape == [10, 4]
     assert manifest.params["kinds_given"] == {"audio": "sequence"}
-    reliability("arrays data that cannot be right, mapped or refused (kind 6)", 3)
+    reliability("arrays data that cannot be right (labels, classes, dtypes, names, kinds): mapped, warned or refused", 3)
     # the recipe agrees: trains; the recipe disagrees: refused (it used to be ignored silently)
     code, _, err = run_cli(capsys, *TRAIN, "--set", f"dataset.root={tmp_path / 'c'}", "--set",
                            "dataset.kinds={audio: sequence}", "--set", "train.epochs=1", "--out", tmp_path / "r")

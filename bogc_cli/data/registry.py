@@ -107,7 +107,8 @@ DATASETS: dict[str, DatasetInfo] = {
         ),
         DatasetInfo(
             "brats_grade",
-            "BraTS 2019 glioma grade (HGG vs LGG) from 4 MRI sequences; seeded patient-level split",
+            "BraTS glioma grade (HGG vs LGG) from 4 MRI sequences (2018-2020 layouts; 2021+ with a grade table); "
+            "seeded patient-level split",
             ("t1", "t1ce", "t2", "flair"),
             prepare_presets={
                 "slices2d": "the 3 axial slices around the largest tumour cross-section, 128 px, per-volume "
