@@ -18,6 +18,17 @@ Log = Callable[[str], None]
 _CACHE_ENTRIES = {"manifest.json", *SPLITS}
 
 
+def folders_below(raw: Path, depth: int) -> list[Path]:
+    """``raw`` and its sub-folders up to ``depth`` levels down (hidden ones left out), shallowest first, each level
+    sorted: where a preparer looks for a dataset, so that a re-pack's extra folder level (``CREMA-D-master/``,
+    ``BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/``) does not matter."""
+    found = [raw]
+    for level in range(1, depth + 1):
+        found += sorted(p for p in raw.glob("/".join(["*"] * level))
+                        if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(raw).parts))
+    return found
+
+
 def no_log(message: str) -> None:
     """The default ``log`` callback: preparers stay silent unless given one."""
 

@@ -37,8 +37,8 @@ from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, carve_w
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, no_log,
-                               reusable_manifest, start_rewrite)
+from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, folders_below,
+                               no_log, reusable_manifest, start_rewrite)
 from data_prep.media import EMPTY_AUDIO, silence_warning
 from data_prep.mnist import MnistSource, find_mnist, load_mnist
 
@@ -83,8 +83,7 @@ class Clip:
 def find_fsdd(raw: Path) -> Path:
     """The folder holding the FSDD ``*.wav`` files under ``raw`` (a ``recordings/`` folder up to three levels down)."""
     candidates = [raw / "fsdd" / "recordings", raw / "fsdd", raw / "recordings"]
-    candidates += sorted(p for depth in range(1, 4) for p in raw.glob("/".join(["*"] * (depth - 1) + ["recordings"]))
-                         if p.is_dir())
+    candidates += [p for p in folders_below(raw, 3) if p.name == "recordings"]
     for folder in candidates:
         if folder.is_dir() and any(folder.glob("*.wav")):
             return folder

@@ -20,7 +20,7 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import Log, choose_preset, no_log
+from data_prep._common import Log, choose_preset, folders_below, no_log
 from data_prep.avclips import (AVPreset, ClipListing, ClipSource, Published, check_common_args, index_media,
                                prepare_clips)
 from data_prep.clipstore import Item
@@ -55,8 +55,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
 
 def find_root(raw: Path) -> Path:
     """The folder holding ``trainSet.txt``: ``raw`` or a sub-folder up to three levels down."""
-    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
-                             if p.is_dir() and not p.name.startswith("."))
+    folders = folders_below(raw, SEARCH_DEPTH)
     for root in folders:
         if (root / SET_FILES["train"]).is_file():
             return root

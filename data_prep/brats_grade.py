@@ -48,7 +48,8 @@ from bogc_cli.data.lfs import FIX as LFS_FIX
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, count_mismatch, digest,
-                               file_list_checksum, no_log, require_samples, reusable_manifest, start_rewrite)
+                               file_list_checksum, folders_below, no_log, require_samples, reusable_manifest,
+                               start_rewrite)
 from data_prep.clipstore import WARNING, Item, SkipItem, build_store
 
 DATASET = "brats_grade"
@@ -169,11 +170,6 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
 # finding the patients and their grades
 
 
-def _subfolders(raw: Path) -> list[Path]:
-    return [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
-                          if p.is_dir() and not p.name.startswith("."))
-
-
 def _has_volumes(folder: Path) -> bool:
     return any(_NII.search(p.name) for p in folder.iterdir() if p.is_file())
 
@@ -181,12 +177,12 @@ def _has_volumes(folder: Path) -> bool:
 def list_patients(raw: Path) -> Listing:
     """The patients under ``raw`` with their grades: from ``HGG/`` and ``LGG/`` folders, or from a flat folder of
     patient folders and a CSV with a ``Grade`` column."""
-    for root in _subfolders(raw):
+    for root in folders_below(raw, SEARCH_DEPTH):
         if (root / "HGG").is_dir() or (root / "LGG").is_dir():
             patients = [(p, grade) for grade in ("HGG", "LGG") if (root / grade).is_dir()
                         for p in sorted((root / grade).iterdir()) if p.is_dir()]
             return Listing(root, patients, "HGG/ and LGG/ folders")
-    for root in _subfolders(raw):
+    for root in folders_below(raw, SEARCH_DEPTH):
         folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _has_volumes(p))
         if folders:
             return _grades_from_table(root, folders)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
 from bogc_cli.errors import UserError
-from data_prep._common import Log, choose_preset, choose_val_fraction, no_log
+from data_prep._common import Log, choose_preset, choose_val_fraction, folders_below, no_log
 from data_prep.avclips import (AVPreset, ClipListing, ClipSource, Published, check_common_args, index_media,
                                prepare_clips)
 from data_prep.clipstore import Item
@@ -80,8 +80,7 @@ def _frames_folder(root: Path) -> Path | None:
 def find_root(raw: Path) -> Path:
     """The folder holding the clips' faces: ``VideoFlash/`` (or OGM-GE's ``Image-01-FPS/``), searched in ``raw``
     and its sub-folders up to three levels down; an audio-only copy is refused with what it lacks."""
-    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
-                             if p.is_dir() and not any(part.startswith(".") for part in p.relative_to(raw).parts))
+    folders = folders_below(raw, SEARCH_DEPTH)
     for root in folders:
         if (root / "VideoFlash").is_dir() or _frames_folder(root) is not None:
             return root

@@ -29,7 +29,7 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import Log, choose_preset, choose_val_fraction, no_log
+from data_prep._common import Log, choose_preset, choose_val_fraction, folders_below, no_log
 from data_prep.avclips import (AVPreset, ClipListing, ClipSource, Published, check_common_args, index_media,
                                prepare_clips)
 from data_prep.clipstore import Item
@@ -75,8 +75,7 @@ def _lists_in(folder: Path) -> dict[str, Path | None]:
 def list_clips(raw: Path, preset: AVPreset) -> ClipListing:
     """Clips from the folder layout when a ``train/`` folder of class folders is found, else from list files
     (``raw`` and its sub-folders up to two levels down are searched, in that order)."""
-    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
-                             if p.is_dir() and not p.name.startswith("."))
+    folders = folders_below(raw, SEARCH_DEPTH)
     for root in folders:
         if (root / "train").is_dir() and any(d.is_dir() for d in (root / "train").iterdir()):
             return _from_folders(root, preset)

@@ -31,8 +31,8 @@ from bogc_cli.data.cache import Manifest, SplitArrays, carve_validation, write_c
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, no_log,
-                               reject_preset, reusable_manifest, start_rewrite)
+from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, folders_below,
+                               no_log, reject_preset, reusable_manifest, start_rewrite)
 
 DATASET = "mfeat"
 VIEWS = DATASETS[DATASET].modalities  # ("fou", "fac", "kar", "pix", "zer", "mor")
@@ -56,8 +56,7 @@ def _candidates(folder: Path, view: str) -> list[Path]:
 
 def find_view_files(raw: Path) -> dict[str, Path]:
     """Map each view to its file under ``raw`` or a sub-folder (two levels down), in any of the layouts read."""
-    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
-                             if p.is_dir() and not p.name.startswith("."))
+    folders = folders_below(raw, SEARCH_DEPTH)
     for folder in folders:
         found = {v: p for v in VIEWS for p in reversed(_candidates(folder, v)) if p.is_file()}
         if found:

@@ -23,6 +23,7 @@ import numpy as np
 
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
+from data_prep._common import folders_below
 
 IDX = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -63,10 +64,8 @@ def _find_in(folder: Path) -> MnistSource | None:
 
 def find_mnist(raw: Path) -> MnistSource:
     """The MNIST files under ``raw`` in any form read (see the module doc); ``UserError`` naming the forms if none."""
-    bases = [raw / "mnist", raw / "MNIST", raw]
-    folders = [b for b in bases if b.is_dir()]
-    folders += sorted(p for b in folders for depth in range(1, SEARCH_DEPTH + 1) for p in b.glob("/".join(["*"] * depth))
-                      if p.is_dir() and not p.name.startswith("."))
+    bases = [b for b in (raw / "mnist", raw / "MNIST") if b.is_dir()]
+    folders = bases + [p for b in (*bases, raw) for p in folders_below(b, SEARCH_DEPTH)]
     for folder in folders:
         found = _find_in(folder)
         if found is not None:

@@ -36,8 +36,8 @@ from bogc_cli import __version__
 from bogc_cli.data.cache import Manifest, SplitArrays, write_cache
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum, no_log,
-                               require_samples, reusable_manifest, start_rewrite)
+from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum,
+                               folders_below, no_log, require_samples, reusable_manifest, start_rewrite)
 
 MODALITIES = ("text", "audio", "vision")
 SPLIT_KEYS = {"train": "train", "val": "valid", "test": "test"}
@@ -107,8 +107,7 @@ def find_pickle(raw: Path, names: tuple[str, ...], log: Log = no_log) -> Path:
         return raw
     if not raw.is_dir():
         raise UserError(f"--raw {raw} does not exist: point it at the feature pickle (e.g. {names[0]}) or its folder")
-    folders = [raw] + sorted(p for depth in range(1, SEARCH_DEPTH + 1) for p in raw.glob("/".join(["*"] * depth))
-                             if p.is_dir() and not p.name.startswith("."))
+    folders = folders_below(raw, SEARCH_DEPTH)
     found = [folder / name for name in names for folder in folders if (folder / name).is_file()]
     if not found:
         raise UserError(f"no feature pickle in {raw}: looked for {', '.join(names)}; point --raw at the pickle "

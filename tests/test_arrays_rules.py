@@ -226,15 +226,20 @@ def test_val_fraction_0_is_refused_with_the_reason(capsys, tmp_path):
     assert "best epoch" in done.stderr and not (tmp_path / "c").exists()
 
 
-def test_unwritable_out_is_refused_before_reading(capsys, tmp_path):
+def test_unwritable_out_is_refused_before_reading(capsys, tmp_path, monkeypatch):
+    """A folder this user cannot write: refused before any array is read (as root, where every folder is writable,
+    the permission check is what is simulated)."""
     import os
 
-    if os.geteuid() == 0:
-        pytest.skip("root can write anywhere")
+    from data_prep import _common
+
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
+    if os.geteuid() == 0:
+        real = os.access
+        monkeypatch.setattr(_common.os, "access", lambda path, mode: False if Path(path) == locked else real(path, mode))
     root = _folder(tmp_path / "mine", {"train": np.arange(30) % 3, "test": np.arange(9) % 3})
     code, _, err = run_cli(capsys, "prepare", "arrays", "--raw", root, "--out", locked / "c")
     locked.chmod(0o700)
-    assert code == 2 and "cannot be written" in err
+    assert code == 2 and f"{locked} cannot be written by this user" in err and not (locked / "c").exists()
