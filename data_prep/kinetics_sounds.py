@@ -134,7 +134,7 @@ def _from_lists(root: Path, lists: dict[str, Path], preset: AVPreset, raw: Path)
             raise UserError(f"{root / 'classes.txt'} names {len(classes)} classes but the lists use label {top}")
     else:
         classes = named or labels
-    items = []
+    items, listed = [], set()
     for split, entries in rows.items():
         for ids, label in entries:
             if not numeric and label not in classes:
@@ -145,6 +145,10 @@ def _from_lists(root: Path, lists: dict[str, Path], preset: AVPreset, raw: Path)
                 skipped.append({"file": f"{lists[split].name}: {ids[0]}",
                                 "reason": f"no video file {' or '.join(f'{i}.mp4' for i in ids)} found"})
                 continue
+            if (split, video.stem) in listed:
+                skipped.append({"file": f"{lists[split].name}: {ids[0]}", "reason": "listed twice: used once"})
+                continue
+            listed.add((split, video.stem))
             index = int(label) if numeric else classes.index(label)
             items.append(Item(video.stem, split, index, ClipSource(video=str(video), preset=preset)))
     items = _keep_test_copy(items, skipped)
