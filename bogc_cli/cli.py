@@ -416,11 +416,12 @@ def list_() -> None:
     for col in ("name", "options", "modalities", "about"):
         t.add_column(col, overflow="fold")
     for name, cls in METHODS.items():
-        opts = ", ".join(f"{k}={f.default if not f.is_required() else '<required>'}"
+        opts = ", ".join(f"{k}={f.get_default(call_default_factory=True) if not f.is_required() else '<required>'}"
                          for k, f in cls.Options.model_fields.items())
         mods = f">= {cls.min_modalities}" + (f", <= {cls.max_modalities}" if cls.max_modalities else "")
         mods += f"; {cls.modality_note}" if cls.modality_note else ""
-        t.add_row(name, opts or "-", mods, cls.summary)
+        about = f"{cls.summary}\nfidelity: {cls.fidelity}" if cls.fidelity else cls.summary
+        t.add_row(name, opts or "-", mods, about)
     console.print(t)
 
 

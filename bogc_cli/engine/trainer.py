@@ -98,6 +98,7 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
     for note in parts.data.notes:  # what the data loader decided for the user (carve-outs, missing classes)
         console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+    parts.method_cls.before_training(parts.options, parts.model, resolved, parts.data.classes)  # e.g. a warm start
     if resolved.train.modality_dropout:
         ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
     run_dir = run_dir_for(resolved)
@@ -177,7 +178,8 @@ def _train_locked(resolved: Recipe, parts, run_dir: Path, console: Console, star
     scheduler = build_scheduler(optimizer, resolved.optim, cfg.epochs)
     autocast = autocast_factory(device, cfg.precision)
     ctx = StepContext(device=device, optimizer=optimizer, autocast=autocast, grad_clip=resolved.optim.grad_clip,
-                      holdout=loaders.holdout, train_eval=loaders.train_eval, distributed=distributed)
+                      holdout=loaders.holdout, train_eval=loaders.train_eval, distributed=distributed,
+                      batch_size=cfg.batch_size)
     method = parts.method_cls(parts.options, model, ctx)
     transforms = _batch_transforms(cfg, parts, seed, device)
     recipe_dict = resolved.to_dict()

@@ -41,6 +41,7 @@ class StepContext:
     epoch: int = 0
     holdout: Any = None  # DataLoader over the held-out part of train, for methods that ask for one
     train_eval: Any = None  # DataLoader over the rows trained on, unshuffled (for per-epoch passes)
+    batch_size: int = 0  # train.batch_size (the global batch), for methods that run training passes of their own
     extra: dict[str, Any] = field(default_factory=dict)
     skipped_step: bool = False  # set by clip_and_step when a non-finite gradient made it skip the update
     distributed: Any = None  # engine.distributed.Distributed when data-parallel, else None
@@ -63,6 +64,8 @@ class Method:
     min_modalities: ClassVar[int] = 1
     max_modalities: ClassVar[int | None] = None
     modality_note: ClassVar[str] = ""  # how the rule extends past the paper's modality count, for `bogc list`
+    # what the defaults follow (reference file) and each deliberate deviation from it, for `bogc list`
+    fidelity: ClassVar[str] = ""
 
     def __init__(self, options: StrictModel, model: MultimodalModel, ctx: StepContext):
         self.options = options
@@ -103,6 +106,14 @@ class Method:
 
         Called whenever a run's model is built (training, ``eval``, ``missing-modality``), before
         weights are loaded, so a checkpoint always meets the model it was trained as."""
+
+    @classmethod
+    def before_training(cls, options: StrictModel, model: MultimodalModel, recipe, classes: list[str]) -> None:
+        """Act on a freshly built model when a run is about to train (never at ``eval`` or
+        ``missing-modality``), before anything is written: e.g. load warm-start weights.
+
+        ``recipe``: the run's resolved single-seed recipe; ``classes``: the data's class names in label
+        order. Raise ``UserError`` for a setting that cannot be honoured (the run then writes nothing)."""
 
     @classmethod
     def holdout_fraction(cls, options: StrictModel) -> float:
