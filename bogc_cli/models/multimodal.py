@@ -7,6 +7,7 @@ its parameter groups, from its structure alone:
 - encoder m -> (fused, m)
 - fusion head -> (fused,)            [with ``fusion-slices`` unimodal logits: (fused, every m)]
 - unimodal head m -> (m,)
+- expert encoder m (only with independent experts, I2M2) -> (fused, m)
 
 Methods read ``param_groups()``; they never match parameter names.
 """
@@ -68,7 +69,10 @@ class MultimodalModel(nn.Module):
         self.modalities = list(modalities)
         self.num_classes = num_classes
         self.fill = fill
+        self._encoder_recipe = (dict(encoders), dict(modalities), cfg)  # to build more encoders of the same kind
         self.encoders = nn.ModuleDict({m: build_encoder(encoders[m], spec, cfg) for m, spec in modalities.items()})
+        # independent unimodal experts (I2M2): each unimodal head reads its own encoder; empty otherwise
+        self.expert_encoders = nn.ModuleDict()
         dims = [self.encoders[m].out_dim for m in self.modalities]
         self.fusion_head = build_fusion_head(fusion, dims, num_classes, cfg.fusion_hidden)
         self.slice_unimodal = unimodal_logits == "fusion-slices"
@@ -84,9 +88,24 @@ class MultimodalModel(nn.Module):
         self.prediction = "fusion"
 
     # ------------------------------------------------------------------ structure
+    def add_expert_encoders(self) -> None:
+        """Give every unimodal head an encoder of its own (freshly initialised, same kind and size as the
+        joint model's), so the unimodal experts no longer share the joint model's encoders (I2M2's
+        independent experts: about twice the encoder parameters). Their running feature means are buffers
+        ``expert_feature_mean_<m>``."""
+        if self.slice_unimodal:
+            raise ValueError("independent experts need separate unimodal heads, not fusion-slices")
+        names, specs, cfg = self._encoder_recipe
+        for m in self.modalities:
+            encoder = build_encoder(names[m], specs[m], cfg)
+            self.expert_encoders[m] = encoder
+            self.register_buffer(f"expert_feature_mean_{m}", torch.zeros(encoder.out_dim))
+
     def param_groups(self) -> list[ParamGroup]:
         groups = [ParamGroup(f"encoder:{m}", "encoder", m, (FUSED, m), tuple(self.encoders[m].parameters()))
                   for m in self.modalities]
+        groups += [ParamGroup(f"expert_encoder:{m}", "expert_encoder", m, (FUSED, m), tuple(e.parameters()))
+                   for m, e in self.expert_encoders.items()]
         fusion_sources = (FUSED, *self.modalities) if self.slice_unimodal else (FUSED,)
         groups.append(ParamGroup("fusion_head", "fusion", None, fusion_sources, tuple(self.fusion_head.parameters())))
         head_sources = (lambda m: (FUSED, m)) if self.prediction == "product-of-experts" else (lambda m: (m,))
@@ -94,47 +113,54 @@ class MultimodalModel(nn.Module):
                    for m, h in self.unimodal_heads.items()]
         return groups
 
-    def feature_mean(self, m: str) -> torch.Tensor:
-        return getattr(self, f"feature_mean_{m}")
+    def feature_mean(self, m: str, expert: bool = False) -> torch.Tensor:
+        return getattr(self, f"expert_feature_mean_{m}" if expert else f"feature_mean_{m}")
 
     # ------------------------------------------------------------------ forward
-    def encode(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None
-               ) -> dict[str, torch.Tensor]:
-        """Features ``{m: [B, d_m]}`` with missing samples filled."""
+    def encode(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None,
+               expert: bool = False) -> dict[str, torch.Tensor]:
+        """Features ``{m: [B, d_m]}`` with missing samples filled; ``expert``: those of the independent
+        experts' own encoders (``expert_encoders``) instead of the joint model's."""
+        encoders = self.expert_encoders if expert else self.encoders
         feats = {}
         for m in self.modalities:
             x = inputs[m]
             mask = None if present is None else present.get(m)
             if mask is not None and self.fill == "zero-input":
                 x = x * mask.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-            z = self.encoders[m](x)
+            z = encoders[m](x)
             if self.training and torch.is_grad_enabled():
-                self._track_mean(m, z, mask)
+                self._track_mean(m, z, mask, expert)
             if mask is not None and self.fill != "zero-input":
-                fill = torch.zeros_like(z) if self.fill == "zero-feature" else self.feature_mean(m).to(z.dtype).expand_as(z)
+                fill = (torch.zeros_like(z) if self.fill == "zero-feature"
+                        else self.feature_mean(m, expert).to(z.dtype).expand_as(z))
                 z = torch.where(mask.view(-1, 1), z, fill)
             feats[m] = z
         return feats
 
     @torch.no_grad()
-    def _track_mean(self, m: str, z: torch.Tensor, mask: torch.Tensor | None) -> None:
-        z = z.detach().to(self.feature_mean(m).dtype)
+    def _track_mean(self, m: str, z: torch.Tensor, mask: torch.Tensor | None, expert: bool = False) -> None:
+        mean = self.feature_mean(m, expert)
+        z = z.detach().to(mean.dtype)
         if mask is not None:
             if not bool(mask.any()):
                 return
             z = z[mask]
-        self.feature_mean(m).lerp_(z.mean(0), self.feature_momentum)
+        mean.lerp_(z.mean(0), self.feature_momentum)
 
-    def heads(self, feats: dict[str, torch.Tensor]) -> Outputs:
+    def heads(self, feats: dict[str, torch.Tensor], expert_feats: dict[str, torch.Tensor] | None = None) -> Outputs:
+        """Logits from features; ``expert_feats`` (independent experts): the unimodal heads read these."""
         ordered = [feats[m] for m in self.modalities]
         fused = self.fusion_head(ordered)
         if self.slice_unimodal:
             uni = dict(zip(self.modalities, self.fusion_head.slice_logits(ordered)))
         else:
-            uni = {m: self.unimodal_heads[m](feats[m]) for m in self.modalities}
+            source = feats if expert_feats is None else expert_feats
+            uni = {m: self.unimodal_heads[m](source[m]) for m in self.modalities}
         if self.prediction == "product-of-experts":
             fused = product_of_experts([fused, *uni.values()])
         return Outputs(fused, uni, feats)
 
     def forward(self, inputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor] | None = None) -> Outputs:
-        return self.heads(self.encode(inputs, present))
+        experts = self.encode(inputs, present, expert=True) if len(self.expert_encoders) else None
+        return self.heads(self.encode(inputs, present), experts)
