@@ -35,7 +35,7 @@ __all__ = ["run_cli", "run_results", "signal_during_step", "stopped_and_resumed"
 
 # ------------------------------------------------------------------ comparing runs, interrupting them
 # Wall-clock and memory figures differ between two runs of the same seed; everything else must not.
-TIMING = {"epoch_time_s", "step_time_ms_median", "step_time_s", "peak_memory_mb"}
+TIMING = {"epoch_time_s", "step_time_ms_median", "step_time_s", "peak_memory_mb", "method.gblend.estimate_time_s"}
 EVAL_TIMING = {"train_seconds", "step_time_ms_median", "epoch_time_s_mean", "peak_memory_mb"}
 
 
