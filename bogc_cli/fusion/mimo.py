@@ -9,9 +9,17 @@ smoothly penalised version of it with plain gradient steps:
 
 ``T * logsumexp(L_m / T)`` is a smooth maximum: it lies in ``[max_m L_m, max_m L_m + T log M]``,
 tends to ``max_m L_m`` as ``T -> 0``, and its gradient weights each ``L_m`` by
-``softmax(L / T)_m``, so the worst-learnt modality gets most of the push. Reconstruction: only
-the abstract and summary of the paper were available to us; the penalty's exact schedule
-(whether ``lam`` grows during training) is not reproduced -- ``lam`` is constant.
+``softmax(L / T)_m``, so the worst-learnt modality gets most of the push.
+
+Sources and fidelity: the paper's abstract names its code, https://github.com/heshandevaka/MIMO.
+That repository could not be read from this project's build environment (no stored copy of it
+was available when this module was revised), so the rule above is reconstructed from the paper's
+abstract and published summaries (a smoothly penalised objective: the multi-modal loss plus a
+smooth maximum over the uni-modal losses), and the defaults are **not yet checked against the
+authors' code**: the penalty's schedule (whether ``lam`` grows during training, as penalty
+methods often do), the smoothing's form and its constants, and the authors' optimiser settings
+may differ. ``lam`` is constant here. ``docs/fidelity.md`` records this as an open item; whoever
+can read the repository should pin ``lam``, ``temperature`` and ``recipes/*/mimo.yaml`` to it.
 
 Hyper-parameters (``method.*``): ``lam`` (1.0), ``temperature`` (1.0). Works for any M >= 2.
 
@@ -47,6 +55,8 @@ class MIMO(Method):
     Options = MIMOOptions
     min_modalities = 2
     modality_note = "the smooth max runs over any number of unimodal losses"
+    fidelity = ("reconstructed from the paper's abstract; its code (github.com/heshandevaka/MIMO) could not be "
+                "read here, so lam, temperature and the penalty schedule (constant here) are unchecked against it")
 
     def losses(self, out, labels):
         per_source = self.source_losses(out, labels)
