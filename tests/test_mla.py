@@ -11,7 +11,8 @@ from bogc_cli.data.cache import ModalitySpec
 from bogc_cli.data.loader import Batch
 from bogc_cli.errors import UserError
 from bogc_cli.fusion import METHODS, StepContext
-from bogc_cli.fusion.mla import MLA, MLAHead, MLAOptions, entropy_weights, owm_update, project_gradient
+from bogc_cli.fusion.mla import (MLA, MLAHead, MLAOptions, batch_entropy, batch_entropy_weights, entropy_weights,
+                                  owm_update, project_gradient)
 from bogc_cli.models.build import build_model
 from bogc_cli.models.encoders import MLPEncoder
 from bogc_cli.recipe import ModelBlock, load_recipe
@@ -68,6 +69,24 @@ def test_entropy_weights_by_hand():
     torch.testing.assert_close(entropy_weights([uniform, uniform]), torch.tensor([[0.5, 0.5]]))
 
 
+def test_reference_batch_entropy_by_hand():
+    # the reference's calculate_entropy: softmax over the batch dimension, entropy summed over the whole batch
+    a = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # columns over the batch: (1/4, 3/4) and (1/2, 1/2)
+    h_a = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75) + 2 * 0.5 * math.log(0.5))
+    assert batch_entropy(a).item() == pytest.approx(h_a)
+    b = torch.zeros(2, 2)  # every column uniform over the batch: the largest entropy, 4 * (1/2 ln 2)
+    h_b = 2 * math.log(2.0)
+    assert batch_entropy(b).item() == pytest.approx(h_b)
+    w = batch_entropy_weights([a, b])  # one weight per modality for the whole batch
+    wa = math.exp(h_b - h_a) / (math.exp(h_b - h_a) + 1.0)
+    torch.testing.assert_close(w, torch.tensor([[wa, 1 - wa], [wa, 1 - wa]]))
+    # a sample's weight depends on the rest of its batch (unlike the paper's per-sample form)
+    alone = batch_entropy_weights([a[:1], b[:1]])
+    torch.testing.assert_close(alone, torch.tensor([[0.5, 0.5]]))  # one row: both columns' softmax is 1
+    torch.testing.assert_close(entropy_weights([a, b])[0], torch.tensor([0.5, 0.5]))  # per sample: row 0 ties
+    assert abs(w[0, 0].item() - 0.5) > 0.02                                            # per batch: it does not
+
+
 VEC = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32"),
        "c": ModalitySpec("vector", [4], "float32")}
 
@@ -85,19 +104,24 @@ def make_batch(specs=VEC, n: int = 32):
                  torch.randint(0, 3, (n,), generator=g), torch.arange(n))
 
 
-def test_adapted_model_predicts_the_weighted_sum_of_the_shared_head():
-    for fusion in ("entropy", "fixed"):
-        model = small_model(MLAOptions(fusion=fusion)).eval()
-        batch = make_batch()
-        out = model(batch.inputs)
-        head = model.fusion_head.linear
-        feats = model.encode(batch.inputs)
-        for m in VEC:  # unimodal logits are h(z_m), one shared head
-            torch.testing.assert_close(out.unimodal_logits[m], head(feats[m]))
-        uni = [out.unimodal_logits[m] for m in VEC]
-        w = entropy_weights(uni) if fusion == "entropy" else torch.full((32, 3), 1 / 3)
-        expected = sum(w[:, i:i + 1] * uni[i] for i in range(3))
-        torch.testing.assert_close(out.fused_logits, expected.float())
+@pytest.mark.parametrize("fusion, entropy_over", [("entropy", "batch"), ("entropy", "sample"), ("fixed", "batch")])
+def test_adapted_model_predicts_the_weighted_sum_of_the_shared_head(fusion, entropy_over):
+    model = small_model(MLAOptions(fusion=fusion, entropy_over=entropy_over)).eval()
+    batch = make_batch()
+    out = model(batch.inputs)
+    head = model.fusion_head.linear
+    feats = model.encode(batch.inputs)
+    for m in VEC:  # unimodal logits are h(z_m), one shared head
+        torch.testing.assert_close(out.unimodal_logits[m], head(feats[m]))
+    uni = [out.unimodal_logits[m] for m in VEC]
+    if fusion == "fixed":
+        w = torch.full((32, 3), 1 / 3)
+    elif entropy_over == "batch":  # the default: one weight per modality for the batch
+        w = torch.softmax(-torch.stack([batch_entropy(z) for z in uni]), 0).expand(32, 3)
+    else:
+        w = entropy_weights(uni)
+    expected = sum(w[:, i:i + 1] * uni[i] for i in range(3))
+    torch.testing.assert_close(out.fused_logits, expected.float())
     assert isinstance(model.fusion_head, MLAHead)
     names = [n for n, _ in model.named_parameters() if "head" in n]
     assert names == ["fusion_head.linear.weight", "fusion_head.linear.bias"]  # owned once, by the fusion head
@@ -146,8 +170,13 @@ def run_step(options: MLAOptions, opt: str = "sgd"):
     return model, before, optimizer, result, batch
 
 
+def test_defaults_follow_the_reference_code():
+    o = MLAOptions()
+    assert (o.fusion, o.entropy_over, o.owm) == ("entropy", "batch", "none")
+
+
 def test_one_step_is_m_optimiser_steps_each_moving_only_its_encoder_and_the_head():
-    model, before, opt, result, _ = run_step(MLAOptions())
+    model, before, opt, result, _ = run_step(MLAOptions(owm="gradient"))
     assert opt.steps == 3 and len(opt.snapshots) == 4
     states = opt.snapshots
     for k, m in enumerate(model.modalities):
@@ -185,7 +214,7 @@ def test_adamw_reshapes_a_projected_gradient():
 
 
 def test_owm_off_keeps_the_identity_projector():
-    model, *_ = run_step(MLAOptions(owm="none"))
+    model, *_ = run_step(MLAOptions())  # the default, as the reference code runs
     torch.testing.assert_close(model.fusion_head.projector, torch.eye(8, dtype=torch.float64))
 
 
