@@ -33,9 +33,10 @@ released none):
 Deviations from the reference, each deliberate:
 
 - V is a part of **train** held out from training (``holdout_fraction`` 0.1, stratified, seeded
-  by ``dataset.split_seed``), never the validation split: BalanceBenchmark measures on the
-  validation split, which also selects its checkpoint, so the weights would be fitted to the data
-  that picks the model.
+  by ``dataset.split_seed``), never the validation or test split: BalanceBenchmark measures on its
+  validation loader, which for CREMA-D and Kinetics-Sounds (``validation: false`` in its
+  ``configs/dataset_config.yaml``) is the test split, so the weights would be fitted to the data
+  the model is scored on.
 - Losses are means (per batch for T, per row for V); the reference adds up per-batch means, so its
   ``O_k`` compares a sum over len(train)/B batches with one over len(V)/B batches and scales with
   the split sizes.
@@ -116,14 +117,16 @@ def head_inputs(inputs: dict[str, torch.Tensor], head: str) -> dict[str, torch.T
 
 class GBlending(Method):
     name = "gblending"
-    summary = "loss weights per head w_k ~ |G_k| / O_k^2 from single-head estimation runs, re-estimated each super-epoch"
+    summary = ("loss weights per head w_k ~ |G_k| / O_k^2 from single-head estimation runs, re-estimated each "
+               "super-epoch")
     Options = GBlendingOptions
     min_modalities = 2
     modality_note = "one weight per head, any M"
     fidelity = ("follows BalanceBenchmark GBlending_trainer.py: single-head estimation runs (a copy trained per head "
                 "for a super-epoch, other inputs zeroed), |G|/O^2, estimated at the first super-epoch too; deviations: "
-                "V = held-out part of train (not the validation split), mean losses (not batch sums), O^2 floored "
-                "at eps, un-augmented estimation batches; estimate: joint is the cheaper non-reference form")
+                "V = held-out part of train (the reference: its val loader, the test split on CREMA-D/KS), mean "
+                "losses (not batch sums), O^2 floored at eps, un-augmented estimation batches; estimate: joint is the "
+                "cheaper non-reference form")
 
     @classmethod
     def holdout_fraction(cls, options: GBlendingOptions) -> float:
@@ -141,7 +144,7 @@ class GBlending(Method):
         super().__init__(options, model, ctx)
         self.heads = [FUSED, *model.modalities]
         self.weights = {k: 1.0 / len(self.heads) for k in self.heads}
-        self.start: tuple[dict, dict] | None = None  # estimate: joint -- (train, held-out) losses at the last re-estimate
+        self.start: tuple[dict, dict] | None = None  # estimate: joint -- (train, held-out) losses, last re-estimate
         self.seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())  # shuffles the estimation runs' batches
         self._epoch_logs: dict[str, float] = {}
 

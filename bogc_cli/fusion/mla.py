@@ -154,7 +154,7 @@ def batch_entropy_weights(logits: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def entropy_weights(logits: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The paper's uncertainty-based fusion weights, per sample (``entropy_over: sample``): ``M x [B, C]`` -> ``[B, M]``.
+    """The paper's fusion weights, per sample (``entropy_over: sample``): ``M x [B, C]`` -> ``[B, M]``.
 
     ``w_m = exp(max_v e_v - e_m) / sum_u exp(max_v e_v - e_u)``, i.e. a softmax over modalities
     of minus the entropies: rows sum to 1, the least certain modality gets the smallest weight."""
@@ -241,9 +241,9 @@ class MLA(Method):
     min_modalities = 2
     modality_note = "alternates over all M modalities in order; P accumulates every modality's inputs"
     fidelity = ("follows Cecile-hi/Multimodal-Learning-with-Alternating-Unimodal-Adaptation main.py --gs_flag "
-                "--dynamic: per-batch entropy fusion weights (entropy_over: batch), no OWM projection (owm: none; the reference's never "
-                "fires); the paper's per-sample entropy and OWM are options; deviations: fixed weights 1/M, constant "
-                "alpha, no Frobenius normalisation of P")
+                "--dynamic: per-batch entropy fusion weights (entropy_over: batch), no OWM projection (owm: none; "
+                "the reference's never fires); the paper's per-sample entropy and OWM are options; deviations: fixed "
+                "weights 1/M, constant alpha, no Frobenius normalisation of P")
 
     @classmethod
     def check_config(cls, options: MLAOptions, recipe) -> str | None:
