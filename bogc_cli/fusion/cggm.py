@@ -25,8 +25,9 @@ a batch with labels ``y`` and features ``z_m`` ``[B, d_m]``:
    before the first batch, and carried across epochs, as the reference's ``acc1``).
    ``delta: same-batch`` = the head's accuracy on this batch after its update minus before it
    (the one-step improvement without batch-to-batch sampling noise; needs no state, but with a
-   small classifier step it is mostly 0: on a 200-step run with SGD 1e-3 the guard below fired
-   on 176 of them and the magnitude rule was idle).
+   small classifier step it is mostly 0, so the guard below fires and the magnitude rule idles:
+   on avdigits, 114 steps with SGD 1e-3 and the model's optimiser for the heads, the guard fired
+   on 99 steps against 7 with the defaults; with AdamW 2e-3, 43 against 9).
 3. Magnitude: ``coeff_m = (S - Delta_m) / S`` with ``S = sum_j Delta_j`` (the coefficients sum to
    ``M - 1``; a modality whose classifier improves more than its share gets less). Not clipped:
    it can be negative or large, as in the paper and the reference. **Guard**: when ``|S| < eps``

@@ -39,7 +39,9 @@ Deviations from the reference, each deliberate:
   the model is scored on.
 - Losses are means (per batch for T, per row for V); the reference adds up per-batch means, so its
   ``O_k`` compares a sum over len(train)/B batches with one over len(V)/B batches and scales with
-  the split sizes.
+  the split sizes. Measured on avdigits' first estimate (35 train and 4 held-out batches of 64):
+  weights (fused, audio, image) 0.22 / 0.58 / 0.20 with means, 0.26 / 0.50 / 0.24 with the
+  reference's sums.
 - ``O_k^2`` is floored at ``eps`` (the reference divides by it unguarded: inf or nan when a copy's
   overfitting does not change); if every ``|G_k|`` is 0 the previous weights are kept.
 - Estimation runs see un-augmented batches (``train.augment`` and ``train.modality_dropout`` act
