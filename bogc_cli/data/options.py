@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
 
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
-from bogc_cli.recipe import DatasetBlock, Recipe, StrictModel, options_error
+from bogc_cli.schema import StrictModel, options_error
+
+if TYPE_CHECKING:  # recipe.py validates with this module: importing it at run time would close a circle
+    from bogc_cli.recipe import Recipe
 
 
 class NoOptions(StrictModel):
@@ -38,4 +43,5 @@ def validate_dataset_options(recipe: Recipe, source: str) -> None:
     try:
         schema.model_validate(recipe.dataset_options())
     except ValidationError as exc:
-        raise options_error(source, "dataset", exc, schema, name, list(DatasetBlock.model_fields)) from None
+        # the dataset block's common keys (name, root, preset, ...) come from its schema, recipe.DatasetBlock
+        raise options_error(source, "dataset", exc, schema, name, list(type(recipe.dataset).model_fields)) from None

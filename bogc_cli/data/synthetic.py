@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, class_counts
-from bogc_cli.recipe import Kind, StrictModel
+from bogc_cli.schema import Kind, StrictModel
 
 
 class SyntheticModality(StrictModel):

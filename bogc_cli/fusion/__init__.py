@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepContext, StepResult
-from bogc_cli.recipe import MethodBlock, Recipe, StrictModel, options_error
+from bogc_cli.schema import StrictModel, options_error
+
+if TYPE_CHECKING:  # recipe.py validates with this module: importing it at run time would close a circle
+    from bogc_cli.recipe import Recipe
 
 # One module per method, each exporting ``METHOD`` (its Method subclass); this order is `bogc list`'s.
 METHOD_MODULES = ("joint", "uniform", "unimodal", "bogc", "ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm",
@@ -42,7 +46,9 @@ def method_options(recipe: Recipe, source: str = "recipe") -> StrictModel:
     try:
         return cls.Options.model_validate(recipe.method_options())
     except ValidationError as exc:
-        raise options_error(source, "method", exc, cls.Options, cls.name, list(MethodBlock.model_fields)) from None
+        # the method block's common keys (name, tag) come from its schema, recipe.MethodBlock
+        raise options_error(source, "method", exc, cls.Options, cls.name,
+                            list(type(recipe.method).model_fields)) from None
 
 
 def validate_method_options(recipe: Recipe, source: str) -> None:

@@ -66,7 +66,7 @@ from pydantic import Field
 
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 PROB_FLOOR = 1e-8
 

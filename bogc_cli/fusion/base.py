@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bogc_cli.data.loader import Batch
 from bogc_cli.models.multimodal import FUSED, MultimodalModel, Outputs
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class NoOptions(StrictModel):

@@ -27,7 +27,7 @@ from bogc_cli.fusion.calibration import calibrate  # noqa: F401  (public: bogc_c
 from bogc_cli.engine.distributed import all_reduce_flat
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.sources import GradientSources, global_batch_gradients
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class BOGCOptions(StrictModel):

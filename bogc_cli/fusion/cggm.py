@@ -86,7 +86,7 @@ from bogc_cli.data.loader import Batch
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.models.fusion_heads import ConcatHead
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class CGGMOptions(StrictModel):

@@ -73,7 +73,7 @@ from bogc_cli.data.loader import make_loader, to_device
 from bogc_cli.engine.evaluate import predict
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class GBlendingOptions(StrictModel):

@@ -92,7 +92,7 @@ from torch import nn
 from bogc_cli.data.loader import Batch
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 RESNET18_DIM = 512
 

@@ -25,7 +25,7 @@ from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import Segments
 from bogc_cli.fusion.sources import GradientSources, global_batch_gradients
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class MMParetoOptions(StrictModel):

@@ -53,7 +53,7 @@ from bogc_cli.data.loader import Batch
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.ogm_ge import ogm_coefficients
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 KEEP_EPS = 1e-6
 DRAW_SEED = 15_485_863  # the mask generator's offset from the run seed, apart from the other generators

@@ -74,7 +74,7 @@ from bogc_cli.data.loader import Batch, to_device
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 EPS = 1e-8
 

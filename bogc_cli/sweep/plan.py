@@ -33,7 +33,8 @@ from bogc_cli.engine.missing import DEFAULT_RATES
 from bogc_cli.engine.run_lock import existing_results
 from bogc_cli.engine.setup import run_dir_for, run_identity
 from bogc_cli.errors import UserError
-from bogc_cli.recipe import StrictModel, format_validation_error, load_recipe
+from bogc_cli.recipe import load_recipe
+from bogc_cli.schema import StrictModel, format_validation_error
 
 
 class DatasetEntry(StrictModel):
