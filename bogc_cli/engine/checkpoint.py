@@ -14,31 +14,41 @@ from bogc_cli.atomic import save_torch, write_text
 from bogc_cli.errors import UserError
 
 
+FORMAT = "bogc-checkpoint/1"
+
+
+def checkpoint_header(recipe: dict, data: dict) -> dict[str, Any]:
+    """What every checkpoint starts with: format, bogc version, the resolved recipe, the data's classes and
+    modalities (enough to rebuild the model without the original command)."""
+    return {"format": FORMAT, "version": __version__, "recipe": recipe, "data": data}
+
+
 def save_checkpoint(path: Path, *, model, recipe: dict, epoch: int, val: dict, data: dict,
                     method_state: dict | None = None, optimizer=None, scheduler=None,
                     resume: dict | None = None, keep_previous: bool = False) -> None:
-    """Write a checkpoint atomically, then its sha256 beside it (``<name>.sha256``).
+    """Write a checkpoint of ``model`` (and, given, its optimiser, scheduler and ``resume`` state) with
+    ``write_checkpoint``.
 
     ``resume`` holds what continuing training needs beyond the model (RNG and data-order states, the
-    epoch history). With ``keep_previous`` the new checkpoint is written in full as ``<stem>.next.pt``
-    first, then the existing ``path`` becomes ``<stem>.prev.pt`` and the new one takes its name, so a
-    checkpoint damaged later still leaves the one before it."""
-    state: dict[str, Any] = {
-        "format": "bogc-checkpoint/1",
-        "version": __version__,
-        "epoch": epoch,
-        "recipe": recipe,
-        "val": val,
-        "data": data,
-        "model": model.state_dict(),
-        "method": method_state or {},
-    }
+    epoch history)."""
+    state: dict[str, Any] = {**checkpoint_header(recipe, data), "epoch": epoch, "val": val,
+                             "model": model.state_dict(), "method": method_state or {}}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         state["scheduler"] = scheduler.state_dict()
     if resume is not None:
         state["resume"] = resume
+    write_checkpoint(path, state, keep_previous)
+
+
+def write_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write a checkpoint's ``state`` (``checkpoint_header`` and the rest) atomically, then its sha256
+    beside it (``<name>.sha256``).
+
+    With ``keep_previous`` the new checkpoint is written in full as ``<stem>.next.pt`` first, then the
+    existing ``path`` becomes ``<stem>.prev.pt`` and the new one takes its name, so a checkpoint damaged
+    later still leaves the one before it."""
     if not keep_previous:
         save_torch(path, state)
         write_text(checksum_path(path), f"{file_sha256(path)}  {path.name}\n")
@@ -138,6 +148,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
         raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); it is corrupt or not "
                         f"a bogc checkpoint") from None
-    if not isinstance(state, dict) or state.get("format") != "bogc-checkpoint/1":
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UserError(f"{path} is not a bogc checkpoint")
     return state

@@ -73,9 +73,14 @@ class Distributed:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """Whether ``flag`` is true on any process (e.g. a stop signal that reached only some of them)."""
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return self.most(1 if flag else 0, device) > 0
+
+    def most(self, value: int, device: torch.device) -> int:
+        """The largest of every process's ``value`` (a small int, e.g. the strongest stop request), in one
+        all-reduce."""
+        t = torch.tensor([float(value)], device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item() > 0)
+        return int(t.item())
 
     def sum(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         """Element-wise sums across processes of scalar or 1-D tensors, in one collective."""

@@ -1,0 +1,53 @@
+"""The end of a run: the best-validation checkpoint evaluated on test, and eval.json."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bogc_cli.atomic import write_json
+from bogc_cli.data.loader import make_loader
+from bogc_cli.engine.checkpoint import load_checkpoint
+from bogc_cli.engine.context import RunContext
+from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.run_state import RunState
+from bogc_cli.engine.setup import run_identity
+
+
+@dataclass
+class RunResult:
+    """A finished run: ``test`` is eval.json's content; ``seconds`` the time this process took."""
+
+    run_dir: Path
+    seed: int
+    best_epoch: int
+    val_accuracy: float
+    test: dict
+    seconds: float
+
+
+def final_evaluation(ctx: RunContext, state: RunState, step_ms: list[float]) -> RunResult:
+    """``Method.on_train_end`` (its end-of-run files), then best.pt's weights evaluated on the test split;
+    eval.json = the run's identity, the test metrics (accuracy, macro-F1, per class, each modality's
+    head), the best epoch and its validation accuracy, timings (``step_ms``: this process's step times)
+    and the rows trained on and held out."""
+    method, model, cfg = state.method, state.model, ctx.recipe.train
+    method.on_train_end(ctx.run_dir, state.records)
+    model.load_state_dict(load_checkpoint(ctx.run_dir / "best.pt")["model"])
+    test_loader = make_loader(ctx.parts.data.splits["test"], cfg.eval_batch_size, shuffle=False)
+    test = evaluate_predictions(predict(model, test_loader, ctx.device, ctx.autocast), ctx.parts.data.classes)
+    seconds = time.perf_counter() - ctx.started
+    summary = {
+        **run_identity(ctx.recipe), "split": "test", "checkpoint": "best.pt", "epoch": state.best_epoch, **test,
+        "val_accuracy": state.best_accuracy,
+        "step_time_ms_median": statistics.median(step_ms) if step_ms else float("nan"),
+        "epoch_time_s_mean": statistics.fmean(r["epoch_time_s"] for r in state.records),
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in state.records),
+        "train_seconds": seconds,
+        "train_rows": ctx.loaders.train_rows,
+        "holdout_rows": ctx.loaders.holdout_rows,
+    }
+    write_json(ctx.run_dir / "eval.json", summary)
+    return RunResult(ctx.run_dir, ctx.recipe.seed, state.best_epoch, state.best_accuracy, summary, seconds)
