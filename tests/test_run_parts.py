@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,7 +94,7 @@ def test_a_callback_sees_the_run_start_each_step_each_epoch_and_the_end(tmp_path
     assert sum(first) / STEPS == pytest.approx(seen.records[0]["train_loss"], rel=1e-5)
 
 
-def test_a_callback_stops_the_run_after_an_epoch_and_a_resume_ends_as_an_uninterrupted_run(capsys, tmp_path):
+def test_a_callback_stops_the_run_after_an_epoch_and_a_resume_ends_as_an_uninterrupted_run(tmp_path):
     train_run(_recipe(tmp_path / "straight"), Console(quiet=True))
     expected = run_results(_run_dir(tmp_path / "straight"))
 
@@ -177,3 +179,19 @@ def test_run_state_round_trips_through_a_file_and_continues_identically(tmp_path
     assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
     assert b.scheduler.get_last_lr() == a.scheduler.get_last_lr()
     assert torch.equal(b.order.get_state(), a.order.get_state())
+
+
+# ------------------------------------------------------------------ the loop's own cost, measured
+
+
+def test_loop_overhead_table(capsys):
+    """benchmarks/loop_overhead.py runs real quickstart runs and prints the loop's cost per step."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import loop_overhead
+
+    assert loop_overhead.main(["--runs", "1", "--epochs", "1", "--n-train", "128"]) == 0
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["1"])
+    steps, step_ms, loop_ms, epoch_s = int(row[1]), float(row[2]), float(row[3]), float(row[4])
+    assert steps == 2 and step_ms > 0 and loop_ms > 0 and epoch_s > steps * step_ms / 1000
+    assert re.search(r"median loop overhead: \d+\.\d{3} ms/step over 1 epochs", out)
