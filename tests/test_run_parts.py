@@ -7,13 +7,16 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 from rich.console import Console
 
 from bogc_cli.data.cache import ModalitySpec
@@ -195,3 +198,48 @@ def test_loop_overhead_table(capsys):
     steps, step_ms, loop_ms, epoch_s = int(row[1]), float(row[2]), float(row[3]), float(row[4])
     assert steps == 2 and step_ms > 0 and loop_ms > 0 and epoch_s > 0
     assert re.search(r"median loop overhead: \d+\.\d{3} ms/step over 1 epochs", out)
+
+
+# ------------------------------------------------------------------ data-parallel: a callback's stop is everyone's
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data_parallel_worker(rank: int, port: int, out: str, stop_after: int | None, resume: bool) -> None:
+    """One of two gloo processes, as torchrun would start it, training the quickstart with a callback
+    (which only process 0 runs) that stops after epoch ``stop_after``; writes how its run ended."""
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from bogc_cli.engine import distributed
+
+    try:
+        train_run(_recipe(Path(out), "train.device=cpu", "train.epochs=3"), Console(quiet=True), resume=resume,
+                  callbacks=[Recorder(stop_after)])
+        ended = ["finished"]
+    except RunStopped as exc:
+        ended = ["stopped", exc.epoch, exc.reason]
+    finally:
+        distributed.stop()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(ended))
+
+
+def _data_parallel(out: Path, stop_after: int | None = None, resume: bool = False) -> list:
+    mp.spawn(_data_parallel_worker, args=(_free_port(), str(out), stop_after, resume), nprocs=2, join=True)
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_data_parallel_a_callback_of_process_0_stops_every_process_after_the_same_epoch(tmp_path):
+    assert _data_parallel(tmp_path / "straight") == [["finished"], ["finished"]]
+    ended = _data_parallel(tmp_path / "cut", stop_after=2)
+    assert ended == [["stopped", 2, "pruned at epoch 2"], ["stopped", 2, "a callback of process 0"]]
+    run = _run_dir(tmp_path / "cut")
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 2 and not (run / "eval.json").exists()
+    assert _data_parallel(tmp_path / "cut", resume=True) == [["finished"], ["finished"]]
+    expected, got = run_results(_run_dir(tmp_path / "straight")), run_results(run)
+    assert got[:2] == expected[:2] and all(torch.equal(got[2][k], expected[2][k]) for k in got[2])
