@@ -59,7 +59,7 @@ from bogc_cli.engine.checkpoint import load_checkpoint
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED, MultimodalModel
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 JOINT = "joint"
 
