@@ -10,6 +10,15 @@ method keep state across steps (prototypes, running means); ``state_dict`` saves
 Data-parallel, a rule that takes statistics of the batch (scores, means, prototypes) gets the
 global batch's from ``batch_sum`` / ``batch_mean`` (one all-reduce for them all) and, where it is
 non-linear in a statistic that carries gradient, back-propagates through ``global_value``.
+
+Epochs. The engine counts epochs from 1 (``ctx.epoch`` is 1 in the first epoch, as in
+``metrics.jsonl``). A method's epoch-valued options (modulation windows, warm-ups, super-epochs)
+are written in its reference code's own count, so that a recipe copies the reference's flags
+unchanged and a window means the same epochs as in the reference: ``Method.epoch_base`` is the
+number the reference gives its first epoch (0 for a ``for epoch in range(E)`` loop, 1 for
+``range(1, E + 1)``), ``reference_epoch`` converts, and ``in_epoch_window`` is the one test
+every windowed method uses (inclusive at both ends, as the references write ``start <= epoch <=
+end``). OGM-GE's ``end_epoch: 50`` with ``epoch_base = 0`` thus modulates our epochs 1-51.
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ class StepContext:
     optimizer: torch.optim.Optimizer
     autocast: Callable[[], AbstractContextManager] = nullcontext
     grad_clip: float | None = None
-    epoch: int = 0
+    epoch: int = 1  # the current epoch, counted from 1 (see "Epochs" above); set by on_epoch_start
     holdout: Any = None  # DataLoader over the held-out part of train, for methods that ask for one
     train_eval: Any = None  # DataLoader over the rows trained on, unshuffled (for per-epoch passes)
     batch_size: int = 0  # train.batch_size (the global batch), for methods that run training passes of their own
@@ -66,6 +75,8 @@ class Method:
     modality_note: ClassVar[str] = ""  # how the rule extends past the paper's modality count, for `bogc list`
     # what the defaults follow (reference file) and each deliberate deviation from it, for `bogc list`
     fidelity: ClassVar[str] = ""
+    # the number the reference code gives its first epoch (0 or 1): the count of epoch-valued options
+    epoch_base: ClassVar[int] = 1
 
     def __init__(self, options: StrictModel, model: MultimodalModel, ctx: StepContext):
         self.options = options
@@ -169,6 +180,18 @@ class Method:
                 for g in grads:
                     g.mul_(coef.to(g.dtype))
         self.ctx.optimizer.step()
+
+    # ------------------------------------------------------------ epochs (the convention: module docstring)
+    def reference_epoch(self, epoch: int | None = None) -> int:
+        """The reference code's number for our (1-based) ``epoch``, default the current one:
+        ``epoch - 1 + epoch_base``."""
+        return (self.ctx.epoch if epoch is None else epoch) - 1 + self.epoch_base
+
+    def in_epoch_window(self, start: int, end: int | None, epoch: int | None = None) -> bool:
+        """Whether ``epoch`` (default: the current one) lies in ``[start, end]``, both given in the reference's
+        count (``epoch_base``) and inclusive, as the references test ``start <= epoch <= end``; ``end`` None: open."""
+        e = self.reference_epoch(epoch)
+        return start <= e and (end is None or e <= end)
 
     def on_epoch_start(self, epoch: int) -> None:
         self.ctx.epoch = epoch

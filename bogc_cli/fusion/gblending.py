@@ -129,6 +129,7 @@ class GBlending(Method):
                 "V = held-out part of train (the reference: its val loader, the test split on CREMA-D/KS), mean "
                 "losses (not batch sums), O^2 floored at eps, un-augmented estimation batches; estimate: joint is the "
                 "cheaper non-reference form")
+    epoch_base = 0  # super-epochs start at epochs 0, N, 2N, ... counted from 0 (our 1, N + 1, ...)
 
     @classmethod
     def holdout_fraction(cls, options: GBlendingOptions) -> float:
@@ -217,7 +218,8 @@ class GBlending(Method):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self._epoch_logs = {}
-        if (epoch - 1) % self.options.super_epoch or self.ctx.holdout is None or self.ctx.train_eval is None:
+        first_of_super_epoch = self.reference_epoch(epoch) % self.options.super_epoch == 0
+        if not first_of_super_epoch or self.ctx.holdout is None or self.ctx.train_eval is None:
             return
         started = time.perf_counter()
         if self.options.estimate == "single-head":
