@@ -20,10 +20,38 @@ def test_coefficient_below_and_above_one():
     assert k["visual"].item() == 1.0                                      # weaker: untouched
 
 
+def reference_coefficients(score_a: float, score_v: float, alpha: float) -> tuple[float, float]:
+    """OGM-GE_CVPR2022 main.py's if/else, transcribed: (coeff_a, coeff_v) for audio (first) and visual."""
+    ratio_v = score_v / score_a
+    ratio_a = 1 / ratio_v
+    if ratio_v > 1:
+        return 1.0, 1 - math.tanh(alpha * max(ratio_v, 0.0))
+    return 1 - math.tanh(alpha * max(ratio_a, 0.0)), 1.0
+
+
+def test_a_score_tie_damps_the_first_modality_as_the_references_else_branch():
+    rho, k = ogm_coefficients({"audio": torch.tensor(12.5), "visual": torch.tensor(12.5)}, alpha=0.8)
+    assert rho["audio"].item() == rho["visual"].item() == 1.0
+    assert k["audio"].item() == pytest.approx(1 - math.tanh(0.8), rel=1e-6)  # 0.336: the reference's else branch
+    assert k["visual"].item() == 1.0
+
+
+@pytest.mark.parametrize("s_a, s_v", [(30.0, 10.0), (10.0, 30.0), (7.0, 7.0), (1.0, 1.0 + 1e-6), (0.5, 63.5)])
+def test_two_modalities_equal_the_reference_if_else(s_a, s_v):
+    _, k = ogm_coefficients({"audio": torch.tensor(s_a, dtype=torch.float64),
+                             "visual": torch.tensor(s_v, dtype=torch.float64)}, alpha=0.8)
+    assert (k["audio"].item(), k["visual"].item()) == pytest.approx(reference_coefficients(s_a, s_v, 0.8), rel=1e-12)
+
+
 def test_more_than_two_modalities_compare_with_the_weakest():
     rho, k = ogm_coefficients({"a": torch.tensor(4.0), "b": torch.tensor(2.0), "c": torch.tensor(1.0)}, alpha=0.5)
     assert [rho[m].item() for m in "abc"] == pytest.approx([4.0, 2.0, 1.0])
     assert k["a"].item() == pytest.approx(1 - math.tanh(2.0), rel=1e-5) and k["c"].item() == 1.0
+
+
+def test_more_than_two_modalities_all_tied_damp_the_first_as_two_do():
+    _, k = ogm_coefficients({"a": torch.tensor(2.0), "b": torch.tensor(2.0), "c": torch.tensor(2.0)}, alpha=0.5)
+    assert k["a"].item() == pytest.approx(1 - math.tanh(0.5), rel=1e-6) and k["b"].item() == k["c"].item() == 1.0
 
 
 def test_near_zero_denominator_is_guarded():
