@@ -31,7 +31,7 @@ def test_inverted_dropout_keeps_the_expected_feature():
     z = torch.tensor([[1.0, -2.0], [3.0, 4.0], [0.5, 0.5]])
     q = {"a": torch.tensor(0.25)}
     keep = {"a": torch.tensor([True, False, True])}
-    out = mask_features({"a": z}, keep, q)["a"]
+    out = mask_features({"a": z}, keep, q, scale="modality")["a"]
     torch.testing.assert_close(out, torch.tensor([[1.0, -2.0], [0.0, 0.0], [0.5, 0.5]]) / 0.75)  # exact, q fixed
     g = torch.Generator().manual_seed(0)
     n = 200_000
@@ -39,7 +39,7 @@ def test_inverted_dropout_keeps_the_expected_feature():
     q = {"a": torch.tensor(0.4), "b": torch.tensor(0.0)}
     keep = keep_masks(q, n, torch.device("cpu"), generator=g)
     assert keep["a"].float().mean().item() == pytest.approx(0.6, abs=0.01) and bool(keep["b"].all())
-    masked = mask_features({"a": big, "b": big}, keep, q)
+    masked = mask_features({"a": big, "b": big}, keep, q, scale="modality")
     torch.testing.assert_close(masked["a"].mean(0), torch.tensor([2.0, -1.0]), rtol=0.02, atol=0.0)  # Monte Carlo
     torch.testing.assert_close(masked["b"], big)  # q = 0: untouched
 
@@ -52,6 +52,21 @@ def test_shared_scale_uses_the_drop_rate_of_the_concatenated_feature():
     theta = (3 * 0.5 + 1 * 0.0) / 4
     torch.testing.assert_close(out["a"], za / (1 - theta))
     torch.testing.assert_close(out["b"], zb / (1 - theta))
+
+
+def test_default_scale_is_the_references_one_shared_factor():
+    """BML_TPAMI2024 Modality_drop: every kept feature / (1 - theta), theta = sum d q / sum d. With q = 0.6 on one
+    of two 2-d modalities theta = 0.3; the per-modality option gives x1.75 and x0.70 relative to it."""
+    assert OPMOptions().scale == "shared"
+    z = {"a": torch.tensor([[1.0, 2.0]]), "b": torch.tensor([[3.0, -1.0]])}
+    q = {"a": torch.tensor(0.6), "b": torch.tensor(0.0)}
+    keep = {"a": torch.tensor([True]), "b": torch.tensor([True])}
+    shared = mask_features(z, keep, q)
+    torch.testing.assert_close(shared["a"], torch.tensor([[1.0, 2.0]]) / 0.7)
+    torch.testing.assert_close(shared["b"], torch.tensor([[3.0, -1.0]]) / 0.7)
+    own = mask_features(z, keep, q, scale="modality")
+    torch.testing.assert_close(own["a"] / shared["a"], torch.full((1, 2), 1.75))
+    torch.testing.assert_close(own["b"] / shared["b"], torch.full((1, 2), 0.7))
 
 
 def test_fully_dropped_samples_are_found():
@@ -84,15 +99,17 @@ def test_warm_up_is_a_plain_step_then_a_fully_dropped_dominant_encoder_gets_no_u
     specs = {m: SPECS[m] for m in "ab"}
     batch = make_batch(specs)
     model, twin = small_model(specs), small_model(specs)
-    logs = method_for("opm", model, epoch=5, p_exe=1.0).step(batch).logs
-    method_for("joint", twin, epoch=5).step(batch)
+    # the reference's warm_up = epoch <= 5 over epochs from 0: our epochs 1-6 (warmup_epochs 6) are plain
+    assert OPMOptions().warmup_epochs == 6
+    logs = method_for("opm", model, epoch=6, p_exe=1.0).step(batch).logs
+    method_for("joint", twin, epoch=6).step(batch)
     assert logs["opm.executed"].item() == 0.0 and logs["opm.q.a"].item() == logs["opm.q.b"].item() == 0.0
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12, msg=name)  # warm-up: exactly joint
 
     model = small_model(specs)
     before = copy.deepcopy(model)
-    logs = method_for("opm", model, epoch=6, p_exe=1.0, q_base=1.0, lam=0.0).step(batch).logs
+    logs = method_for("opm", model, epoch=7, p_exe=1.0, q_base=1.0, lam=0.0).step(batch).logs
     dominant = max("ab", key=lambda m: logs[f"opm.rho.{m}"].item())
     weaker = "b" if dominant == "a" else "a"
     assert logs["opm.executed"].item() == 1.0 and logs[f"opm.q.{dominant}"].item() == 1.0
@@ -117,7 +134,7 @@ def test_fully_dropped_samples_leave_the_loss(monkeypatch):
         labels = batch.labels.clone()
         labels[0] = first_label
         model = small_model(SPECS)
-        method = method_for("opm", model, epoch=6, p_exe=1.0, q_base=0.0)  # q = 0: scale 1, masks as fixed
+        method = method_for("opm", model, epoch=7, p_exe=1.0, q_base=0.0)  # q = 0: scale 1, masks as fixed
         logs = method.step(Batch(batch.inputs, labels, batch.index)).logs
         results.append((logs, {n: p.detach().clone() for n, p in model.named_parameters()
                                if not n.startswith("unimodal_heads.")}))  # probes see every sample

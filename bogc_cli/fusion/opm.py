@@ -1,8 +1,11 @@
 """``opm``: On-the-fly Prediction Modulation.
 
 Wei, Hu, Du & Wen, "On-the-fly Modulation for Balanced Multimodal Learning", IEEE TPAMI 2024
-(the journal extension of OGM-GE). The dominant modality's encoder features are dropped at
-random before the fusion head, so the fused prediction has to lean on the other modalities.
+(the journal extension of OGM-GE). Reference code: GeWu-Lab/BML_TPAMI2024, ``code/main.py``,
+``code/models/Classifier.py`` (``Modality_drop``, ``calcu_q``), ``code/config.py`` and
+``code/scripts/train_opm.sh``; the defaults follow it. The dominant modality's encoder features
+are dropped at random before the fusion head, so the fused prediction has to lean on the other
+modalities.
 
 One step, for a batch with labels ``y``:
 
@@ -10,22 +13,26 @@ One step, for a batch with labels ``y``:
    scores ``s_m = sum_i softmax(unimodal logits_m)_{i, y_i}`` and the discrepancy ratios as in
    OGM-GE: ``rho_m = s_m / s_other`` (M > 2: ``s_m / min_j s_j``; shared with ``ogm_ge``).
 2. Drop probability ``q_m = clip(q_base * (1 + lam * tanh(rho_m - 1)), 0, 1)`` if
-   ``rho_m > 1`` else 0.
+   ``rho_m > 1`` else 0 (a tie drops nothing, as the reference's ``calcu_q``).
 3. With probability ``p_exe`` (once per batch): per sample and modality a Bernoulli keep-mask
-   ``k_{i,m} ~ B(1 - q_m)``; kept features are scaled by ``1 / (1 - q_m)`` (inverted dropout:
-   ``E[k z / (1 - q)] = z``), dropped ones are zero. ``scale: shared`` instead scales every
-   modality by ``1 / (1 - theta)``, ``theta = sum_m d_m q_m / sum_m d_m`` (the reference code's
-   choice: the drop rate of the concatenated feature). ``1 - q`` is clamped at 1e-6.
+   ``k_{i,m} ~ B(1 - q_m)``; dropped features are zero and every kept feature is divided by one
+   shared ``1 - theta``, ``theta = sum_m d_m q_m / sum_m d_m`` (``scale: shared``, the reference
+   code: the drop rate of the concatenated feature). ``scale: modality`` instead divides modality
+   m's kept features by its own ``1 - q_m`` (textbook inverted dropout, ``E[k z / (1 - q)] = z``;
+   this tool's earlier default, kept as an option: with ``q = 0.6`` on one of two modalities of equal size it
+   scales that modality's kept rows x1.75 and the other's x0.70 relative to the reference).
+   ``1 - q`` is clamped at 1e-6.
 4. Samples with every modality dropped leave the loss; the fusion loss is the cross-entropy of
    ``model.heads(masked features)`` over the kept samples. A batch with no sample kept makes
    no update (as the reference code, which skips it).
 
-No dropping during the first ``warmup_epochs`` epochs (the reference: epochs 0-5 of 0-based
-training, i.e. about 5). The unimodal logits come from separate heads
-(``model.unimodal_logits: heads``: trained as probes on the detached, unmasked features) or
-from slices of a linear concat head (``fusion-slices``, as in the reference code, where they
-receive no loss of their own). The fused logits returned for the training accuracy are those of
-the unmasked features, so the accuracy is defined for every sample.
+No dropping during the first ``warmup_epochs`` epochs: the reference's ``warm_up = epoch <= 5``
+over its 0-based epochs, i.e. 6 epochs (``Method.epoch_base``: dropping starts at the reference's
+epoch ``warmup_epochs``, our epoch ``warmup_epochs + 1``). The unimodal logits come from slices of
+a linear concat head (``model.unimodal_logits: fusion-slices``, as the reference, where they
+receive no loss of their own) or from separate heads (``heads``: trained as probes on the
+detached, unmasked features; not the reference's scoring). The fused logits returned for the
+training accuracy are those of the unmasked features, so the accuracy is defined for every sample.
 
 The reference computes ``q`` and uses it in the same step (the paper's figure draws
 ``q_{t+1}`` from step t); here too the same step.
@@ -37,8 +44,10 @@ its rows', and the fusion loss is the sum over this process's kept samples divid
 kept count (scaled by 1 / its share, which the gradient averaging undoes): the step one process
 takes on the whole batch.
 
-Hyper-parameters (``method.*``): ``q_base`` (0.5), ``lam`` (0.5), ``p_exe`` (0.7),
-``warmup_epochs`` (5), ``scale`` (``modality``).
+Deliberate deviations: the ratio's denominator is clamped at 1e-8 (shared with ``ogm_ge``).
+
+Hyper-parameters (``method.*``): ``q_base`` (0.5), ``lam`` (0.5), ``p_exe`` (0.7), all as
+``train_opm.sh``; ``warmup_epochs`` (6), ``scale`` (``shared``).
 """
 
 from __future__ import annotations
@@ -63,9 +72,9 @@ class OPMOptions(StrictModel):
     q_base: float = Field(0.5, ge=0, le=1, description="base drop probability of the dominant modality")
     lam: float = Field(0.5, ge=0, description="how much the drop probability grows with tanh(rho - 1)")
     p_exe: float = Field(0.7, ge=0, le=1, description="probability that a batch is masked at all")
-    warmup_epochs: int = Field(5, ge=0, description="no dropping up to this epoch (1-based)")
-    scale: Literal["modality", "shared"] = Field(
-        "modality", description="inverted-dropout scale 1/(1-q_m) per modality, or one 1/(1-theta) (reference code)")
+    warmup_epochs: int = Field(6, ge=0, description="epochs without dropping (the reference's epoch <= 5, from 0: 6)")
+    scale: Literal["shared", "modality"] = Field(
+        "shared", description="kept features divided by one 1-theta (reference code) or each by its own 1-q_m")
 
 
 # ---------------------------------------------------------------- the rule, hand-testable
@@ -92,11 +101,12 @@ def keep_masks(q: dict[str, torch.Tensor], batch_size: int, device: torch.device
 
 
 def mask_features(feats: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], q: dict[str, torch.Tensor],
-                  scale: str = "modality") -> dict[str, torch.Tensor]:
-    """Zero the dropped samples of each ``feats[m]`` ``[B, d_m]`` and scale the kept ones (inverted dropout).
+                  scale: str = "shared") -> dict[str, torch.Tensor]:
+    """Zero the dropped samples of each ``feats[m]`` ``[B, d_m]`` and scale the kept ones; returns ``{m: [B, d_m]}``.
 
-    ``modality``: by ``1 / (1 - q_m)``; ``shared``: every modality by ``1 / (1 - theta)`` with
-    ``theta = sum_m d_m q_m / sum_m d_m``. ``1 - q`` is clamped at ``KEEP_EPS``."""
+    ``shared`` (the reference's ``Modality_drop.execute_drop``): every modality by ``1 / (1 - theta)`` with
+    ``theta = sum_m d_m q_m / sum_m d_m``; ``modality``: by ``1 / (1 - q_m)``. ``1 - q`` is clamped at
+    ``KEEP_EPS``."""
     if scale == "shared":
         dims = {m: z.shape[1] for m, z in feats.items()}
         theta = sum(dims[m] * q[m] for m in feats) / sum(dims.values())
@@ -118,6 +128,10 @@ class OPM(Method):
     Options = OPMOptions
     min_modalities = 2
     modality_note = "M > 2: rho_m = s_m / min_j s_j (as ogm_ge); every modality above the weakest may be dropped"
+    fidelity = ("BML_TPAMI2024 Classifier.py/main.py: one shared scale 1/(1-theta) (scale: modality: "
+                "per-modality 1/(1-q_m), textbook inverted dropout); 6 warm-up epochs (its epoch <= 5, from 0); "
+                "fusion-slices scores. Ours: ratio denominator clamped at 1e-8")
+    epoch_base = 0  # the reference's `for epoch in range(start_epoch + 1, cfg.epochs)`, start_epoch = -1
 
     def __init__(self, options: OPMOptions, model, ctx):
         super().__init__(options, model, ctx)
@@ -138,11 +152,12 @@ class OPM(Method):
             # means, not sums (the same ratios), so that shards' scores combine into the global batch's
             scores = {m: s / len(batch) for m, s in unimodal_scores(clean.unimodal_logits, labels).items()}
             rho, _ = ogm_coefficients(self.batch_mean(scores), alpha=1.0)
-            if self.ctx.epoch > o.warmup_epochs:
+            dropping = self.in_epoch_window(o.warmup_epochs, None)  # after the warm-up, to the end
+            if dropping:
                 q = drop_probabilities(rho, o.q_base, o.lam)
             else:
                 q = {m: torch.zeros_like(r) for m, r in rho.items()}
-            execute = self.ctx.epoch > o.warmup_epochs and bool(
+            execute = dropping and bool(
                 torch.rand((), generator=self.draws, device=self.draws.device) < o.p_exe)
             losses = {}
             if execute:
