@@ -137,7 +137,7 @@ def test_step_scales_each_encoder_update_by_its_coefficient_and_nothing_else():
                   torch.randint(0, 3, (16,), generator=g), torch.arange(16))
     before = copy.deepcopy(model.state_dict())
 
-    method = AGM(AGMOptions(alpha=2.5), model,
+    method = AGM(AGMOptions(alpha=2.5, gradient_path="features", fusion_grad_clip=None), model,
                  StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.1), epoch=1))
     model.train()
     result = method.step(batch)
@@ -178,15 +178,106 @@ def test_step_scales_each_encoder_update_by_its_coefficient_and_nothing_else():
     torch.testing.assert_close(fresh.mean_scores, method.mean_scores)
 
 
-def test_outside_the_window_coefficients_are_one_but_means_update():
+def window_run(epochs: range, **options) -> list[dict]:
+    """One step per epoch over ``epochs`` (ours, from 1) on a small model; each step's logs."""
     torch.manual_seed(0)
     model = build_model(ModelBlock(encoders="mlp", feature_dim=8, hidden_dim=8), SPECS, 3)
-    method = AGM(AGMOptions(start_epoch=3), model,
-                 StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.1), epoch=1))
-    batch = Batch({m: torch.randn(8, *s.shape) for m, s in SPECS.items()}, torch.randint(0, 3, (8,)), torch.arange(8))
-    logs = method.step(batch).logs
-    assert logs["agm.coeff.audio"].item() == 1.0 and logs["agm.coeff.image"].item() == 1.0
-    assert method.steps == 1 and method.mean_scores.abs().sum() > 0
+    method = AGM(AGMOptions(**options), model,
+                 StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.1)))
+    g = torch.Generator().manual_seed(2)
+    logs = []
+    for epoch in epochs:
+        method.on_epoch_start(epoch)
+        batch = Batch({m: torch.randn(8, *s.shape, generator=g) for m, s in SPECS.items()},
+                      torch.randint(0, 3, (8,), generator=g), torch.arange(8))
+        logs.append({k: v.item() for k, v in method.step(batch).logs.items()})
+    assert method.steps == len(logs)  # the running means update in every epoch, inside the window or not
+    return logs
+
+
+def test_before_the_window_coefficients_are_one_but_means_update():
+    logs = window_run(range(1, 3), start_epoch=3)
+    assert all(r["agm.coeff.audio"] == 1.0 and r["agm.coeff.image"] == 1.0 for r in logs)
+
+
+def test_reference_window_sets_coefficients_in_epochs_1_to_20_and_keeps_the_last_ones_after():
+    """The reference (CREMAD_main.py) loops epochs from 1 and tests 0 <= epoch <= 20: 20 epochs set the
+    coefficients; its hooks keep the scale update_scale last set, so epochs 21-22 apply epoch 20's."""
+    logs = window_run(range(1, 23))
+    coeff = [(r["agm.coeff.audio"], r["agm.coeff.image"]) for r in logs]
+    changes = [e for e in range(2, 23) if coeff[e - 1] != coeff[e - 2]]
+    assert changes and max(changes) == 20  # each epoch 2..20 sets new coefficients, none after
+    assert coeff[20] == coeff[21] == coeff[19] != (1.0, 1.0)
+
+
+def test_trigger_clip_fires_only_when_a_fusion_weight_gradient_entry_leaves_the_unit_interval():
+    torch.manual_seed(0)
+    model = build_model(ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=4, unimodal_logits="fusion-slices"),
+                        SPECS, 3)
+    method = AGM(AGMOptions(), model, StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.1)))
+    weight = model.fusion_head.net.weight
+    params = list(model.parameters())
+
+    def set_grads(fusion_entry: float, rest: float) -> None:
+        for p in params:
+            p.grad = torch.full_like(p, rest)
+        weight.grad.zero_()
+        weight.grad[0, 0] = fusion_entry
+
+    # every fusion-weight entry inside [-1, 1]: no clip, although the total norm is far above 1
+    set_grads(fusion_entry=-1.0, rest=3.0)
+    assert method.after_backward(None, None)["agm.clipped"].item() == 0.0
+    assert weight.grad[0, 0].item() == -1.0 and params[0].grad.flatten()[0].item() == 3.0
+    # one entry at -1.5: every gradient scaled by 1 / total norm (clip_grad_norm_ to 1.0)
+    set_grads(fusion_entry=-1.5, rest=0.5)
+    total = math.sqrt(sum(p.numel() for p in params if p is not weight) * 0.25 + 1.5 ** 2)
+    assert method.after_backward(None, None)["agm.clipped"].item() == 1.0
+    assert weight.grad[0, 0].item() == pytest.approx(-1.5 / total, rel=1e-4)
+    assert params[0].grad.flatten()[0].item() == pytest.approx(0.5 / total, rel=1e-4)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    assert norm.item() == pytest.approx(1.0, rel=1e-4)
+    off = AGM(AGMOptions(fusion_grad_clip=None), model,
+              StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.1)))
+    set_grads(fusion_entry=-1.5, rest=0.5)
+    assert off.after_backward(None, None) == {} and weight.grad[0, 0].item() == -1.5
+
+
+def test_shapley_path_scales_the_backward_through_each_term_as_the_reference():
+    """Against a transcription of the reference's GradMod: o_a = (f(a,v) - f(0,v) + f(a,0)) / 2 with the
+    padded passes in eval mode and WITH gradient, loss = CE(o_a + o_v), each term's backward times coeff."""
+    torch.manual_seed(0)
+    model = build_model(ModelBlock(encoders="cnn-small", cnn_channels=[4, 8], feature_dim=8,
+                                   unimodal_logits="fusion-slices"), SPECS, 3).double()
+    twin = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(1)
+    batch = Batch({m: torch.randn(16, *s.shape, generator=g, dtype=torch.float64) for m, s in SPECS.items()},
+                  torch.randint(0, 3, (16,), generator=g), torch.arange(16))
+    method = AGM(AGMOptions(alpha=2.5, fusion_grad_clip=None), model,
+                 StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.1)))
+    model.train()
+    out = model(batch.inputs)
+    method._inputs = batch.inputs  # as its step() lends them
+    losses = method.losses(out, batch.labels)
+    logs = method.before_backward(out, batch)
+    sum(losses.values()).backward()
+    coeff = {m: logs[f"agm.coeff.{m}"].item() for m in SPECS}
+    assert abs(coeff["audio"] - 1) > 1e-3 and abs(coeff["image"] - 1) > 1e-3
+
+    a, v = batch.inputs["audio"], batch.inputs["image"]
+    twin.train()
+    total = twin(batch.inputs).fused_logits
+    twin.eval()
+    pad_v = twin({"audio": a, "image": torch.zeros_like(v)}).fused_logits  # f(a, 0)
+    pad_a = twin({"audio": torch.zeros_like(a), "image": v}).fused_logits  # f(0, v)
+    twin.train()
+    o_a, o_v = 0.5 * (total - pad_a + pad_v), 0.5 * (total - pad_v + pad_a)
+    o_a.register_hook(lambda grad: grad * coeff["audio"])
+    o_v.register_hook(lambda grad: grad * coeff["image"])
+    F.cross_entropy(o_a + o_v, batch.labels).backward()
+    torch.testing.assert_close(losses["fused"].double(), F.cross_entropy(total, batch.labels), rtol=1e-6, atol=0)
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):  # the terms are summed in float32
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-7, msg=name)
+    assert model.fusion_head.net.weight.grad.abs().sum() > 0
 
 
 def test_needs_two_modalities():
