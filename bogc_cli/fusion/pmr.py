@@ -1,65 +1,79 @@
 """``pmr``: Prototypical Modal Rebalance.
 
 Fan, Xu, Wang, Wang & Guo, "PMR: Prototypical Modal Rebalance for Multimodal Learning",
-CVPR 2023. Each modality m keeps one prototype per class, ``c_{m,k}`` = the mean encoder
-feature of class k. The prototypes make a non-parametric classifier per modality, with
-logits ``-d(z_m, c_{m,k})``; it measures how far each encoder has learnt without any head,
-and its cross-entropy (the prototypical cross-entropy, PCE) pulls the features of a lagging
-modality towards their class prototypes.
+CVPR 2023. Reference code: fanyunfeng-bit/Modal-Imbalance-PMR, ``main_Prototype_grad.py``
+(``train_epoch``, ``calculate_prototype``, ``EU_dist``) with the CREMA-D concat command of its
+``bash.sh``; the defaults follow it. Each modality m keeps one prototype per class, ``c_{m,k}`` =
+the mean encoder feature of class k. The prototypes make a non-parametric classifier per
+modality, with logits ``-d(z_m, c_{m,k})``; it measures how far each encoder has learnt without
+any head, and its cross-entropy (the prototypical cross-entropy, PCE) pulls the features of a
+lagging modality towards their class prototypes.
 
 One step, for a batch with labels ``y`` and features ``z_m`` ``[B, d_m]``, once prototypes
-exist and inside the epoch window ``[start_epoch, end_epoch]``:
+exist and inside the epoch window ``[start_epoch, end_epoch]`` (counted from 0 as the reference's
+loop, ``Method.epoch_base``: the default 0-70 is our epochs 1-71):
 
-1. Prototype logits ``P_m = -||z_m - c_{m,k}||^2`` ``[B, C]`` (``distance: squared``; the
-   reference code uses the plain Euclidean distance, ``distance: euclidean``).
+1. Prototype logits ``P_m = -||z_m - c_{m,k}||`` ``[B, C]``, the plain Euclidean distance
+   (``distance: euclidean``, the reference's ``EU_dist``); ``distance: squared`` uses
+   ``-||z_m - c_{m,k}||^2``, whose scores saturate on 512-d features (see below).
 2. Scores ``s_m = sum_i softmax(P_m)_{i, y_i}`` (detached) and ratios
-   ``rho_m = s_m / max_{j != m} s_j`` (two modalities: ``s_m / s_other``, as in the paper).
-3. Coefficients with ``f(x) = clip(x, 0, 1)``: the PCE weight ``gamma_m = alpha * f(1/rho_m - 1)``
-   (non-zero only for a modality behind the best one) and the entropy weight
-   ``beta_m = mu * f(rho_m - 1)`` (non-zero only for the best modality). With
-   ``coefficient: constant`` (the official code) ``gamma_m = alpha`` if ``rho_m < 1`` and
-   ``beta_m = mu`` if ``rho_m > 1``, else 0.
-4. Loss ``L_0 + sum_m gamma_m PCE_m - [epoch <= entropy_epochs] sum_m beta_m H_m`` where
-   ``PCE_m = CE(P_m, y)`` and ``H_m`` is the batch-mean entropy of ``softmax(P_m)``: the
-   prototypical entropy regularisation keeps the dominant modality from converging early.
+   ``rho_m = s_m / max_{j != m} s_j`` (two modalities: ``s_m / s_other``, as the reference).
+3. Coefficients (``coefficient: constant``, the reference): the PCE weight ``gamma_m = alpha`` for a
+   modality behind the best one (``rho_m < 1``), else 0 (a tie: none), and the entropy weight
+   ``beta_m = mu`` for the leader (``rho_m > 1``). ``coefficient: ratio`` (the paper's graded form),
+   with ``f(x) = clip(x, 0, 1)``: ``gamma_m = alpha * f(1/rho_m - 1)``, ``beta_m = mu * f(rho_m - 1)``.
+4. Loss ``L_0 + sum_m gamma_m PCE_m - [first entropy_epochs epochs] sum_m beta_m H_m`` where
+   ``PCE_m = CE(P_m, y)`` and ``H_m`` is the batch-mean entropy of ``softmax(P_m)``. The
+   reference code has no entropy term: ``mu`` defaults to 0 (none); the paper's prototypical
+   entropy regularisation, which keeps the dominant modality from converging early, is on with
+   ``mu > 0`` (the paper gives no value).
+
+Why the defaults matter: with squared distances and the ratio coefficient, the prototype scores of
+512-d features round to 1 in float32, ``1/rho - 1`` to 0, and the PCE gradient vanishes where the
+reference's is clearly non-zero (tests/test_pmr.py pins a hand case).
 
 Before the first prototypes exist (the first epoch, with ``prototypes: train-features``) and
 outside the window the loss is ``L_0``. With separate unimodal heads
 (``model.unimodal_logits: heads``) the heads are trained as probes on detached features; they
-take no part in the rule.
+take no part in the rule (the reference reads its unimodal logits off the fusion head's slices:
+``fusion-slices``).
 
 Prototypes (``prototypes``):
 
-- ``train-features``: the per-class mean of the features the training steps of the
-  previous epoch computed (train mode, before each optimiser step), made at the start of each
-  epoch. No extra pass, but features drift during the epoch they are gathered over.
-- ``eval-pass`` (default): as the paper and the reference code, a no-grad eval-mode pass over the
-  training set at the start of every epoch (including the first, before any step), over the
-  first ``proto_fraction`` of its batches (the reference: 0.1). Needs the trainer to lend a
-  training-set loader (``ctx.train_eval``, which ``bogc train`` provides); refused at the epoch
-  start otherwise.
+- ``eval-pass`` (default): as the reference, a no-grad eval-mode pass at the start of every epoch
+  (including the first, before any step) over a random ``proto_fraction`` of the train split's
+  rows, drawn afresh each epoch (at least one row; 0.1: the reference takes the first tenth of
+  the batches of its shuffled train loader). Needs the trainer to lend a training-set loader
+  (``ctx.train_eval``, which ``bogc train`` provides); refused at the epoch start otherwise.
+- ``train-features``: the per-class mean of the features the training steps of the previous
+  epoch computed (train mode, before each optimiser step), made at the start of each epoch. No
+  extra pass, but features drift during the epoch they are gathered over.
 
-In both, ``c <- (1 - momentum) * mean + momentum * c_old`` (``momentum`` 0: the plain mean).
-A class with no feature in a pass keeps its previous prototype, or, before it has one, gets the
-mean of all features (uninformative but finite). Counts are clamped at 1, ratios and ``1/rho``
-are computed with denominators clamped at ``eps`` (1e-8) so a ~0 score cannot explode them.
+In both, ``c <- (1 - momentum) * mean + momentum * c_old`` (``momentum`` 0: the plain mean, as
+the reference's scripts). A class with no feature in a pass keeps its previous prototype, or,
+before it has one, gets the mean of all features (uninformative but finite; the reference
+divides by a zero count). Counts are clamped at 1, ratios and ``1/rho`` are computed with
+denominators clamped at ``eps`` (1e-8), and the Euclidean root of a squared distance clamped at
+``eps``, so a ~0 score or a feature on its prototype cannot produce a NaN (the reference can).
+With ``momentum > 0`` the reference mixes from its third pass on (its ``epoch <= 0`` test holds
+twice); here from the second.
 
 Hyper-parameters (``method.*``): ``alpha`` (2.0: the official CREMA-D/AVE concat runs; 1.0 for
-CG-MNIST), ``coefficient`` (``ratio``), ``mu`` (0.01) and ``entropy_epochs`` (10): not
-confirmed from the paper's text (the official code has no entropy term; these are placeholders
-for "the early training stage"), ``momentum`` (0), ``distance`` (``squared``), ``start_epoch``
-(0), ``end_epoch`` (70, as the official scripts), ``prototypes`` (``train-features``),
-``proto_fraction`` (1.0).
+CG-MNIST), ``coefficient`` (``constant``), ``mu`` (0) and ``entropy_epochs`` (10: a placeholder
+for the paper's "early training stage"), ``momentum`` (0), ``distance`` (``euclidean``),
+``start_epoch`` (0), ``end_epoch`` (70, as the official scripts), ``prototypes``
+(``eval-pass``), ``proto_fraction`` (0.1).
 
 Data-parallel: each step's scores and (``train-features``) per-class feature sums and counts
 are summed over every process's rows in one all-reduce (M scalars plus ``M (C d + C)`` numbers),
 so every process holds the global batch's coefficients and the same accumulated prototypes (a
 mid-epoch checkpoint, written by process 0, then holds every process's rows). The ``eval-pass``
-runs over the whole train split on every process, so its prototypes agree without a collective.
+runs over the same rows on every process (the same generator), so its prototypes agree without a
+collective.
 
 M > 2 (the paper has two modalities): each modality is compared with the best of the others,
-so every modality behind the leader is accelerated in proportion to its lag and only the
-leader is entropy-regularised.
+so every modality behind the leader gets the PCE term and only the leader is
+entropy-regularised.
 """
 
 from __future__ import annotations
@@ -69,6 +83,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch.utils.data import DataLoader
 
 from bogc_cli.data.loader import Batch, to_device
 from bogc_cli.errors import UserError
@@ -77,27 +92,29 @@ from bogc_cli.models.multimodal import FUSED
 from bogc_cli.schema import StrictModel
 
 EPS = 1e-8
+DRAW_SEED = 32_452_843  # the eval pass's row generator's offset from the run seed, apart from the other generators
 
 
 class PMROptions(StrictModel):
     alpha: float = Field(2.0, ge=0, description="weight of the prototypical cross-entropy of a lagging modality")
-    coefficient: Literal["ratio", "constant"] = Field(
-        "ratio", description="ratio: alpha * clip(1/rho - 1, 0, 1); constant: alpha (the official code)")
-    mu: float = Field(0.01, ge=0, description="weight of the dominant modality's prototype entropy bonus")
-    entropy_epochs: int = Field(10, ge=0, description="the entropy term applies up to this epoch (1-based)")
+    coefficient: Literal["constant", "ratio"] = Field(
+        "constant", description="constant: alpha (the official code); ratio: alpha * clip(1/rho - 1, 0, 1) (paper)")
+    mu: float = Field(0.0, ge=0, description="weight of the leader's prototype entropy bonus (0: none, as the code)")
+    entropy_epochs: int = Field(10, ge=0, description="the entropy term applies in the first this many epochs")
     momentum: float = Field(0.0, ge=0, lt=1, description="EMA momentum of the prototypes (0: plain mean)")
-    distance: Literal["squared", "euclidean"] = Field(
-        "squared", description="prototype logits -||z - c||^2 (squared) or -||z - c|| (the official code)")
-    start_epoch: int = Field(0, ge=0, description="first epoch (1-based) with the PMR terms")
-    end_epoch: int = Field(70, ge=0, description="last epoch with the PMR terms")
-    prototypes: Literal["train-features", "eval-pass"] = Field(
+    distance: Literal["euclidean", "squared"] = Field(
+        "euclidean", description="prototype logits -||z - c|| (the official code) or -||z - c||^2")
+    start_epoch: int = Field(0, ge=0, description="first epoch with the PMR terms, counted from 0 as the reference")
+    end_epoch: int = Field(70, ge=0, description="last epoch with the PMR terms, counted from 0 (70: our epochs 1-71)")
+    prototypes: Literal["eval-pass", "train-features"] = Field(
         "eval-pass", description="an eval pass over train each epoch, or class means of last epoch's training features")
-    proto_fraction: float = Field(1.0, gt=0, le=1, description="eval-pass: fraction of the train batches used")
+    proto_fraction: float = Field(0.1, gt=0, le=1, description="eval-pass: random fraction of the train rows used "
+                                  "each epoch (the reference: a tenth)")
 
 
 # ---------------------------------------------------------------- the rule, hand-testable
-def prototype_logits(z: torch.Tensor, protos: torch.Tensor, distance: str = "squared") -> torch.Tensor:
-    """``-||z_i - c_k||^2`` (or ``-||z_i - c_k||`` for ``euclidean``) from ``z`` ``[B, d]`` and ``protos`` ``[C, d]``.
+def prototype_logits(z: torch.Tensor, protos: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
+    """``-||z_i - c_k||`` (or ``-||z_i - c_k||^2`` for ``squared``) from ``z`` ``[B, d]`` and ``protos`` ``[C, d]``.
 
     Returns ``[B, C]`` in float32, computed with autocast off (the expanded square would lose
     its small differences in half precision). The Euclidean root is taken of the squared
@@ -142,14 +159,14 @@ def mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(1).mean()
 
 
-def pmr_coefficients(scores: dict[str, torch.Tensor], alpha: float, mu: float, form: str = "ratio",
+def pmr_coefficients(scores: dict[str, torch.Tensor], alpha: float, mu: float, form: str = "constant",
                      eps: float = EPS) -> tuple[dict, dict, dict]:
     """``(rho, gamma, beta)`` per modality from prototype scores ``s_m`` (scalars).
 
-    ``rho_m = s_m / max_{j != m} s_j``; ``ratio`` form: ``gamma_m = alpha * clip(1/rho_m - 1, 0, 1)``
-    (PCE weight of a lagging modality), ``beta_m = mu * clip(rho_m - 1, 0, 1)`` (entropy weight of
-    the leader); ``constant`` form: ``alpha`` / ``mu`` where ``rho_m`` is below / above 1. Every
-    denominator is clamped at ``eps``."""
+    ``rho_m = s_m / max_{j != m} s_j``; ``constant`` form (the reference's ``beta``/``lam``): ``gamma_m =
+    alpha`` where ``rho_m < 1`` (PCE weight of a lagging modality), ``beta_m = mu`` where ``rho_m > 1``
+    (entropy weight of the leader), else 0; ``ratio`` form: ``gamma_m = alpha * clip(1/rho_m - 1, 0, 1)``,
+    ``beta_m = mu * clip(rho_m - 1, 0, 1)``. Every denominator is clamped at ``eps``."""
     rho, gamma, beta = {}, {}, {}
     for m, s in scores.items():
         best_other = torch.stack([v for k, v in scores.items() if k != m]).max()
@@ -169,14 +186,19 @@ def pmr_coefficients(scores: dict[str, torch.Tensor], alpha: float, mu: float, f
 # ---------------------------------------------------------------- the method
 class PMR(Method):
     name = "pmr"
-    summary = ("class prototypes per modality; the lagging modality adds alpha * CE(-||z - c_k||^2), "
-               "the leader an entropy bonus early on")
+    summary = "class prototypes per modality; the lagging modality adds alpha * CE(-||z - c_k||)"
     Options = PMROptions
     min_modalities = 2
     modality_note = "M > 2: rho_m = s_m / max_{j!=m} s_j; every modality behind the leader gets the PCE term"
+    fidelity = ("Modal-Imbalance-PMR main_Prototype_grad.py: Euclidean distance, constant alpha on the lagging "
+                "modality, no entropy term (mu 0), prototypes from a random tenth of train each epoch, window 0-70 "
+                "counted from 0 (our epochs 1-71). Options: distance: squared, coefficient: ratio, mu > 0 (paper)")
+    epoch_base = 0  # the reference's `for epoch in range(args.epochs)`
 
     def __init__(self, options: PMROptions, model, ctx):
         super().__init__(options, model, ctx)
+        # the rows of each eval pass: the same on every data-parallel process, continued on resume
+        self.draws = torch.Generator().manual_seed((torch.initial_seed() + DRAW_SEED) % 2**63)
         self.protos: dict[str, torch.Tensor] = {}
         self._sums: dict[str, torch.Tensor] = {}
         self._counts: dict[str, torch.Tensor] = {}
@@ -201,19 +223,28 @@ class PMR(Method):
             self.protos[m] = new_prototypes(self._sums[m], self._counts[m], self.protos.get(m), self.options.momentum)
         self._sums, self._counts = {}, {}
 
+    def _pass_batches(self, loader: DataLoader) -> DataLoader:
+        """This epoch's eval-pass loader: a fresh random ``proto_fraction`` of ``loader``'s rows (at least one),
+        in batches of its size; the whole loader when the fraction is 1."""
+        if self.options.proto_fraction >= 1:
+            return loader
+        n = len(loader.dataset)
+        rows = torch.randperm(n, generator=self.draws)[:max(1, int(n * self.options.proto_fraction))]
+        rows = rows.sort().values.tolist()  # in storage order: reads of memory-mapped arrays stay sequential
+        size = getattr(loader.batch_sampler, "batch_size", None) or 256
+        return DataLoader(loader.dataset, batch_sampler=[rows[i:i + size] for i in range(0, len(rows), size)],
+                          collate_fn=loader.collate_fn)
+
     @torch.no_grad()
     def _eval_pass(self) -> None:
         loader = self.ctx.train_eval
         if loader is None:
             raise UserError("method.prototypes 'eval-pass' needs a pass over the train split, which this "
                             "caller did not provide (ctx.train_eval); use method.prototypes: train-features")
-        n = max(1, int(len(loader) * self.options.proto_fraction))
         was_training = self.model.training
         self.model.eval()
         try:
-            for i, raw in enumerate(loader):
-                if i >= n:
-                    break
+            for raw in self._pass_batches(loader):
                 batch = raw if isinstance(raw, Batch) else to_device(raw, self.ctx.device)
                 with self.ctx.autocast():
                     feats = self.model.encode(batch.inputs)
@@ -231,7 +262,7 @@ class PMR(Method):
     # ------------------------------------------------------------ training
     def _active(self) -> bool:
         o = self.options
-        return bool(self.protos) and o.start_epoch <= self.ctx.epoch <= o.end_epoch
+        return bool(self.protos) and self.in_epoch_window(o.start_epoch, o.end_epoch)
 
     def _batch_statistics(self, logits: dict[str, torch.Tensor], feats: dict[str, torch.Tensor],
                           labels: torch.Tensor) -> tuple[dict, dict, dict]:
@@ -258,7 +289,7 @@ class PMR(Method):
         self._accumulate(sums, counts)
         if active:
             rho, gamma, beta = pmr_coefficients(scores, o.alpha, o.mu, o.coefficient)
-            entropy_on = self.ctx.epoch <= o.entropy_epochs
+            entropy_on = o.mu > 0 and self.in_epoch_window(0, o.entropy_epochs - 1)  # the first entropy_epochs
             for m, p in logits.items():  # zero-weighted terms stay in, so every step logs the same keys
                 losses[f"pce:{m}"] = gamma[m] * F.cross_entropy(p, labels)
                 if entropy_on:
@@ -275,12 +306,14 @@ class PMR(Method):
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"protos": {m: c.cpu() for m, c in self.protos.items()},
+        return {"draws": self.draws.get_state(), "protos": {m: c.cpu() for m, c in self.protos.items()},
                 "sums": {m: s.cpu() for m, s in self._sums.items()},
                 "counts": {m: c.cpu() for m, c in self._counts.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         dev = self.ctx.device
+        if "draws" in state:  # a checkpoint from before the generator: keep the fresh stream
+            self.draws.set_state(state["draws"])
         self.protos = {m: c.to(dev) for m, c in state.get("protos", {}).items()}
         self._sums = {m: s.to(dev) for m, s in state.get("sums", {}).items()}
         self._counts = {m: c.to(dev) for m, c in state.get("counts", {}).items()}
