@@ -13,20 +13,41 @@ from bogc_cli.fusion.mmpareto import min_norm_weight, pareto_update
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.integers(2, 30))
-def test_min_norm_closed_form_matches_brute_force(seed, d):
+def test_min_norm_weight_is_the_brute_force_minimiser_with_the_reference_solvers_corners(seed, d):
     g = torch.Generator().manual_seed(seed)
     g1, g2 = torch.randn(d, generator=g, dtype=torch.float64), torch.randn(d, generator=g, dtype=torch.float64)
+    g1 = g1 * torch.rand((), generator=g, dtype=torch.float64) * 3  # unequal lengths: corners happen
     grid = torch.linspace(0, 1, 20001, dtype=torch.float64)
     norms = ((grid[:, None] * g1 + (1 - grid[:, None]) * g2) ** 2).sum(1)
-    best = grid[norms.argmin()]
-    assert abs(min_norm_weight(g1, g2).item() - best.item()) < 1e-4
+    best = grid[norms.argmin()].item()
+    w, exact = min_norm_weight(g1, g2).item(), min_norm_weight(g1, g2, exact_corners=True).item()
+    assert abs(exact - best) < 1e-4
+    if exact in (0.0, 1.0):  # a corner: the reference solver stops 0.001 short of it
+        assert w == pytest.approx(0.999 if exact == 1.0 else 0.001)
+    else:
+        assert w == exact
 
 
 def test_min_norm_hand_cases():
     e1, e2 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert min_norm_weight(e1, e2).item() == pytest.approx(0.5)           # orthogonal, equal length
-    assert min_norm_weight(torch.tensor([1.0, 0.0]), torch.tensor([3.0, 0.0])).item() == 1.0  # clamp: all on g1
-    assert min_norm_weight(e1, e1).item() == 0.5                           # identical: any split
+    long = torch.tensor([3.0, 0.0])
+    assert min_norm_weight(e1, long).item() == pytest.approx(0.999)       # g1.g2 >= |g1|^2: the solver's corner
+    assert min_norm_weight(long, e1).item() == pytest.approx(0.001)       # g1.g2 >= |g2|^2: the other corner
+    assert min_norm_weight(e1, long, exact_corners=True).item() == 1.0     # the exact minimiser
+
+
+def test_zero_unimodal_gradient_steps_the_encoder_by_gamma_times_the_fusion_gradient():
+    """The reference's corner: cos(g_0, 0) = 0 is not > 0, the solver returns w_0 = 0.001, the update 0.002 g_0
+    is rescaled per tensor to |g_0 + 0| and times gamma: exactly 1.5 g_0."""
+    g0 = torch.tensor([0.3, -0.4, 2.0, 1.0, -1.0], dtype=torch.float64)
+    gm = torch.zeros(5, dtype=torch.float64)
+    seg = Segments.from_numels([2, 3], g0)
+    update, cos, w0 = pareto_update(g0, gm, seg, gamma=1.5)
+    assert cos.item() == 0.0 and w0.item() == pytest.approx(0.001)
+    torch.testing.assert_close(update, 1.5 * g0)
+    frozen, _, w0 = pareto_update(g0, gm, seg, gamma=1.5, exact_corners=True)
+    assert w0.item() == 0.0 and torch.equal(frozen, torch.zeros_like(g0))  # the exact corner: no step at all
 
 
 def test_agreeing_gradients_are_averaged_then_scaled_by_gamma():
