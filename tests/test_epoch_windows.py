@@ -1,0 +1,96 @@
+"""Epoch windows mean the same epochs as in each reference: every windowed method is driven through the engine's
+hook sequence (on_epoch_start(e), then a training step) over our 1-based epochs, and the epochs in which it
+modulates are counted from what it did, not from its options.
+
+The references count: OGM-GE, OPM, PMR and G-Blending's super-epochs from 0 (``for epoch in range(E)``); AGM from
+1 (``range(1, E + 1)``). ``Method.epoch_base`` states it, ``Method.in_epoch_window`` applies it.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from bogc_cli.data.cache import ModalitySpec, SplitArrays
+from bogc_cli.data.loader import Batch, make_loader
+from bogc_cli.fusion import METHODS, StepContext
+from bogc_cli.models.build import build_model
+from bogc_cli.recipe import ModelBlock
+
+SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
+
+
+def loader(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    split = SplitArrays({m: rng.standard_normal((n, *s.shape)).astype("float32") for m, s in SPECS.items()},
+                        rng.integers(0, 3, n))
+    return make_loader(split, batch_size=16, shuffle=False)
+
+
+def modulated_epochs(name: str, epochs: int, detect, model_block: dict | None = None, **options) -> list[int]:
+    """Our epochs (from 1) in which ``detect(logs, method)`` says the method modulated its step."""
+    torch.manual_seed(0)
+    model = build_model(ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=8, **(model_block or {})), SPECS, 3)
+    cls = METHODS[name]
+    ctx = StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.01),
+                      train_eval=loader(32, 1), holdout=loader(16, 2))
+    method = cls(cls.Options(**options), model, ctx)
+    g = torch.Generator().manual_seed(3)
+    found = []
+    for epoch in range(1, epochs + 1):
+        method.on_epoch_start(epoch)
+        batch = Batch({m: torch.randn(16, *s.shape, generator=g) for m, s in SPECS.items()},
+                      torch.randint(0, 3, (16,), generator=g), torch.arange(16))
+        logs = method.step(batch).logs
+        if detect({k: float(v) for k, v in logs.items()}, method):
+            found.append(epoch)
+        method.on_epoch_end(epoch)
+    return found
+
+
+def test_ogm_ge_modulates_51_epochs_as_the_references_0_to_50():
+    found = modulated_epochs("ogm_ge", 53, lambda logs, _: "ogm.k.a" in logs, {"unimodal_logits": "fusion-slices"},
+                             modulate="weights")
+    assert found == list(range(1, 52))
+    assert modulated_epochs("ogm_ge", 8, lambda logs, _: "ogm.k.a" in logs, {"unimodal_logits": "fusion-slices"},
+                            modulate="weights", start_epoch=2, end_epoch=4) == [3, 4, 5]  # the reference's 2..4
+
+
+def test_opm_warms_up_6_epochs_as_the_references_epoch_le_5():
+    found = modulated_epochs("opm", 9, lambda logs, _: logs["opm.executed"] == 1.0,
+                             {"unimodal_logits": "fusion-slices"}, p_exe=1.0)
+    assert found == [7, 8, 9]
+
+
+def test_agm_sets_coefficients_in_20_epochs_as_the_references_1_to_20():
+    seen = []
+
+    def sets_new(logs, method):  # the coefficients in force changed at this epoch's step
+        now = (logs["agm.coeff.a"], logs["agm.coeff.b"])
+        changed = now != (seen[-1] if seen else (1.0, 1.0))
+        seen.append(now)
+        return changed
+
+    assert modulated_epochs("agm", 23, sets_new) == list(range(1, 21))
+
+
+def test_pmr_applies_its_terms_in_71_epochs_as_the_references_0_to_70():
+    found = modulated_epochs("pmr", 73, lambda logs, _: any(k.startswith("loss.pce:") for k in logs),
+                             {"unimodal_logits": "fusion-slices"})
+    assert found == list(range(1, 72))
+
+
+def test_gblending_re_estimates_at_the_start_of_each_super_epoch():
+    seen = [None]
+
+    def re_estimated(logs, method):  # a re-estimate measures new losses: a new super-epoch start
+        changed = method.start is not seen[-1]
+        seen.append(method.start)
+        return changed
+
+    found = modulated_epochs("gblending", 25, re_estimated, super_epoch=10)
+    assert found == [1, 11, 21]  # the reference's super-epochs start at epochs 0, 10, 20 counted from 0
+
+
+@pytest.mark.parametrize("name, base", [("ogm_ge", 0), ("opm", 0), ("pmr", 0), ("gblending", 0), ("agm", 1)])
+def test_each_windowed_method_states_its_references_count(name, base):
+    assert METHODS[name].epoch_base == base
