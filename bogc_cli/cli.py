@@ -412,7 +412,7 @@ def list_() -> None:
     for name, about in FUSION_HEADS.items():
         t.add_row(name, about)
     console.print(t)
-    t = Table(title="methods (method.name)")
+    t = Table(title="methods (method.name); docs/fidelity.md compares each with its reference code")
     for col in ("name", "options", "modalities", "about"):
         t.add_column(col, overflow="fold")
     for name, cls in METHODS.items():

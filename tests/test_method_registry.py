@@ -42,3 +42,12 @@ def test_a_run_with_too_few_modalities_is_refused_before_anything_is_written(nam
                              "--set", "dataset.modalities=[audio]", "--out", tmp_path)
     assert code == 2 and f"method {name!r} needs at least 2 modalities" in out + err
     assert "Traceback" not in out + err and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["joint", "uniform", "unimodal", "ogm_ge", "opm", "agm", "pmr", "mmpareto"])
+def test_list_names_the_reference_each_method_follows_and_its_deviations(name, capsys):
+    """`bogc list` says which reference code a method's defaults follow; each deviation is in its docstring."""
+    fidelity = METHODS[name].fidelity
+    assert fidelity and ".py" in fidelity, f"{name}: name the reference file its defaults follow"
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and " ".join(out.split()).count(fidelity.split()[0]) >= 1

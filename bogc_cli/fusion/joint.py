@@ -9,6 +9,7 @@ from bogc_cli.models.multimodal import FUSED
 class Joint(Method):
     name = "joint"
     summary = "fusion loss L_0 only; unimodal heads trained as probes on detached features"
+    fidelity = "OGM-GE_CVPR2022 main.py --modulation Normal (one joint loss); equal"
 
     def losses(self, out, labels):
         return {FUSED: self.fused_loss(out, labels), **self.probe_losses(out, labels)}

@@ -11,6 +11,7 @@ from bogc_cli.fusion.base import Method
 class Uniform(Method):
     name = "uniform"
     summary = "L_0 + sum_m L_m (fusion + unimodal losses, fixed equal weights)"
+    fidelity = "MMPareto_ICML2024 uniform_baseline.py (fusion + unimodal losses, separate heads); equal"
 
     def losses(self, out, labels):
         return self.source_losses(out, labels)

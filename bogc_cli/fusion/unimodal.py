@@ -16,6 +16,8 @@ class UnimodalOptions(StrictModel):
 class Unimodal(Method):
     name = "unimodal"
     summary = "one modality alone (method.modality); the single-modality reference"
+    fidelity = ("AGM_ICCV2023 run/CREMAD_main.py --modality Audio/Visual (one encoder, one linear head); equal with "
+                "a linear fusion head over the one feature")
     Options = UnimodalOptions
 
     @classmethod
