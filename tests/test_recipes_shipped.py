@@ -45,3 +45,28 @@ def test_sweep_plans(path, tmp_path):
 
     plan = make_plan(path, tmp_path)
     assert len(plan.cells) >= 42 and all(c.status == "todo" for c in plan.cells)
+
+
+PROTOCOL = {  # the reference file each "as published" recipe names, and where it departs from the method defaults
+    "ogm_ge": ("OGM-GE_CVPR2022 main.py", {}), "opm": ("BML_TPAMI2024 code/scripts/train_opm.sh", {}),
+    "agm": ("AGM_ICCV2023 run/CREMAD_main.py", {}), "pmr": ("Modal-Imbalance-PMR main_Prototype_grad.py", {}),
+    "mmpareto": ("MMPareto_ICML2024 code/MMPareto.py", {}),
+}
+KS_OGM = ("BML_TPAMI2024 code/scripts/train_ogm.sh", {"start_epoch": 6, "end_epoch": 60})  # its KS script
+
+
+@pytest.mark.parametrize("dataset", ["cremad", "kinetics_sounds"])
+@pytest.mark.parametrize("method", sorted(PROTOCOL))
+def test_reference_protocol_recipes_name_their_script_and_keep_the_reference_defaults(dataset, method):
+    from bogc_cli.fusion import METHODS
+
+    path = ROOT / "recipes" / dataset / f"{method}.yaml"
+    source, changed = KS_OGM if (dataset, method) == ("kinetics_sounds", "ogm_ge") else PROTOCOL[method]
+    comment = " ".join(line[1:].strip() for line in path.read_text().splitlines() if line.startswith("#"))
+    repo, script = source.split(" ")
+    assert repo in comment and script in comment, f"{path.name}: name the reference script it follows"
+    recipe = load_recipe(path)
+    assert "unimodal_logits" in recipe.model.model_fields_set  # the scoring is part of the protocol: explicit
+    assert recipe.train.epochs and recipe.train.batch_size and recipe.optim.name
+    defaults = METHODS[method].Options().model_dump()
+    assert METHODS[method].Options(**recipe.method_options()).model_dump() == {**defaults, **changed}
