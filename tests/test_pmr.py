@@ -191,6 +191,10 @@ def test_eval_pass_takes_a_fresh_random_tenth_of_the_rows_each_epoch_and_resumes
     assert pass_rows(twin, loader) == second
     tiny, _ = train_loader(n=5)
     assert len(pass_rows(pmr, tiny)) == 1  # at least one row, as the reference's at least one batch
+    batches = [make_batch(seed=s, n=4) for s in range(20)]  # any other iterable of batches: whole batches
+    picks = [pmr._pass_batches(batches) for _ in range(5)]
+    assert all(len(p) == 2 and all(any(b is c for c in batches) for b in p) for p in picks)
+    assert len({tuple(id(b) for b in p) for p in picks}) > 1
 
 
 def test_pce_gradient_is_the_euclidean_constant_form_by_hand_where_the_squared_ratio_form_vanishes():

@@ -223,11 +223,15 @@ class PMR(Method):
             self.protos[m] = new_prototypes(self._sums[m], self._counts[m], self.protos.get(m), self.options.momentum)
         self._sums, self._counts = {}, {}
 
-    def _pass_batches(self, loader: DataLoader) -> DataLoader:
-        """This epoch's eval-pass loader: a fresh random ``proto_fraction`` of ``loader``'s rows (at least one),
-        in batches of its size; the whole loader when the fraction is 1."""
+    def _pass_batches(self, loader):
+        """This epoch's eval-pass batches: a fresh random ``proto_fraction`` of a DataLoader's rows (at least one),
+        in batches of its size, or of the batches of any other iterable; all of them when the fraction is 1."""
         if self.options.proto_fraction >= 1:
             return loader
+        if not isinstance(loader, DataLoader):  # e.g. a list of batches (benchmarks): pick whole batches
+            batches = list(loader)
+            k = max(1, int(len(batches) * self.options.proto_fraction))
+            return [batches[i] for i in torch.randperm(len(batches), generator=self.draws)[:k].sort().values]
         n = len(loader.dataset)
         rows = torch.randperm(n, generator=self.draws)[:max(1, int(n * self.options.proto_fraction))]
         rows = rows.sort().values.tolist()  # in storage order: reads of memory-mapped arrays stay sequential
