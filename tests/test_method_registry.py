@@ -51,3 +51,7 @@ def test_list_names_the_reference_each_method_follows_and_its_deviations(name, c
     assert fidelity and ".py" in fidelity, f"{name}: name the reference file its defaults follow"
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and " ".join(out.split()).count(fidelity.split()[0]) >= 1
+
+
+def test_every_baseline_says_what_its_defaults_follow():
+    assert all(METHODS[name].fidelity for name in BASELINES)
