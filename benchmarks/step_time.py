@@ -29,6 +29,12 @@ PRESETS = {
                                 "image": ModalitySpec("image", [1, 28, 28], "uint8")},
                          encoders="cnn-small", batch=64, classes=10,
                          model=dict(cnn_channels=[16, 32, 64], feature_dim=64)),
+    # mfeat preset weak3 (fou 76, zer 47, mor 6 features) as recipes/mfeat/*.yaml: mlp 128 -> 64, dropout 0.2
+    "mfeat-cpu": dict(specs={"fou": ModalitySpec("vector", [76], "float32"),
+                             "zer": ModalitySpec("vector", [47], "float32"),
+                             "mor": ModalitySpec("vector", [6], "float32")},
+                      encoders="mlp", batch=64, classes=10,
+                      model=dict(hidden_dim=128, feature_dim=64, dropout=0.2)),
     "cremad-gpu": dict(specs={"audio": ModalitySpec("audio", [1, 257, 188], "float16"),
                               "visual": ModalitySpec("video", [3, 3, 224, 224], "uint8")},
                        encoders="resnet18", batch=64, classes=6, model={}),
@@ -44,6 +50,11 @@ VARIANTS = {
     "bogc-sign": ("bogc", {"frame": "sign"}),
     "bogc-calibrate1": ("bogc", {"single_source": "calibrate"}),
     "bogc-norm": ("bogc", {"norm": "match"}),
+    "bogc-laplace": ("bogc", {"moments": "laplace"}),
+    "bogc-modality": ("bogc", {"frame": "modality"}),
+    "bogc-precision": ("bogc", {"evidence": "precision"}),
+    "bogc-modality-precision": ("bogc", {"frame": "modality", "evidence": "precision"}),
+    "bogc-laplace-modality-precision": ("bogc", {"moments": "laplace", "frame": "modality", "evidence": "precision"}),
 }
 for baseline in ("ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo"):
     VARIANTS[baseline] = (baseline, {})

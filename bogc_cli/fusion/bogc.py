@@ -14,6 +14,7 @@ Options (``method.*``): ``moments`` (microbatch | ema), ``chunks`` (4), ``beta``
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -26,20 +27,30 @@ from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import calibrate  # noqa: F401  (public: bogc_cli.fusion.bogc.calibrate)
 from bogc_cli.engine.distributed import all_reduce_flat
 from bogc_cli.errors import UserError
-from bogc_cli.fusion.sources import GradientSources, global_batch_gradients
+from bogc_cli.fusion.laplace import LastLayerLaplace
+from bogc_cli.fusion.sources import Block, GradientSources, global_batch_gradients
 from bogc_cli.schema import StrictModel
 
 
 class BOGCOptions(StrictModel):
-    moments: Literal["microbatch", "ema"] = Field("microbatch", description="how gradient mean/variance are estimated")
+    moments: Literal["microbatch", "ema", "laplace"] = Field(
+        "microbatch", description="how gradient mean/variance are estimated: microbatch (variance over chunks of the "
+        "batch), ema (over steps), laplace (over samples of a diagonal Laplace posterior of each loss's last layer)")
     chunks: int = Field(4, ge=2, description="microbatch: chunks per (global) batch; data-parallel, each of W "
                         "processes takes chunks / W of them")
-    beta: float = Field(0.9, gt=0, lt=1, description="ema: decay of the moving moments")
-    evidence: Literal["relative", "snr"] = Field(
+    beta: float = Field(0.9, gt=0, lt=1, description="ema: decay of the moving moments; laplace: decay of the "
+                        "moving curvature (diagonal GGN)")
+    samples: int = Field(4, ge=2, description="laplace: Monte Carlo samples of the last layers per step")
+    prior_precision: float = Field(1.0, gt=0, description="laplace: precision of the Gaussian prior on the last "
+                                   "layers (posterior precision = prior + N x mean diagonal GGN)")
+    evidence: Literal["relative", "snr", "precision"] = Field(
         "snr", description="snr: mu^2 / var per dimension (chosen on validation, docs/ablation.md); "
-        "relative: precision over the tensor's mean precision")
+        "relative: precision over the tensor's mean precision; precision: mu^2 / var from each source's "
+        "own moments alone")
     evidence_scale: float = Field(1.0, gt=0, description="lambda: how much uncertainty mass remains")
-    frame: Literal["dims", "sign"] = "dims"
+    frame: Literal["dims", "sign", "modality"] = Field(
+        "dims", description="dims: a tensor's dimensions are the frame; sign: {+, -} per dimension; modality: "
+        "per dimension the sources reaching it, one opinion each")
     w_max: float = Field(10.0, gt=0, description="clip of the per-dimension weights")
     single_source: Literal["plain", "calibrate"] = Field("plain", description="tensors touched by one loss")
     norm: Literal["none", "match"] = Field("none", description="match: rescale to the plain sum's norm per tensor")
@@ -55,12 +66,31 @@ class BOGC(Method):
     def __init__(self, options: BOGCOptions, model, ctx):
         super().__init__(options, model, ctx)
         self.sources = GradientSources(model)
+        self.groups = _groups(self.sources, options.single_source == "calibrate", ctx.device)
         self.ema: dict[str, dict[str, torch.Tensor]] = {}
         self.ema_steps = 0
+        self.laplace = None
+        if options.moments == "laplace":
+            # the same seed on every process (they seed torch alike), so every process draws the same samples
+            self.laplace = LastLayerLaplace(model, options.samples, options.prior_precision, options.beta,
+                                            seed=torch.initial_seed() + 104_729)
         world = self._world()
         if options.moments == "microbatch" and options.chunks % world:
             raise UserError(f"method.chunks ({options.chunks}) counts the chunks of the global batch, which the "
                             f"{world} processes share: make it a multiple of {world}")
+
+    def _share(self) -> float:
+        """This process's share of the global batch (1 without data parallelism)."""
+        d = self.ctx.distributed
+        return d.share if d is not None else 1 / self._world()
+
+    def _train_rows(self) -> int:
+        """N of the Laplace posterior: the rows trained on (the train split less any held-out part)."""
+        loader = self.ctx.train_eval
+        dataset = getattr(loader, "dataset", None)
+        if dataset is not None:
+            return len(dataset)
+        return sum(len(b) for b in loader) if loader is not None else 1
 
     def _world(self) -> int:
         if self.ctx.distributed is not None:
@@ -111,8 +141,7 @@ class BOGC(Method):
         out, losses = self._forward(batch.inputs, batch.labels)
         flats = self.sources.gradients(losses)
         if self._world() > 1:
-            d = self.ctx.distributed
-            flats = global_batch_gradients(flats, d.share if d is not None else 1 / self._world())
+            flats = global_batch_gradients(flats, self._share())
         beta = self.options.beta
         self.ema_steps += 1
         correction = 1 - beta ** self.ema_steps
@@ -128,11 +157,31 @@ class BOGC(Method):
         parts = {s: v.detach().float() for s, v in losses.items()}
         return flats, var, out.fused_logits.detach(), sum(parts.values()), parts
 
+    def _laplace_moments(self, batch: Batch):
+        """Gradient at the Laplace posterior mean and its variance over ``samples`` draws of the last layers."""
+        with self.laplace.capture():
+            out, losses = self._forward(batch.inputs, batch.labels)
+        sync = None
+        if self._world() > 1:
+            share = self._share()
+
+            def sync(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+                summed = all_reduce_flat([t.reshape(-1) * share for t in tensors])
+                return [x.view_as(t) for x, t in zip(summed, tensors)]
+        rows = self.laplace.gradient_rows(out.features, batch.labels, self.sources.params, self.sources.dtype,
+                                          self._train_rows(), sync)
+        mu = {s: r[0] for s, r in rows.items()}
+        var = {s: r[1:].var(dim=0) for s, r in rows.items()}  # unbiased, over the samples
+        parts = {s: v.detach().float() for s, v in losses.items()}
+        return mu, var, out.fused_logits.detach(), sum(parts.values()), parts
+
     # ----------------------------------------------------------------- step
     def step(self, batch: Batch) -> StepResult:
         self.ctx.optimizer.zero_grad(set_to_none=True)
         # data-parallel, every process must take the same branch (its collectives must match)
-        if self.options.moments == "microbatch" and (len(batch) >= 2 or self._world() > 1):
+        if self.options.moments == "laplace":
+            mu, var, logits, loss, parts = self._laplace_moments(batch)
+        elif self.options.moments == "microbatch" and (len(batch) >= 2 or self._world() > 1):
             mu, var, logits, loss, parts = self._microbatch_moments(batch)
         else:
             mu, var, logits, loss, parts = self._ema_moments(batch)
@@ -143,53 +192,125 @@ class BOGC(Method):
         return StepResult(torch.as_tensor(loss), logits, logs)
 
     def _apply(self, mu: dict[str, torch.Tensor], var: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Calibrate every block, write p.grad, and return the step's diagnostics."""
-        o = self.options
-        logs: dict[str, torch.Tensor] = {}
-        weight_sum: dict[str, torch.Tensor] = {}
-        weight_sq: dict[str, torch.Tensor] = {}
-        weight_n: dict[str, int] = {}
-        clipped, counted = torch.zeros((), device=self.ctx.device), 0
+        """Calibrate every block, write p.grad, and return the step's diagnostics.
 
+        Diagnostics describe the weights applied, i.e. clipped to ``[0, w_max]``: ``bogc.weight_mean.<s>``
+        and ``bogc.weight_std.<s>`` over source s's dimensions, ``bogc.clipped`` the share of weights that
+        were above ``w_max`` before clipping, ``bogc.uncertainty.<m>`` the mean fused uncertainty of encoder
+        m's tensors."""
+        o = self.options
         for block in self.sources.blocks:
-            m = self.sources.stack(mu, block)
             if len(block.sources) == 1 and o.single_source == "plain":
-                self.sources.assign(block, m[0])
-                continue
-            v = self.sources.stack(var, block)
-            cal = calibration.calibrate_segments(m, v, block.segments, o.evidence, o.frame, o.evidence_scale,
+                self.sources.assign(block, mu[block.sources[0]][block.slices[block.sources[0]]])
+        logs: dict[str, torch.Tensor] = {}
+        if not self.groups:
+            return logs
+        weight_sum = weight_sq = clipped = None
+        for group in self.groups:
+            m, v = group.stack(mu), group.stack(var)
+            cal = calibration.calibrate_segments(m, v, group.segments, o.evidence, o.frame, o.evidence_scale,
                                                  o.w_max, o.norm)
-            self.sources.assign(block, cal.update)
-            for i, s in enumerate(block.sources):
-                w = cal.weights[i].detach()
-                weight_sum[s] = weight_sum.get(s, 0) + w.sum()
-                weight_sq[s] = weight_sq.get(s, 0) + (w * w).sum()
-                weight_n[s] = weight_n.get(s, 0) + w.numel()
-            clipped = clipped + cal.clipped.sum()
-            counted += cal.clipped.numel()
-            for name in block.names:
-                if name.startswith("encoder:"):
-                    logs[f"bogc.uncertainty.{name.split(':', 1)[1]}"] = cal.uncertainty.mean().detach()
-        for s, total in weight_sum.items():
-            mean = total / weight_n[s]
-            logs[f"bogc.weight_mean.{s}"] = mean
-            logs[f"bogc.weight_std.{s}"] = (weight_sq[s] / weight_n[s] - mean * mean).clamp_min(0).sqrt()
-        if counted:
-            logs["bogc.clipped"] = clipped / counted
+            for block, (start, stop) in zip(group.blocks, group.spans):
+                self.sources.assign(block, cal.update[start:stop])
+            w = cal.applied.detach()
+            sums = group.segments.sum(torch.stack([w, w * w]))                     # [2, S, T]
+            by_source = torch.zeros(2, len(self.sources.sources), dtype=w.dtype, device=w.device)
+            by_source.index_add_(1, group.source_of.flatten(), sums.flatten(1))
+            weight_sum = by_source[0] if weight_sum is None else weight_sum + by_source[0]
+            weight_sq = by_source[1] if weight_sq is None else weight_sq + by_source[1]
+            c = cal.clipped.sum()
+            clipped = c if clipped is None else clipped + c
+            if group.encoders:
+                u = group.encoder_mean @ cal.uncertainty.detach()
+                for i, name in enumerate(group.encoders):
+                    logs[f"bogc.uncertainty.{name}"] = u[i]
+        counts = sum(g.counts for g in self.groups)
+        mean = weight_sum / counts.clamp_min(1)
+        std = (weight_sq / counts.clamp_min(1) - mean * mean).clamp_min(0).sqrt()
+        for i, src in enumerate(self.sources.sources):
+            if counts[i] > 0:
+                logs[f"bogc.weight_mean.{src}"] = mean[i]
+                logs[f"bogc.weight_std.{src}"] = std[i]
+        logs["bogc.clipped"] = clipped / sum(g.numel for g in self.groups)
         return logs
 
     # ----------------------------------------------------------------- state and plots
     def state_dict(self):
-        return {"ema": self.ema, "ema_steps": self.ema_steps}
+        state = {"ema": self.ema, "ema_steps": self.ema_steps}
+        if self.laplace is not None:
+            state["laplace"] = self.laplace.state_dict()
+        return state
 
     def load_state_dict(self, state):
         self.ema = state.get("ema", {})
         self.ema_steps = state.get("ema_steps", 0)
+        if self.laplace is not None and "laplace" in state:
+            self.laplace.load_state_dict(state["laplace"])
 
     def on_train_end(self, run_dir, records: list[dict]) -> None:
         from bogc_cli.report.plots import plot_bogc_diagnostics
 
-        plot_bogc_diagnostics(records, run_dir / "bogc_diagnostics.png", title=f"BOGC diagnostics: {run_dir}")
+        plot_bogc_diagnostics(records, run_dir / "bogc_diagnostics.png", title=f"BOGC diagnostics: {run_dir}",
+                              w_max=self.options.w_max)
+
+
+@dataclass
+class _Group:
+    """Blocks with the same number of sources, calibrated in one call on their concatenated buffers.
+
+    Row i of the group's ``[S, N]`` matrix holds each block's i-th source; ``spans``: where each block
+    lies in it; ``source_of`` ``[S, T]``: the source (index in ``GradientSources.sources``) of each row's
+    tensor; ``encoder_mean`` ``[E, T]``: averages per-tensor values over each encoder block's tensors."""
+
+    blocks: list[Block]
+    spans: list[tuple[int, int]]
+    segments: calibration.Segments
+    source_of: torch.Tensor
+    counts: torch.Tensor
+    numel: int
+    encoders: list[str]
+    encoder_mean: torch.Tensor
+
+    def stack(self, flats: dict[str, torch.Tensor]) -> torch.Tensor:
+        rows = []
+        for i in range(len(self.blocks[0].sources)):
+            parts = [flats[b.sources[i]][b.slices[b.sources[i]]] for b in self.blocks]
+            rows.append(parts[0] if len(parts) == 1 else torch.cat(parts))
+        return torch.stack(rows)
+
+
+def _groups(sources: GradientSources, single: bool, device) -> list[_Group]:
+    """The calibration groups of a model's blocks: every block with several sources (and, with
+    ``single_source: calibrate``, those with one), grouped by their number of sources."""
+    by_count: dict[int, list[Block]] = {}
+    for block in sources.blocks:
+        if len(block.sources) > 1 or single:
+            by_count.setdefault(len(block.sources), []).append(block)
+    like = torch.zeros((), dtype=sources.dtype, device=device)
+    index = {s: i for i, s in enumerate(sources.sources)}
+    groups = []
+    for blocks in by_count.values():
+        numels = [p.numel() for b in blocks for p in b.params]
+        segments = calibration.Segments.from_numels(numels, like)
+        spans, start = [], 0
+        source_of, counts = [], torch.zeros(len(sources.sources), dtype=sources.dtype, device=device)
+        encoders, tensor_block = [], []
+        for j, b in enumerate(blocks):
+            spans.append((start, start + b.numel))
+            start += b.numel
+            tensor_block += [j] * len(b.params)
+            for s in b.sources:
+                counts[index[s]] += b.numel
+            encoders += [(j, n.split(":", 1)[1]) for n in b.names if n.startswith("encoder:")]
+        for i in range(len(blocks[0].sources)):
+            source_of.append([index[b.sources[i]] for b in blocks for _ in b.params])
+        mean = torch.zeros(len(encoders), len(numels), dtype=sources.dtype, device=device)
+        for e, (j, _) in enumerate(encoders):
+            mask = torch.tensor([t == j for t in tensor_block], device=device)
+            mean[e, mask] = 1.0 / float(mask.sum())
+        groups.append(_Group(blocks, spans, segments, torch.tensor(source_of, device=device), counts,
+                             len(blocks[0].sources) * start, [name for _, name in encoders], mean))
+    return groups
 
 
 METHOD = BOGC

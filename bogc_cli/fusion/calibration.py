@@ -2,8 +2,37 @@
 
 Everything works on flat buffers: ``mu`` and ``var`` are ``[S, N]`` for the S sources that
 touch a block of parameters, N = the block's elements, and ``Segments`` says which parameter
-tensor (frame) each element belongs to. No Python loop over dimensions or tensors; with the
-``sign`` frame, one loop over the (few) sources.
+tensor each element belongs to. No Python loop over dimensions or tensors; with the
+``sign`` frame, one loop over the (few) sources. Every rule is per tensor (or per dimension), so
+several blocks with the same number of sources can be calibrated in one call on their
+concatenated buffers (row i = each block's i-th source); the result is the same as block by block.
+
+Evidence (``evidence_of``), dimensionless and non-negative:
+
+- ``relative``: precision over the tensor's mean precision (sources and dimensions together).
+- ``snr``: ``mu^2 / (var + eps * v)``, ``v`` the tensor's mean variance over all its sources.
+- ``precision``: the same precision-times-squared-mean, ``mu_s^2 * tau_s`` with
+  ``tau_s = 1 / (var_s + eps * v_s)``, but ``v_s`` is source s's own mean variance over the tensor,
+  so one source's evidence is a function of its own gradient moments alone (what ``frame:
+  modality`` needs: one opinion per modality from that modality's precision). ``mu^2 tau`` is a
+  squared signal-to-noise ratio, so it has no unit: scaling one source's gradients by c > 0 leaves
+  its evidence unchanged.
+
+Frames (how evidence becomes opinions and weights):
+
+- ``dims``: the D dimensions of one tensor are the frame (as in Trusted Multi-view
+  Classification); the fused belief is attributed back to the sources (``evidence.attribution``).
+- ``sign``: per dimension the frame {+, -}; a source commits its evidence to the sign of its mean.
+- ``modality``: per dimension the frame is the set of the K sources that reach the dimension (the
+  fusion loss and each modality's loss). Source s holds a Dirichlet opinion with evidence only on
+  its own singleton: ``b_s = e_s / (e_s + K)``, ``u_s = K / (e_s + K)``. Fusing the K opinions
+  with the reduced Dempster rule gives the unnormalised belief ``b_s prod_{t != s} u_t`` on s,
+  ``prod_t u_t`` uncommitted, i.e. after dividing through by ``prod_t u_t``: belief in s
+  proportional to ``e_s / K``, fused uncertainty ``u = K / (sum_t e_t + K)``. The weight of source s
+  is K times its pignistic probability (belief plus an equal share of the uncommitted mass):
+  ``w_s = K (e_s + 1) / (sum_t e_t + K)``, the Dirichlet mean of the fused evidence. Weights sum to
+  K per dimension; equal evidence gives ``w = 1`` (the plain sum), no evidence anywhere too, and a
+  source with no evidence keeps only its share of the fused uncertainty, ``w = u``.
 """
 
 from __future__ import annotations
@@ -14,8 +43,8 @@ import torch
 
 from bogc_cli.fusion.evidence import _gauss_legendre, attribution
 
-EVIDENCE = ("relative", "snr")
-FRAMES = ("dims", "sign")
+EVIDENCE = ("relative", "snr", "precision")
+FRAMES = ("dims", "sign", "modality")
 
 
 @dataclass
@@ -60,11 +89,13 @@ class Segments:
 
 @dataclass
 class Calibration:
-    """``update`` ``[N]``; ``weights`` ``[S, N]`` (before clipping); ``uncertainty`` ``[T]`` fused u per tensor;
+    """``update`` ``[N]``; ``weights`` ``[S, N]`` (before clipping); ``applied`` ``[S, N]``: the weights the update
+    used, ``weights`` clipped to ``[0, w_max]`` (what diagnostics report); ``uncertainty`` ``[T]`` fused u per tensor;
     ``clipped`` ``[S, N]`` bool (weight above w_max)."""
 
     update: torch.Tensor
     weights: torch.Tensor
+    applied: torch.Tensor
     uncertainty: torch.Tensor
     clipped: torch.Tensor
 
@@ -74,8 +105,10 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
     """Dimensionless, non-negative evidence ``[S, N]`` from gradient means and variances ``[S, N]``.
 
     Precision is measured relative to the tensor's mean variance (``eps`` is relative too), so
-    multiplying every gradient by c > 0 leaves the evidence unchanged. An infinite variance
-    gives zero evidence; a tensor whose variances are all zero gives every source equal evidence.
+    multiplying every gradient by c > 0 leaves the evidence unchanged (with ``precision``, scaling
+    one source's gradients leaves its evidence unchanged). An infinite variance gives zero evidence;
+    a tensor whose variances are all zero gives every source equal evidence. ``ValueError`` for an
+    unknown ``kind``.
     """
     # posinf must be given: nan_to_num's default turns +inf into the dtype's max, which then overflows the mean
     var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"), posinf=float("inf"))
@@ -83,12 +116,15 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
     ref = seg.mean(finite.mean(dim=0, keepdim=True))                              # [1, T]
     known = seg.expand(ref > 0)                                                     # some variance in the tensor
     ref = torch.where(ref > 0, ref, torch.ones_like(ref))
-    ref = seg.expand(ref)                                                           # [1, N]
+    if kind == "precision":  # each source against its own variance level; the tensor's where it has none
+        own = seg.mean(finite)                                                      # [S, T]
+        ref = torch.where(own > 0, own, ref)
+    ref = seg.expand(ref)                                                           # [1 or S, N]
     tau = ref / (var + eps * ref)                                                   # dimensionless precision
     if kind == "relative":
         mean_tau = seg.mean(tau.mean(dim=0, keepdim=True))                          # over sources and dims
         return scale * tau / seg.expand(mean_tau).clamp_min(torch.finfo(tau.dtype).tiny)
-    if kind == "snr":
+    if kind in ("snr", "precision"):
         snr = torch.nan_to_num(mu.square() / (var + eps * ref), posinf=torch.finfo(mu.dtype).max / 4)
         # no variance anywhere in the tensor: no scale to measure it against, so equal evidence (as relative)
         return scale * torch.where(known, snr, torch.isfinite(var).to(snr.dtype))
@@ -127,12 +163,30 @@ def _sign_attribution(mu: torch.Tensor, e: torch.Tensor, seg: Segments) -> tuple
     return r, seg.mean(prod_u / (pos + neg + prod_u))
 
 
+def _modality_weights(e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame = the K sources of each dimension (module docstring). Returns weights ``[S, N]`` (summing to K over
+    sources) and the mean fused uncertainty per tensor ``[T]``.
+
+    Computed relative to each dimension's largest evidence (at least 1), so that evidence near the
+    dtype's maximum cannot overflow the sum."""
+    k = e.shape[0]
+    top = e.amax(dim=0).clamp_min(1)                                               # [N]
+    alpha = (e + 1) / top                                                          # Dirichlet alpha / top
+    strength = alpha.sum(dim=0)                                                    # (sum e + K) / top
+    return k * alpha / strength, seg.mean(k / top / strength)
+
+
 def calibrate_segments(mu: torch.Tensor, var: torch.Tensor, seg: Segments, evidence: str = "relative",
                        frame: str = "dims", evidence_scale: float = 1.0, w_max: float = 10.0,
                        norm: str = "none") -> Calibration:
-    """Calibrated update of a block: ``mu``, ``var`` ``[S, N]`` -> ``Calibration`` (update ``[N]``)."""
+    """Calibrated update of a block: ``mu``, ``var`` ``[S, N]`` -> ``Calibration`` (update ``[N]``).
+
+    ``ValueError`` for an unknown ``evidence``, ``frame`` or ``norm``."""
     n_src = mu.shape[0]
     e = evidence_of(mu, var, seg, evidence, evidence_scale)
+    if frame == "modality":
+        weights, uncertainty = _modality_weights(e, seg)
+        return _finish(mu, weights, uncertainty, seg, w_max, norm)
     if frame == "dims":
         r, uncertainty = _dims_attribution(e, seg)
     elif frame == "sign":
@@ -143,15 +197,22 @@ def calibrate_segments(mu: torch.Tensor, var: torch.Tensor, seg: Segments, evide
     sizes = seg.expand(seg.sizes)
     weights = torch.where(total > 0, n_src * sizes * r / total.clamp_min(torch.finfo(r.dtype).tiny),
                           torch.ones_like(r))                                       # no evidence anywhere: plain sum
+    return _finish(mu, weights, uncertainty, seg, w_max, norm)
+
+
+def _finish(mu: torch.Tensor, weights: torch.Tensor, uncertainty: torch.Tensor, seg: Segments, w_max: float,
+            norm: str) -> Calibration:
+    """Clip the weights to ``[0, w_max]``, apply them to ``mu`` and (``norm: match``) rescale per tensor."""
     clipped = weights > w_max
-    update = (weights.clamp(0, w_max) * mu).sum(dim=0)
+    applied = weights.clamp(0, w_max)
+    update = (applied * mu).sum(dim=0)
     if norm == "match":
         plain = mu.sum(dim=0)
         ratio = (seg.sum(plain.square()) / seg.sum(update.square()).clamp_min(torch.finfo(mu.dtype).tiny)).sqrt()
         update = update * seg.expand(torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio)))
     elif norm != "none":
         raise ValueError(f"norm must be 'none' or 'match', not {norm!r}")
-    return Calibration(update, weights, uncertainty, clipped)
+    return Calibration(update, weights, applied, uncertainty, clipped)
 
 
 def calibrate(mu: torch.Tensor, var: torch.Tensor, evidence: str = "relative", frame: str = "dims",

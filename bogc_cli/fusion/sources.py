@@ -5,6 +5,11 @@ m; fusion head: fused; unimodal head m: m). Each source's flat gradient lists it
 fixed order, so one block is one contiguous slice of every source vector that touches it:
 stacking those slices gives the ``[S, N]`` matrix a calibration rule needs, with no copying
 per tensor. Methods that need per-loss gradients (bogc, mmpareto, cggm, ...) use this.
+
+``gradients`` takes one backward per *pass*, not per source: sources whose parameter sets are
+disjoint (every modality's loss with ``heads`` unimodal logits: encoder m and head m) share one
+backward of their summed losses, whose gradient on source m's parameters is exactly L_m's. So a
+step costs two backward calls (fusion loss; all modality losses) instead of 1 + M.
 """
 
 from __future__ import annotations
@@ -68,17 +73,36 @@ class GradientSources:
             seg = Segments.from_numels([p.numel() for p in params], like.detach().to(self.dtype))
             self.blocks.append(Block(srcs, params, names, slices, seg, numel))
         self.sizes = offsets
+        # passes: greedy groups of sources whose parameter sets are pairwise disjoint (in source order)
+        self.passes: list[list[str]] = []
+        taken: list[set[int]] = []
+        for src in self.sources:
+            ids = {id(p) for p in self.params[src]}
+            for group, used in zip(self.passes, taken):
+                if not used & ids:
+                    group.append(src)
+                    used |= ids
+                    break
+            else:
+                self.passes.append([src])
+                taken.append(set(ids))
 
     def gradients(self, losses: dict[str, torch.Tensor], retain_graph: bool = False) -> dict[str, torch.Tensor]:
-        """Flat gradient ``[n_s]`` of each source's loss w.r.t. the parameters it touches (``self.dtype``)."""
+        """Flat gradient ``[n_s]`` of each source's loss w.r.t. the parameters it touches (``self.dtype``).
+
+        ``losses``: one scalar per source (all of ``self.sources``, or a subset). One backward per pass."""
         flats = {}
-        last = len(losses) - 1
-        for i, (s, loss) in enumerate(losses.items()):
-            params = self.params[s]
-            grads = torch.autograd.grad(loss, params, retain_graph=retain_graph or i < last, allow_unused=True)
-            flats[s] = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
-                                  for g, p in zip(grads, params)])
-        return flats
+        passes = [[s for s in group if s in losses] for group in self.passes]
+        passes = [group for group in passes if group]
+        for i, group in enumerate(passes):
+            params = [p for s in group for p in self.params[s]]
+            total = losses[group[0]] if len(group) == 1 else torch.stack([losses[s] for s in group]).sum()
+            grads = torch.autograd.grad(total, params, retain_graph=retain_graph or i < len(passes) - 1,
+                                        allow_unused=True)
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
+                              for g, p in zip(grads, params)])
+            flats.update(zip(group, flat.split([self.sizes[s] for s in group])))
+        return {s: flats[s] for s in losses}
 
     def stack(self, flats: dict[str, torch.Tensor], block: Block) -> torch.Tensor:
         """``[S, N]``: the block's slice of each of its sources' flat vectors."""

@@ -6,6 +6,9 @@
   shift applied to the first modality's features, then a linear classifier.
 - ``gated``: gated multimodal unit (Arevalo et al., 2017): tanh projections of each modality
   mixed by per-sample softmax gates computed from all features.
+
+Every head's logits are the sum of the outputs of its ``final_linears()`` (the last layer before
+the output): BOGC's ``moments: laplace`` puts its posterior on them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ class ConcatHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.net(torch.cat(feats, dim=1))
 
+    def final_linears(self) -> list[nn.Linear]:
+        return [self.net] if self.is_linear else [self.net[-1]]
+
     def slice_logits(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """OGM-GE-style unimodal logits: each modality's block of the weight and 1/M of the bias.
 
@@ -52,6 +58,9 @@ class SumHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack([fc(f) for fc, f in zip(self.fcs, feats)]).sum(0)
 
+    def final_linears(self) -> list[nn.Linear]:
+        return list(self.fcs)
+
 
 class FiLMHead(nn.Module):
     def __init__(self, dims: list[int], num_classes: int):
@@ -65,6 +74,9 @@ class FiLMHead(nn.Module):
         gamma, beta = self.film(torch.cat(feats[1:], dim=1)).chunk(2, dim=1)
         return self.fc(gamma * feats[0] + beta)
 
+    def final_linears(self) -> list[nn.Linear]:
+        return [self.fc]
+
 
 class GatedHead(nn.Module):
     def __init__(self, dims: list[int], num_classes: int, hidden: int = 128):
@@ -77,6 +89,9 @@ class GatedHead(nn.Module):
         h = torch.stack([torch.tanh(p(f)) for p, f in zip(self.proj, feats)], dim=1)  # [B, M, H]
         a = torch.softmax(self.gate(torch.cat(feats, dim=1)), dim=1).unsqueeze(-1)   # [B, M, 1]
         return self.fc((a * h).sum(dim=1))
+
+    def final_linears(self) -> list[nn.Linear]:
+        return [self.fc]
 
 
 FUSION_HEADS = {

@@ -154,11 +154,13 @@ def metrics_paths(run_dirs: Iterable[str | os.PathLike]) -> list[Path]:
     return [p for p in (Path(d) / "metrics.jsonl" for d in run_dirs) if p.is_file()]
 
 
-def plot_bogc_diagnostics(records: list[dict], path_png: str | os.PathLike, title: str = "BOGC diagnostics"
-                          ) -> list[Path]:
-    """BOGC over training: fused uncertainty per encoder, weight mean ± std per source, clipped share.
+def plot_bogc_diagnostics(records: list[dict], path_png: str | os.PathLike, title: str = "BOGC diagnostics",
+                          w_max: float | None = None) -> list[Path]:
+    """BOGC over training: fused uncertainty per encoder, applied weight mean ± std per source, clipped share.
 
-    ``records``: the per-epoch dicts of metrics.jsonl (keys ``method.bogc.*``).
+    ``records``: the per-epoch dicts of metrics.jsonl (keys ``method.bogc.*``). The weights are those applied
+    (clipped to ``[0, w_max]``), so their band is drawn within ``[0, w_max]`` (``w_max``: the run's
+    ``method.w_max``; None: only the lower bound 0), with ``w_max`` as a dashed line.
     """
     frame = pd.DataFrame(records)
     if frame.empty or "epoch" not in frame:
@@ -168,12 +170,16 @@ def plot_bogc_diagnostics(records: list[dict], path_png: str | os.PathLike, titl
     for col in sorted(c for c in frame if c.startswith("method.bogc.uncertainty.")):
         axes[0].plot(epochs, frame[col], marker="o", label=col.rsplit(".", 1)[-1])
     axes[0].set(title="mean fused uncertainty u (per encoder)", xlabel="epoch", ylabel="u")
+    high = w_max if w_max is not None else float("inf")
     for col in sorted(c for c in frame if c.startswith("method.bogc.weight_mean.")):
         source = col.split("weight_mean.", 1)[1]
         std = frame.get(f"method.bogc.weight_std.{source}", pd.Series(0.0, index=frame.index))
         line = axes[1].plot(epochs, frame[col], marker="o", label=source)[0]
-        axes[1].fill_between(epochs, frame[col] - std, frame[col] + std, alpha=0.2, color=line.get_color())
-    axes[1].set(title="weights per source (mean ± spread over dimensions)", xlabel="epoch", ylabel="weight")
+        axes[1].fill_between(epochs, (frame[col] - std).clip(0, high), (frame[col] + std).clip(0, high), alpha=0.2,
+                             color=line.get_color())
+    if w_max is not None:
+        axes[1].axhline(w_max, color="grey", linestyle="--", linewidth=1, label="w_max")
+    axes[1].set(title="applied weights per source (mean ± std, within [0, w_max])", xlabel="epoch", ylabel="weight")
     if "method.bogc.clipped" in frame:
         axes[2].plot(epochs, frame["method.bogc.clipped"], marker="o", color="black")
     axes[2].set(title="fraction of weights clipped at w_max", xlabel="epoch", ylabel="fraction")
