@@ -31,8 +31,8 @@ seeds = st.integers(0, 2**31 - 1)
 n_sources = st.integers(1, 5)
 n_dims = st.integers(1, 40)
 log_scales = st.floats(-6, 6)  # evidence / gradient magnitudes 1e-6 .. 1e6
-EVIDENCE = ["relative", "snr"]
-FRAMES = ["dims", "sign"]
+EVIDENCE = ["relative", "snr", "precision"]
+FRAMES = ["dims", "sign", "modality"]
 
 
 def gen(seed: int) -> torch.Generator:
@@ -269,6 +269,18 @@ def test_a_source_with_unbounded_variance_loses_its_weight(kind, frame, s):
         weights.append(cal.weights[0, 2].item())
         # the other sources keep their evidence there, and the update what they contribute
         assert (cal.weights[1:, 2] > 0).all()
+    if frame == "modality":
+        # the source's evidence falls to 0 and its weight to its 1/K share of the fused uncertainty, times K:
+        # w = u = K / (sum of the others' evidence + K), which goes to 0 as the others' evidence grows (with
+        # relative evidence the others' evidence moves with the tensor's mean variance, so w need not fall
+        # monotonically on the way)
+        v = var.clone()
+        v[0, 2] = math.inf
+        e = evidence_of(mu, v, seg, kind)[:, 2]
+        assert e[0] == 0
+        torch.testing.assert_close(torch.tensor(weights[-1], dtype=F64), s / (e.sum() + s), **TIGHT)
+        assert weights[-1] < 1
+        return
     # non-increasing (up to rounding: once var >> the others, the relative eps floor, eps * mean var, makes
     # the weight level off at ~eps instead of reaching 0 before the variance is infinite)
     assert all(a >= b * (1 - 1e-9) for a, b in zip(weights, weights[1:])), weights
@@ -293,7 +305,7 @@ def test_sources_are_symmetric(seed, s, d, kind, frame):
 
 
 @pytest.mark.parametrize("kind", EVIDENCE)
-@pytest.mark.parametrize("frame", FRAMES)
+@pytest.mark.parametrize("frame", ["dims", "sign"])  # modality weights never exceed K: the test below
 def test_weights_are_clipped_at_w_max(kind, frame):
     """One very precise, large dimension of one source among 2 x 50 small, noisy ones would take far more
     than w_max = 10 (weights average 1 over a tensor's sources and dimensions)."""
@@ -446,3 +458,92 @@ def test_extreme_magnitudes_and_infinite_variances_give_a_finite_bounded_update(
     assert (cal.weights >= 0).all() and torch.equal(cal.clipped, cal.weights > 4.0)
     e = evidence_of(mu, var, Segments.single(d, mu), kind)
     assert torch.isfinite(e).all() and (e >= 0).all()
+
+
+# ----------------------------------------------------------------------------- frame: modality
+@PROPS
+@given(seeds, st.integers(1, 6), n_dims, st.floats(-4, 4))
+def test_modality_weights_are_the_reduced_dempster_rule_over_singleton_opinions(seed, s, d, log_scale):
+    """frame modality: per dimension, source t holds a Dirichlet opinion over the K = s sources with evidence
+    e_t on its own singleton only; ``combine_all`` (the reduced Dempster rule) of the K opinions, then the
+    pignistic probability (belief + u / K) times K, is the weight ``K (e_t + 1) / (sum e + K)``."""
+    g = gen(seed)
+    e = rand_evidence(g, s, d, log_scale=log_scale)                                   # [S, N]
+    k = s
+    b = torch.zeros(s, d, k, dtype=F64)                                               # [source, dim, frame]
+    b[torch.arange(s), :, torch.arange(s)] = (e / (e + k))
+    u = k / (e + k)                                                                   # [S, N]
+    fused_b, fused_u = combine_all(b, u)                                              # [N, K], [N]
+    pignistic = k * (fused_b + fused_u.unsqueeze(-1) / k)                             # [N, K]
+    mu = torch.randn(s, d, generator=g, dtype=F64)
+    from bogc_cli.fusion.calibration import _modality_weights
+    seg = Segments.single(d, mu)
+    w, unc = _modality_weights(e, seg)
+    torch.testing.assert_close(w, pignistic.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w, k * (e + 1) / (e.sum(0) + k), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(unc, fused_u.mean().view(1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w.sum(0), torch.full((d,), float(k), dtype=F64), **TIGHT)
+
+
+@PROPS
+@given(seeds, n_sources, n_dims, st.floats(-6, 6), st.sampled_from(EVIDENCE))
+def test_equal_per_modality_precision_gives_the_plain_sum(seed, s, d, log_scale, kind):
+    """Every source with the same mean magnitude and precision in a dimension (signs free, the precisions
+    different from dimension to dimension): weights 1, the update is the plain sum."""
+    g = gen(seed)
+    a = torch.exp(torch.randn(1, d, generator=g, dtype=F64)) * 10 ** log_scale
+    mu = a * torch.where(torch.rand(s, d, generator=g) < 0.5, -1.0, 1.0).to(F64)
+    var = (a * torch.exp(torch.randn(1, d, generator=g, dtype=F64))).square().expand(s, d).clone()
+    cal = calibrate_segments(mu, var, Segments.single(d, mu), kind, "modality")
+    torch.testing.assert_close(cal.weights, torch.ones_like(mu), **TIGHT)
+    torch.testing.assert_close(cal.update, mu.sum(0), **TIGHT)
+
+
+@PROPS
+@given(seeds, st.integers(2, 5), n_dims, st.floats(-8, 8), st.sampled_from(["dims", "sign", "modality"]))
+def test_precision_evidence_of_a_source_is_its_own(seed, s, d, log_c, frame):
+    """evidence precision is a function of each source's own moments: scaling one source's gradients by c
+    leaves every source's evidence (so, frame modality, every weight) unchanged."""
+    g = gen(seed)
+    mu, var = rand_moments(g, s, d)
+    c = 10.0 ** log_c
+    seg = Segments.single(d, mu)
+    e = evidence_of(mu, var, seg, "precision")
+    mu2, var2 = mu.clone(), var.clone()
+    mu2[0], var2[0] = mu[0] * c, var[0] * c * c
+    torch.testing.assert_close(evidence_of(mu2, var2, seg, "precision"), e, rtol=1e-9, atol=0)
+    if frame == "modality":
+        a = calibrate_segments(mu, var, seg, "precision", frame)
+        b = calibrate_segments(mu2, var2, seg, "precision", frame)
+        torch.testing.assert_close(b.weights, a.weights, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(b.update, a.update + (c - 1) * a.applied[0] * mu[0], rtol=1e-9,
+                                   atol=1e-12 * c * mu.abs().max().item())
+
+
+@PROPS
+@given(seeds, n_dims, st.floats(0.3, 1.9))
+def test_modality_weights_are_clipped_at_w_max(seed, d, w_max):
+    """Two sources: weights lie in [0, 2]; a w_max below that cuts the larger ones (flagged) and the update
+    applies the clipped weights, which diagnostics report."""
+    mu, var = rand_moments(gen(seed), 2, d)
+    cal = calibrate_segments(mu, var, Segments.single(d, mu), "precision", "modality", w_max=w_max)
+    assert (cal.weights <= 2 + 1e-12).all()
+    assert torch.equal(cal.clipped, cal.weights > w_max)
+    torch.testing.assert_close(cal.applied, cal.weights.clamp(0, w_max), **TIGHT)
+    torch.testing.assert_close(cal.update, (cal.applied * mu).sum(0), **TIGHT)
+
+
+def test_groups_of_blocks_equal_block_by_block_calibration():
+    """Blocks with the same number of sources are calibrated in one call on their concatenated buffers
+    (row i = each block's i-th source): the same updates as one call per block, for every frame."""
+    g = gen(3)
+    numels = [[5, 3], [7], [2, 4, 1]]
+    blocks = [rand_moments(g, 2, sum(n)) for n in numels]
+    for kind in EVIDENCE:
+        for frame in FRAMES:
+            alone = [calibrate_segments(m, v, Segments.from_numels(n, m), kind, frame).update
+                     for (m, v), n in zip(blocks, numels)]
+            mu = torch.cat([m for m, _ in blocks], 1)
+            var = torch.cat([v for _, v in blocks], 1)
+            together = calibrate_segments(mu, var, Segments.from_numels(sum(numels, []), mu), kind, frame)
+            torch.testing.assert_close(together.update, torch.cat(alone), rtol=1e-12, atol=1e-14)

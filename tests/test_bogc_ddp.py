@@ -5,6 +5,7 @@ microbatch: chunks=4 counts the chunks of the global batch, so each rank splits 
 the two ranks together hold the same 4 chunk gradients (tensor_split order) as one process; the per-source sums of g and g^2
 and the chunk counts are all-reduced, so every rank calibrates with the same moments.
 ema: each rank's gradient is averaged across ranks (= the whole batch's gradient), over 2 steps.
+laplace: every rank draws the same last-layer samples; curvature and per-sample gradients are all-reduced.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector"
 CASES = {
     "microbatch": ({"chunks": 4}, {"chunks": 4}, 2),
     "ema": ({"moments": "ema"}, {"moments": "ema"}, 2),
+    # every process draws the same posterior samples; the per-sample gradients (not only their sums) and the
+    # curvature are summed by share, so the moments are the global batch's
+    "laplace": ({"moments": "laplace", "frame": "modality", "evidence": "precision"},
+                {"moments": "laplace", "frame": "modality", "evidence": "precision"}, 2),
 }
 
 

@@ -67,7 +67,10 @@ def test_calibration_changes_the_update_and_logs_diagnostics():
 
 
 @pytest.mark.parametrize("options", [{"moments": "ema"}, {"evidence": "snr"}, {"frame": "sign"},
-                                     {"single_source": "calibrate"}, {"norm": "match"}, {"chunks": 2}])
+                                     {"single_source": "calibrate"}, {"norm": "match"}, {"chunks": 2},
+                                     {"moments": "laplace"}, {"moments": "laplace", "samples": 2},
+                                     {"frame": "modality"}, {"evidence": "precision"},
+                                     {"frame": "modality", "evidence": "precision", "moments": "laplace"}])
 def test_every_option_takes_a_finite_step(options):
     bogc, model = setup("bogc", options)
     before = [p.detach().clone() for p in model.parameters()]
@@ -93,3 +96,48 @@ def test_bogc_recipe_trains_and_plots(tmp_path):
     assert {"method.bogc.uncertainty.audio", "method.bogc.weight_mean.fused", "method.bogc.clipped"} <= set(record)
     assert (result.run_dir / "bogc_diagnostics.png").read_bytes()[:4] == b"\x89PNG"
     assert result.test["accuracy"] > 0.2
+
+
+def test_diagnostics_report_the_weights_applied_not_the_raw_ones():
+    """Issue 17 (kind 9): with w_max below many raw weights, the logged weights are the clipped ones the update
+    used: their mean and spread over each source's dimensions, all within [0, w_max]."""
+    w_max = 1.2
+    bogc, model = setup("bogc", {"w_max": w_max})
+    x = batch()
+    mu, var, *_ = bogc._microbatch_moments(x)
+    logs = bogc._apply(mu, var)
+    assert logs["bogc.clipped"] > 0.05  # the raw weights of many dimensions were above w_max
+    (group,) = bogc.groups  # the two-source encoder blocks
+    cal = calibration.calibrate_segments(group.stack(mu), group.stack(var), group.segments, "snr", "dims",
+                                         w_max=w_max)
+    assert cal.weights.max() > w_max and torch.equal(cal.applied, cal.weights.clamp(0, w_max))
+    index = {s: i for i, s in enumerate(bogc.sources.sources)}
+    for s in ("fused", "a", "b"):
+        rows = cal.applied[group.source_of.repeat_interleave(group.segments.lengths, dim=1) == index[s]]
+        torch.testing.assert_close(logs[f"bogc.weight_mean.{s}"], rows.mean(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(logs[f"bogc.weight_std.{s}"], rows.std(unbiased=False), rtol=1e-6, atol=1e-9)
+        assert 0 <= logs[f"bogc.weight_mean.{s}"] <= w_max
+        assert logs[f"bogc.weight_mean.{s}"] + logs[f"bogc.weight_std.{s}"] <= 2 * w_max
+
+
+def test_the_weights_plot_draws_the_applied_range(tmp_path, monkeypatch):
+    """The band of mean ± std is drawn within [0, w_max] (a std larger than the mean no longer reaches below 0)
+    and w_max is marked."""
+    import matplotlib.axes
+
+    from bogc_cli.report.plots import plot_bogc_diagnostics
+
+    bands, lines = [], []
+    real_fill, real_axhline = matplotlib.axes.Axes.fill_between, matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, x, y1, y2, **k: bands.append((list(y1), list(y2))) or real_fill(self, x, y1, y2, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda self, y=0, **k: lines.append(y) or real_axhline(self, y, **k))
+    records = [{"epoch": e, "method.bogc.weight_mean.fused": m, "method.bogc.weight_std.fused": sd,
+                "method.bogc.uncertainty.a": 0.5, "method.bogc.clipped": 0.1}
+               for e, m, sd in ((1, 0.8, 2.5), (2, 9.0, 3.0), (3, 1.0, 0.2))]
+    paths = plot_bogc_diagnostics(records, tmp_path / "d.png", w_max=10.0)
+    assert paths and paths[0].read_bytes()[:4] == b"\x89PNG"
+    (low, high), = bands
+    assert low == [0.0, 6.0, 0.8] and high == [pytest.approx(3.3), 10.0, pytest.approx(1.2)]
+    assert 10.0 in lines

@@ -27,15 +27,23 @@ def _train(capsys, out: Path, method: str, *extra: str):
     return code, " ".join(stdout.split()), " ".join(stderr.split())
 
 
-@pytest.mark.parametrize("method", list(METHOD_MODULES))
-def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_path, monkeypatch, method,
+# option variants that keep state of their own (bogc laplace: the posterior's curvature and generator)
+VARIANTS = [(m, ()) for m in METHOD_MODULES] + [
+    ("bogc", ("--set", "method.moments=laplace")),
+    ("bogc", ("--set", "method.frame=modality", "--set", "method.evidence=precision", "--set", "method.moments=ema")),
+]
+
+
+@pytest.mark.parametrize(("method", "options"), VARIANTS,
+                         ids=[" ".join([m, *o[1::2]]) for m, o in VARIANTS])
+def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_path, monkeypatch, method, options,
                                                                    reliability):
-    assert _train(capsys, tmp_path / "straight", method)[0] == 0
+    assert _train(capsys, tmp_path / "straight", method, *options)[0] == 0
     expected = run_results(tmp_path / "straight")
 
     with monkeypatch.context() as patch:
         signal_during_step(patch, signal.SIGTERM if method in ("bogc", "pmr") else signal.SIGINT, epoch=2, step=3)
-        code, out, err = _train(capsys, tmp_path / "cut", method)
+        code, out, err = _train(capsys, tmp_path / "cut", method, *options)
     assert code == 130, out + err
     assert "stopped at epoch 2, step 3; checkpoint saved" in out
     last = next((tmp_path / "cut").rglob("last.pt"))
@@ -43,7 +51,7 @@ def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_
     assert state["epoch"] == 1 and state["resume"]["partial"]["tally"]["steps"] == 3
     assert not (last.parent / "eval.json").exists()
 
-    code, out, err = _train(capsys, tmp_path / "cut", method, "--resume")
+    code, out, err = _train(capsys, tmp_path / "cut", method, *options, "--resume")
     assert code == 0, out + err
     assert "at epoch 2, step 4" in out
     records, ev, model = run_results(tmp_path / "cut")
