@@ -2,6 +2,7 @@
 
     python benchmarks/step_time.py                       # CPU: avdigits-shaped data, cnn-small encoders
     python benchmarks/step_time.py --preset cremad-gpu   # GPU: resnet18 x2, 3 frames at 224 px, 257x188 spectrograms
+    OMP_NUM_THREADS=1 python benchmarks/step_time.py --preset mfeat-cpu --clock cpu   # mfeat's MLPs, CPU time
 
 Methods are measured in interleaved rounds within one process, so every ratio comes from
 the same run under the same machine load. Prints one row per method:
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--methods", default=",".join(VARIANTS), help="comma-separated rows to measure")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="wall: elapsed time; cpu: this process's CPU time (time.process_time), steadier on a "
+                    "machine shared with other jobs, meaningful with one thread (OMP_NUM_THREADS=1) and on the CPU")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -109,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [r for r in rows if VARIANTS[r][0] in METHODS]  # skip methods not implemented yet
     batch = make_batch(preset, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     methods, times, memory = {}, {r: [] for r in rows}, {}
     for r in rows:
         name, options = VARIANTS[r]
@@ -123,14 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             for _ in range(args.steps):
                 sync()
-                t0 = time.perf_counter()
+                t0 = clock()
                 methods[r].step(batch)
                 sync()
-                times[r].append((time.perf_counter() - t0) * 1000)
+                times[r].append((clock() - t0) * 1000)
     base = statistics.median(times["joint"]) if "joint" in times else None
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# step time, preset {preset_name}, batch {preset['batch']}, {where}, torch {torch.__version__}, "
-          f"{args.rounds}x{args.steps} steps per method")
+    print(f"# step time ({args.clock} clock), preset {preset_name}, batch {preset['batch']}, {where}, "
+          f"torch {torch.__version__}, {args.rounds}x{args.steps} steps per method")
     print(f"{'method':<18}{'median ms':>11}{'vs joint':>10}{'peak MB':>10}")
     for r in rows:
         med = statistics.median(times[r])

@@ -27,6 +27,7 @@ from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.calibration import calibrate  # noqa: F401  (public: bogc_cli.fusion.bogc.calibrate)
 from bogc_cli.engine.distributed import all_reduce_flat
 from bogc_cli.errors import UserError
+from bogc_cli.fusion.chunk_grads import LinearChunkMoments
 from bogc_cli.fusion.laplace import LastLayerLaplace
 from bogc_cli.fusion.sources import Block, GradientSources, global_batch_gradients
 from bogc_cli.schema import StrictModel
@@ -69,6 +70,14 @@ class BOGC(Method):
         self.groups = _groups(self.sources, options.single_source == "calibrate", ctx.device)
         self.ema: dict[str, dict[str, torch.Tensor]] = {}
         self.ema_steps = 0
+        # parameters whose variance the calibration reads, and the fast chunk gradients when they are all linear
+        self._needs_var = {id(p) for group in self.groups for b in group.blocks for p in b.params}
+        self._pass_of = {s: group[0] for group in self.sources.passes for s in group}
+        self._zero_parts: dict[int, torch.Tensor] = {}
+        needed = [p for p in model.parameters() if id(p) in self._needs_var]
+        self.linear_chunks = (LinearChunkMoments(model, needed)
+                              if options.moments == "microbatch" and LinearChunkMoments.applicable(model, needed)
+                              else None)
         self.laplace = None
         if options.moments == "laplace":
             # the same seed on every process (they seed torch alike), so every process draws the same samples
@@ -111,6 +120,26 @@ class BOGC(Method):
     def _microbatch_moments(self, batch: Batch):
         """Per-source sums of chunk gradients and their squares; all-reduced across processes."""
         k = max(1, min(self.options.chunks // self._world(), len(batch)))
+        if self.linear_chunks is not None and k > 1 and len(batch) % k == 0:
+            found = self._linear_chunk_moments(batch, k)
+            if found is not None:
+                return found
+        sums, squares, logits, loss_parts = self._chunk_loop_sums(batch, k)
+        zeros = dict(device=self.ctx.device, dtype=self.sources.dtype)
+        count = torch.tensor(float(k), **zeros)
+        if self._world() > 1:  # one collective per step, not one per tensor
+            order = list(sums)
+            *reduced, count = all_reduce_flat([sums[s] for s in order] + [squares[s] for s in order] + [count.view(1)])
+            sums = dict(zip(order, reduced[:len(order)]))
+            squares = dict(zip(order, reduced[len(order):]))
+            count = count[0]
+        mu, var = {}, {}
+        for s in sums:
+            mu[s], var[s] = _chunk_mean_var(sums[s], squares[s], count)
+        return mu, var, logits, sum(loss_parts.values()), loss_parts
+
+    def _chunk_loop_sums(self, batch: Batch, k: int):
+        """One forward per chunk, one backward per pass per chunk."""
         index = torch.arange(len(batch), device=batch.labels.device).tensor_split(k)
         zeros = dict(device=self.ctx.device, dtype=self.sources.dtype)
         sums = {s: torch.zeros(n, **zeros) for s, n in self.sources.sizes.items()}
@@ -125,17 +154,52 @@ class BOGC(Method):
             logits.append(out.fused_logits.detach())
             for s, v in losses.items():
                 loss_parts[s] = loss_parts.get(s, 0.0) + v.detach().float() / k
-        count = torch.tensor(float(k), **zeros)
-        if self._world() > 1:  # one collective per step, not one per tensor
-            order = list(sums)
-            *reduced, count = all_reduce_flat([sums[s] for s in order] + [squares[s] for s in order] + [count.view(1)])
-            sums = dict(zip(order, reduced[:len(order)]))
-            squares = dict(zip(order, reduced[len(order):]))
-            count = count[0]
-        mu = {s: sums[s] / count for s in sums}
-        # unbiased variance of the chunk gradients, divided by K: the variance of their mean
-        var = {s: ((squares[s] - count * mu[s] * mu[s]) / (count - 1)).clamp_min(0) / count for s in sums}
-        return mu, var, torch.cat(logits), sum(loss_parts.values()), loss_parts
+        return sums, squares, torch.cat(logits), loss_parts
+
+    def _linear_chunk_moments(self, batch: Batch, k: int):
+        """One forward of the batch, one backward per pass; chunk squares of linear layers by ``LinearChunkMoments``.
+
+        Returns what ``_microbatch_moments`` returns, or None where the layers cannot be split (then the loop)."""
+        fast = self.linear_chunks
+        with fast.capture():
+            out, losses = self._forward(batch.inputs, batch.labels)
+            passes = self.sources.pass_gradients(losses, on_pass=lambda group: fast.set_pass(group[0]))
+        if not fast.valid:  # a layer ran twice in the forward: never again on this model
+            self.linear_chunks = None
+            return None
+        dtype = self.sources.dtype
+        sums, squares = [], []
+        for group, flat in passes:
+            parts, done = [], {}
+            for p in (p for s in group for p in self.sources.params[s]):
+                if id(p) not in self._needs_var:
+                    parts.append(self._zeros(p))
+                    continue
+                module = fast.owner[id(p)]
+                if id(module) not in done:
+                    done[id(module)] = fast.squares(module, group[0], k, dtype)
+                sq = done[id(module)]
+                parts.append(self._zeros(p) if sq is None else (sq[0] if p is module.weight else sq[1]).reshape(-1))
+            sums.append(flat * k)                              # K chunks whose mean is the batch's gradient
+            squares.append(torch.cat(parts).mul_(k * k))      # each chunk K x its rows' share
+        count = torch.tensor(float(k), dtype=dtype, device=self.ctx.device)
+        if self._world() > 1:
+            *reduced, count = all_reduce_flat(sums + squares + [count.view(1)])
+            sums, squares, count = reduced[:len(passes)], reduced[len(passes):], count[0]
+        mu, var = {}, {}
+        for (group, _), total, square in zip(passes, sums, squares):
+            m, v = _chunk_mean_var(total, square, count)
+            mu.update(self.sources.split(group, m))
+            var.update(self.sources.split(group, v))
+        parts = {s: v.detach().float() for s, v in losses.items()}
+        return mu, var, out.fused_logits.detach(), sum(parts.values()), parts
+
+    def _zeros(self, p: torch.Tensor) -> torch.Tensor:
+        """A flat zero tensor of ``p``'s size, made once (read only)."""
+        z = self._zero_parts.get(id(p))
+        if z is None:
+            z = self._zero_parts[id(p)] = torch.zeros(p.numel(), dtype=self.sources.dtype, device=p.device)
+        return z
 
     def _ema_moments(self, batch: Batch):
         out, losses = self._forward(batch.inputs, batch.labels)
@@ -252,6 +316,13 @@ class BOGC(Method):
 
         plot_bogc_diagnostics(records, run_dir / "bogc_diagnostics.png", title=f"BOGC diagnostics: {run_dir}",
                               w_max=self.options.w_max)
+
+
+def _chunk_mean_var(sums: torch.Tensor, squares: torch.Tensor, count: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of K chunk gradients and the variance of that mean: unbiased variance over chunks, divided by K."""
+    mu = sums / count
+    return mu, ((squares - count * mu * mu) / (count - 1)).clamp_min(0) / count
 
 
 @dataclass

@@ -56,6 +56,9 @@ class Segments:
     sizes: torch.Tensor
     lengths: torch.Tensor
 
+    def __post_init__(self):
+        self.element_sizes = self.sizes.index_select(0, self.ids)                   # [N]: its tensor's size
+
     @classmethod
     def single(cls, n: int, like: torch.Tensor) -> "Segments":
         return cls.from_numels([n], like)
@@ -75,6 +78,8 @@ class Segments:
 
         A segmented reduction over contiguous runs: ``index_add_`` would do the same with atomic adds
         into T addresses, which serialise on a GPU (it made a ResNet-18 BOGC step 10x slower)."""
+        if x.dim() == 1:
+            return torch.segment_reduce(x, "sum", lengths=self.lengths)
         rows = x.reshape(-1, x.shape[-1])
         out = torch.segment_reduce(rows, "sum", lengths=self.lengths.expand(rows.shape[0], -1), axis=1)
         return out.reshape(*x.shape[:-1], self.count)
@@ -112,35 +117,37 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
     """
     # posinf must be given: nan_to_num's default turns +inf into the dtype's max, which then overflows the mean
     var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"), posinf=float("inf"))
-    finite = torch.where(torch.isfinite(var), var, torch.zeros_like(var))
-    ref = seg.mean(finite.mean(dim=0, keepdim=True))                              # [1, T]
-    known = seg.expand(ref > 0)                                                     # some variance in the tensor
-    ref = torch.where(ref > 0, ref, torch.ones_like(ref))
+    finite_mask = torch.isfinite(var)
+    finite = var.where(finite_mask, 0)
+    ref = seg.mean(finite.mean(dim=0))                                              # [T]
+    known = ref > 0                                                                 # some variance in the tensor
+    ref = ref.where(known, 1)
     if kind == "precision":  # each source against its own variance level; the tensor's where it has none
         own = seg.mean(finite)                                                      # [S, T]
-        ref = torch.where(own > 0, own, ref)
-    ref = seg.expand(ref)                                                           # [1 or S, N]
-    tau = ref / (var + eps * ref)                                                   # dimensionless precision
+        ref = own.where(own > 0, ref)
+    ref = seg.expand(ref)                                                           # [N] or [S, N]
+    noise = var + eps * ref
     if kind == "relative":
-        mean_tau = seg.mean(tau.mean(dim=0, keepdim=True))                          # over sources and dims
+        tau = ref / noise                                                           # dimensionless precision
+        mean_tau = seg.mean(tau.mean(dim=0))                                        # over sources and dims
         return scale * tau / seg.expand(mean_tau).clamp_min(torch.finfo(tau.dtype).tiny)
     if kind in ("snr", "precision"):
-        snr = torch.nan_to_num(mu.square() / (var + eps * ref), posinf=torch.finfo(mu.dtype).max / 4)
+        snr = torch.nan_to_num(mu.square() / noise, posinf=torch.finfo(mu.dtype).max / 4)
         # no variance anywhere in the tensor: no scale to measure it against, so equal evidence (as relative)
-        return scale * torch.where(known, snr, torch.isfinite(var).to(snr.dtype))
+        e = snr.where(seg.expand(known), finite_mask.to(snr.dtype))
+        return e if scale == 1.0 else scale * e
     raise ValueError(f"evidence must be one of {EVIDENCE}, not {kind!r}")
 
 
 def _dims_attribution(e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame = a tensor's dimensions. Returns r ``[S, N]`` and fused uncertainty ``[T]``."""
-    strength = seg.sum(e) + seg.sizes                                              # [S, T]
-    b = e / seg.expand(strength)
-    u_t = seg.sizes / strength                                                      # [S, T]
-    u = seg.expand(u_t)
+    strength = seg.expand(seg.sum(e) + seg.sizes)                                  # [S, N]
+    b = e / strength
+    u = seg.element_sizes / strength
     r = attribution(b, u)
     # Fused uncertainty prod(u) / (belief + prod(u)), with belief = sum_dims(prod(b + u) - prod(u)), divided
     # through by prod(u): (b + u) / u = 1 + e / K, so no product of small masses can underflow to 0 / 0.
-    ratio = 1 + e / seg.expand(seg.sizes)                                          # [S, N]
+    ratio = e / seg.element_sizes + 1                                              # [S, N]
     excess = seg.sum(ratio.prod(dim=0) - 1)                                        # [T], may be inf
     return r, 1 / (1 + excess)
 
@@ -194,9 +201,8 @@ def calibrate_segments(mu: torch.Tensor, var: torch.Tensor, seg: Segments, evide
     else:
         raise ValueError(f"frame must be one of {FRAMES}, not {frame!r}")
     total = seg.expand(seg.sum(r.sum(dim=0)))                                      # [N]
-    sizes = seg.expand(seg.sizes)
-    weights = torch.where(total > 0, n_src * sizes * r / total.clamp_min(torch.finfo(r.dtype).tiny),
-                          torch.ones_like(r))                                       # no evidence anywhere: plain sum
+    weights = (n_src * seg.element_sizes * r / total.clamp_min(torch.finfo(r.dtype).tiny)).where(
+        total > 0, 1)                                                               # no evidence anywhere: plain sum
     return _finish(mu, weights, uncertainty, seg, w_max, norm)
 
 

@@ -54,12 +54,18 @@ def combine_all(b: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return belief / norm.unsqueeze(-1), prod_u / norm
 
 
+_NODES: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _gauss_legendre(n_sources: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes and weights on [0, 1], exact for polynomials of degree n_sources - 1."""
-    nodes, weights = np.polynomial.legendre.leggauss(max(1, math.ceil(n_sources / 2)))
-    x = torch.as_tensor((nodes + 1) / 2, dtype=like.dtype, device=like.device)
-    w = torch.as_tensor(weights / 2, dtype=like.dtype, device=like.device)
-    return x, w
+    """Nodes and weights on [0, 1], exact for polynomials of degree n_sources - 1 (cached per dtype and device)."""
+    key = (n_sources, like.dtype, like.device)
+    if key not in _NODES:
+        nodes, weights = np.polynomial.legendre.leggauss(max(1, math.ceil(n_sources / 2)))
+        x = torch.as_tensor((nodes + 1) / 2, dtype=like.dtype, device=like.device)
+        w = torch.as_tensor(weights / 2, dtype=like.dtype, device=like.device)
+        _NODES[key] = (x, w)
+    return _NODES[key]
 
 
 def attribution(b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -69,6 +75,8 @@ def attribution(b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     frame, ``[S, ..., D]`` when each dimension is its own frame). ``sum_s r_{s,d}`` equals the
     unnormalised fused belief ``prod_s (b_{s,d} + u_s) - prod_s u_s``.
     """
+    if b.shape[0] == 2:  # the common case (fusion loss + one modality loss), in closed form
+        return torch.stack([b[0] * (b[1] / 2 + u[1]), b[1] * (b[0] / 2 + u[0])])
     x, w = _gauss_legendre(b.shape[0], b)
     shape = (-1,) + (1,) * b.dim()
     terms = x.view(shape) * b.unsqueeze(0) + u.unsqueeze(0)          # [Q, S, ..., D], all > 0 when u > 0

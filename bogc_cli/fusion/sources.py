@@ -87,22 +87,39 @@ class GradientSources:
                 self.passes.append([src])
                 taken.append(set(ids))
 
-    def gradients(self, losses: dict[str, torch.Tensor], retain_graph: bool = False) -> dict[str, torch.Tensor]:
+    def gradients(self, losses: dict[str, torch.Tensor], retain_graph: bool = False,
+                  on_pass=None) -> dict[str, torch.Tensor]:
         """Flat gradient ``[n_s]`` of each source's loss w.r.t. the parameters it touches (``self.dtype``).
 
-        ``losses``: one scalar per source (all of ``self.sources``, or a subset). One backward per pass."""
+        ``losses``: one scalar per source (all of ``self.sources``, or a subset). One backward per pass;
+        ``on_pass(group)`` (optional) is called before each with the pass's sources."""
         flats = {}
+        for group, flat in self.pass_gradients(losses, retain_graph, on_pass):
+            flats.update(self.split(group, flat))
+        return {s: flats[s] for s in losses}
+
+    def pass_gradients(self, losses: dict[str, torch.Tensor], retain_graph: bool = False, on_pass=None
+                       ) -> list[tuple[list[str], torch.Tensor]]:
+        """``gradients`` before the split: per pass, its sources and their flat gradients one after another."""
+        out = []
         passes = [[s for s in group if s in losses] for group in self.passes]
         passes = [group for group in passes if group]
         for i, group in enumerate(passes):
+            if on_pass is not None:
+                on_pass(group)
             params = [p for s in group for p in self.params[s]]
             total = losses[group[0]] if len(group) == 1 else torch.stack([losses[s] for s in group]).sum()
             grads = torch.autograd.grad(total, params, retain_graph=retain_graph or i < len(passes) - 1,
                                         allow_unused=True)
-            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
-                              for g, p in zip(grads, params)])
-            flats.update(zip(group, flat.split([self.sizes[s] for s in group])))
-        return {s: flats[s] for s in losses}
+            flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+            out.append((group, flat if flat.dtype == self.dtype else flat.to(self.dtype)))
+        return out
+
+    def split(self, group: list[str], flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A pass's flat vector (its sources' flats one after another) as views per source."""
+        if len(group) == 1:
+            return {group[0]: flat}
+        return dict(zip(group, flat.split([self.sizes[s] for s in group])))
 
     def stack(self, flats: dict[str, torch.Tensor], block: Block) -> torch.Tensor:
         """``[S, N]``: the block's slice of each of its sources' flat vectors."""
@@ -114,5 +131,6 @@ class GradientSources:
         offset = 0
         for p in block.params:
             n = p.numel()
-            p.grad = update[offset:offset + n].view_as(p).to(p.dtype)
+            g = update[offset:offset + n].view_as(p)
+            p.grad = g if g.dtype == p.dtype else g.to(p.dtype)
             offset += n
