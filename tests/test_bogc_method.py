@@ -141,3 +141,31 @@ def test_the_weights_plot_draws_the_applied_range(tmp_path, monkeypatch):
     (low, high), = bands
     assert low == [0.0, 6.0, 0.8] and high == [pytest.approx(3.3), 10.0, pytest.approx(1.2)]
     assert 10.0 in lines
+
+
+def test_linear_chunk_gradients_equal_the_chunk_loop():
+    """MLP encoders (linear layers, no BatchNorm): the chunk gradients' mean and variance from one forward of
+    the batch equal those of one forward and backward per chunk, where the calibration reads them."""
+    bogc, _ = setup("bogc")
+    assert bogc.linear_chunks is not None
+    x = batch()
+    mu, var, *_ = bogc._microbatch_moments(x)
+    bogc.linear_chunks = None  # the loop
+    mu_loop, var_loop, *_ = bogc._microbatch_moments(x)
+    for s, params in bogc.sources.params.items():
+        needed = torch.cat([torch.full((p.numel(),), id(p) in bogc._needs_var) for p in params])
+        assert needed.any()
+        torch.testing.assert_close(mu[s], mu_loop[s], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(var[s][needed], var_loop[s][needed], rtol=1e-9, atol=1e-18)
+    assert any((v > 0).any() for v in var.values())
+
+
+def test_layers_that_couple_rows_keep_the_chunk_loop():
+    from bogc_cli.fusion.chunk_grads import LinearChunkMoments
+
+    cnn = build_model(ModelBlock(encoders="cnn-small", cnn_channels=[4], feature_dim=8),
+                      {"a": ModalitySpec("image", [1, 8, 8], "uint8")}, 3)
+    params = [p for g in cnn.param_groups() if len(g.sources) > 1 for p in g.params]
+    assert not LinearChunkMoments.applicable(cnn, params)  # convolutions and BatchNorm
+    bogc, _ = setup("bogc", {"moments": "ema"})
+    assert bogc.linear_chunks is None

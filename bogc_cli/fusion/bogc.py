@@ -68,6 +68,12 @@ class BOGC(Method):
         super().__init__(options, model, ctx)
         self.sources = GradientSources(model)
         self.groups = _groups(self.sources, options.single_source == "calibrate", ctx.device)
+        # diagnostics: which sources have calibrated weights, and their counts
+        counts = sum(g.counts for g in self.groups) if self.groups else torch.zeros(len(self.sources.sources))
+        self._inverse_counts = 1 / counts.clamp_min(1)
+        self._weight_keys = [(i, f"bogc.weight_mean.{s}", f"bogc.weight_std.{s}")
+                             for i, s in enumerate(self.sources.sources) if counts[i] > 0]
+        self._weights_numel = sum(g.numel for g in self.groups)
         self.ema: dict[str, dict[str, torch.Tensor]] = {}
         self.ema_steps = 0
         # parameters whose variance the calibration reads, and the fast chunk gradients when they are all linear
@@ -269,7 +275,7 @@ class BOGC(Method):
         logs: dict[str, torch.Tensor] = {}
         if not self.groups:
             return logs
-        weight_sum = weight_sq = clipped = None
+        moments = clipped = None  # [2, sources]: sums of applied weights and of their squares
         for group in self.groups:
             m, v = group.stack(mu), group.stack(var)
             cal = calibration.calibrate_segments(m, v, group.segments, o.evidence, o.frame, o.evidence_scale,
@@ -280,22 +286,17 @@ class BOGC(Method):
             sums = group.segments.sum(torch.stack([w, w * w]))                     # [2, S, T]
             by_source = torch.zeros(2, len(self.sources.sources), dtype=w.dtype, device=w.device)
             by_source.index_add_(1, group.source_of.flatten(), sums.flatten(1))
-            weight_sum = by_source[0] if weight_sum is None else weight_sum + by_source[0]
-            weight_sq = by_source[1] if weight_sq is None else weight_sq + by_source[1]
+            moments = by_source if moments is None else moments + by_source
             c = cal.clipped.sum()
             clipped = c if clipped is None else clipped + c
             if group.encoders:
                 u = group.encoder_mean @ cal.uncertainty.detach()
-                for i, name in enumerate(group.encoders):
-                    logs[f"bogc.uncertainty.{name}"] = u[i]
-        counts = sum(g.counts for g in self.groups)
-        mean = weight_sum / counts.clamp_min(1)
-        std = (weight_sq / counts.clamp_min(1) - mean * mean).clamp_min(0).sqrt()
-        for i, src in enumerate(self.sources.sources):
-            if counts[i] > 0:
-                logs[f"bogc.weight_mean.{src}"] = mean[i]
-                logs[f"bogc.weight_std.{src}"] = std[i]
-        logs["bogc.clipped"] = clipped / sum(g.numel for g in self.groups)
+                logs.update(zip(group.encoders_logged, u.unbind()))
+        mean, square = (moments * self._inverse_counts).unbind()
+        std = (square - mean * mean).clamp_min(0).sqrt()
+        for i, key_mean, key_std in self._weight_keys:
+            logs[key_mean], logs[key_std] = mean[i], std[i]
+        logs["bogc.clipped"] = clipped / self._weights_numel
         return logs
 
     # ----------------------------------------------------------------- state and plots
@@ -341,6 +342,10 @@ class _Group:
     numel: int
     encoders: list[str]
     encoder_mean: torch.Tensor
+
+    @property
+    def encoders_logged(self) -> list[str]:
+        return [f"bogc.uncertainty.{name}" for name in self.encoders]
 
     def stack(self, flats: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = []
