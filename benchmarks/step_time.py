@@ -136,12 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# step time ({args.clock} clock), preset {preset_name}, batch {preset['batch']}, {where}, "
           f"torch {torch.__version__}, {args.rounds}x{args.steps} steps per method")
-    print(f"{'method':<18}{'median ms':>11}{'vs joint':>10}{'peak MB':>10}")
+    width = max(18, *(len(r) + 2 for r in rows))
+    print(f"{'method':<{width}}{'median ms':>11}{'vs joint':>10}{'peak MB':>10}")
     for r in rows:
         med = statistics.median(times[r])
         ratio = f"{med / base:.2f}x" if base else "-"
         mem = f"{memory[r]:.0f}" if device.type == "cuda" else "-"
-        print(f"{r:<18}{med:>11.1f}{ratio:>10}{mem:>10}")
+        print(f"{r:<{width}}{med:>11.1f}{ratio:>10}{mem:>10}")
     return 0
 
 

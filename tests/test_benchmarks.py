@@ -24,6 +24,32 @@ def test_step_time_table_format(capsys):
     assert step_time.main(["--methods", "nope"]) == 2
 
 
+def test_step_time_mfeat_preset_new_options_and_cpu_clock(capsys):
+    import step_time
+
+    assert step_time.main(["--preset", "mfeat-cpu", "--clock", "cpu", "--steps", "2", "--rounds", "1", "--warmup", "1",
+                           "--methods", "joint,bogc,bogc-laplace,bogc-laplace-modality-precision"]) == 0
+    out = capsys.readouterr().out
+    assert "(cpu clock), preset mfeat-cpu" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(("joint", "bogc"))}
+    assert set(rows) == {"joint", "bogc", "bogc-laplace", "bogc-laplace-modality-precision"}
+    assert all(re.search(r"\s\d+\.\d\dx\s", line) for line in rows.values())
+
+
+def test_laplace_curvature_table(capsys):
+    """Our closed form always; each library where it is installed (else 'not installed'), with its difference."""
+    import laplace_curvature
+
+    assert laplace_curvature.main(["--dims", "8", "--calls", "2", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ours = next(line for line in lines if line.startswith("ours"))
+    assert re.search(r"ours\s+8\s+\d+\.\d+\s+1\.0x\s+0\.0e\+00", ours), ours
+    for name in ("backpack DiagGGNExact", "laplace-torch BackPackGGN", "curvlinops GGN @ I"):
+        line = next(x for x in lines if x.startswith(name))
+        if "not installed" not in line:
+            assert float(line.split()[-1]) < 1e-4, line  # the same diagonal
+
+
 def test_throughput_and_reference_tables(capsys, tmp_path):
     # real 2-epoch runs on CREMA-D-shaped clips (small preset): samples/s, busy share, and the reference ratio
     import reference_compare
