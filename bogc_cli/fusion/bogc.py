@@ -84,7 +84,7 @@ class BOGC(Method):
         self.linear_chunks = (LinearChunkMoments(model, needed)
                               if options.moments == "microbatch" and LinearChunkMoments.applicable(model, needed)
                               else None)
-        self.laplace = None
+        self.laplace, self._rows = None, None
         if options.moments == "laplace":
             # the same seed on every process (they seed torch alike), so every process draws the same samples
             self.laplace = LastLayerLaplace(model, options.samples, options.prior_precision, options.beta,
@@ -101,11 +101,12 @@ class BOGC(Method):
 
     def _train_rows(self) -> int:
         """N of the Laplace posterior: the rows trained on (the train split less any held-out part)."""
-        loader = self.ctx.train_eval
-        dataset = getattr(loader, "dataset", None)
-        if dataset is not None:
-            return len(dataset)
-        return sum(len(b) for b in loader) if loader is not None else 1
+        if self._rows is None:
+            loader = self.ctx.train_eval
+            dataset = getattr(loader, "dataset", None)
+            self._rows = (len(dataset) if dataset is not None else
+                          sum(len(b) for b in loader) if loader is not None else 1)
+        return self._rows
 
     def _world(self) -> int:
         if self.ctx.distributed is not None:
