@@ -169,3 +169,22 @@ def test_layers_that_couple_rows_keep_the_chunk_loop():
     assert not LinearChunkMoments.applicable(cnn, params)  # convolutions and BatchNorm
     bogc, _ = setup("bogc", {"moments": "ema"})
     assert bogc.linear_chunks is None
+
+
+@pytest.mark.parametrize("moments", ["microbatch", "laplace"])
+def test_fusion_slices_calibrate_the_fusion_head_across_every_loss(moments):
+    """With fusion-slices every loss reaches the fusion head: it is one block of 1 + M sources, calibrated per
+    dimension across them (frame modality), while encoders are calibrated between the fusion loss and their own."""
+    torch.manual_seed(0)
+    model = build_model(ModelBlock(encoders="mlp", feature_dim=8, hidden_dim=16, unimodal_logits="fusion-slices"),
+                        SPECS, 3).double()
+    bogc, model_b = setup("bogc", {"frame": "modality", "evidence": "precision", "moments": moments}, model=model)
+    uniform, model_u = setup("uniform", model=copy.deepcopy(model_b))
+    assert sorted(len(g.blocks[0].sources) for g in bogc.groups) == [2, 3]
+    x = batch()
+    logs = bogc.step(x).logs
+    uniform.step(x)
+    head = [(pb - pu).abs().max().item() for (n, pb), pu in zip(model_b.named_parameters(), model_u.parameters())
+            if n.startswith("fusion_head.")]
+    assert max(head) > 1e-8  # reweighted across the fusion loss and both modality losses
+    assert 0 < logs["bogc.weight_mean.a"] <= 3 and torch.isfinite(logs["bogc.uncertainty.a"])
