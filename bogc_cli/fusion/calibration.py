@@ -164,10 +164,12 @@ def _sign_attribution(mu: torch.Tensor, e: torch.Tensor, seg: Segments) -> tuple
         terms = x.view(-1, 1, 1) * agree.unsqueeze(0) + u.unsqueeze(0)             # [Q, S, N]
         others = terms.prod(dim=1) / terms[:, s]                                    # [Q, N]
         r[s] = b[s] * (w.view(-1, 1) * others).sum(dim=0)
-    prod_u = u.prod(dim=0)
-    pos = (torch.where(sign, b, torch.zeros_like(b)) + u).prod(dim=0) - prod_u
-    neg = (torch.where(sign, torch.zeros_like(b), b) + u).prod(dim=0) - prod_u
-    return r, seg.mean(prod_u / (pos + neg + prod_u))
+    # fused uncertainty prod(u) / (pos + neg + prod(u)), divided through by prod(u) as in the dims frame:
+    # (b + u) / u = 1 + e / 2 on the committed side, 1 on the other, so no product of masses underflows to 0 / 0
+    half = e / 2 + 1
+    pos = torch.where(sign, half, 1).prod(dim=0) - 1
+    neg = torch.where(sign, 1, half).prod(dim=0) - 1
+    return r, seg.mean(1 / (1 + pos + neg))
 
 
 def _modality_weights(e: torch.Tensor, seg: Segments) -> tuple[torch.Tensor, torch.Tensor]:
