@@ -27,10 +27,13 @@ def _train(capsys, out: Path, method: str, *extra: str):
     return code, " ".join(stdout.split()), " ".join(stderr.split())
 
 
-# option variants that keep state of their own (bogc laplace: the posterior's curvature and generator)
+# option variants that keep state of their own (bogc laplace: the posterior's curvature and generator) or take
+# another path through a step
 VARIANTS = [(m, ()) for m in METHOD_MODULES] + [
     ("bogc", ("--set", "method.moments=laplace")),
     ("bogc", ("--set", "method.frame=modality", "--set", "method.evidence=precision", "--set", "method.moments=ema")),
+    # MLP encoders: microbatch takes its chunk gradients from one forward of the batch (LinearChunkMoments)
+    ("bogc", ("--set", "model.encoders=mlp")),
 ]
 
 
