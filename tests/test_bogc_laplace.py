@@ -1,7 +1,7 @@
 """BOGC's ``moments: laplace`` (bogc_cli.fusion.laplace), float64: the diagonal GGN of a linear softmax head by
 hand and against autograd's Hessian, the posterior it gives, each source's gradient at every posterior sample
-against autograd with those weights put in the model (every fusion head, heads and fusion-slices), equal evidence
-reproducing uniform, and the posterior state surviving a checkpoint bitwise."""
+against autograd with those weights put in the model (every fusion head, heads and fusion-slices), and the posterior
+state surviving a checkpoint bitwise (equal evidence reproducing uniform: tests/test_bogc_method.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from bogc_cli.data.cache import ModalitySpec
 from bogc_cli.data.loader import Batch
-from bogc_cli.fusion import METHODS, StepContext, calibration
+from bogc_cli.fusion import METHODS, StepContext
 from bogc_cli.fusion.laplace import LastLayerLaplace, linear_softmax_diag_ggn
 from bogc_cli.models.build import build_model
 from bogc_cli.recipe import ModelBlock
@@ -144,23 +144,6 @@ def test_each_sources_gradient_at_each_sample_equals_autograd_with_those_weights
             grads = torch.autograd.grad(losses[s], ps, allow_unused=True, retain_graph=True)
             flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, ps)])
             torch.testing.assert_close(rows[s][k], flat, rtol=1e-10, atol=1e-13, msg=f"{head}: {s}, row {k}")
-
-
-def test_equal_evidence_laplace_step_equals_uniform(monkeypatch):
-    """The gradient distribution's mean is the gradient at the posterior mean, so with equal evidence a whole
-    laplace step (every block calibrated) applies uniform's sum. Uniform takes the cross-entropy of float32
-    logits (as every method does), laplace's closed form works in the model's float64: they agree to float32's
-    rounding (the rows themselves equal float64 autograd to 1e-13, test above)."""
-    monkeypatch.setattr(calibration, "evidence_of", lambda mu, var, *a, **k: torch.ones_like(mu))
-    method, model_b = make(options={"single_source": "calibrate"})
-    uniform = METHODS["uniform"]
-    model_u = copy.deepcopy(model_b)
-    u = uniform(uniform.Options(), model_u, StepContext(torch.device("cpu"), torch.optim.SGD(model_u.parameters(), lr=0.1)))
-    x = batch()
-    method.step(x)
-    u.step(x)
-    for (name, pb), pu in zip(model_b.named_parameters(), model_u.parameters()):
-        torch.testing.assert_close(pb, pu, rtol=0, atol=1e-8, msg=name)
 
 
 def test_the_variance_comes_from_the_posterior_spread():
