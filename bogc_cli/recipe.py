@@ -1,9 +1,16 @@
 """Recipes: the YAML file that says everything a run needs.
 
 A recipe is validated up front, before any data is read or any model built: unknown keys,
-wrong types and invalid choices each produce a ``UserError`` that names the key and lists
-what is valid. ``--set a.b=c`` overrides are applied to the raw mapping before validation,
-so they are checked exactly like keys in the file.
+wrong types and invalid choices each produce a ``UserError`` with one line per mistake that
+names the key, what is valid and where it was written (the file and line, or the ``--set``).
+``--set a.b=c`` overrides are applied to the raw mapping before validation, so they are checked
+exactly like keys in the file.
+
+Types are strict (pydantic's strict mode): ``epochs: yes`` or ``flip: 1`` are refused rather than
+read as 1 or true, and ``"5"`` (text) is not a number; a key given twice in the file is refused
+(``yaml_source``). Values that become folder names of a run's path (``experiment``,
+``dataset.label``, ``method.tag``, the method's label) must be one plain folder name each, and seeds
+lie in ``0 .. 2**32 - 1`` (NumPy's seed range).
 
 Blocks whose valid keys depend on a choice (``dataset`` on ``dataset.name``, ``method`` on
 ``method.name``) are checked in two stages: the common keys here, then the chosen
@@ -19,10 +26,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from bogc_cli.errors import UserError
-from bogc_cli.schema import Kind, OpenModel, StrictModel, format_validation_error
+from bogc_cli.schema import (SEED_MAX, Kind, OpenModel, PathPart, Seed, StrictModel, format_validation_error,
+                             path_part_problem)
+from bogc_cli.yaml_source import Source, load_yaml, read_yaml_file, where
+
+#: Two numbers, written as a YAML list ``[0.08, 1.0]`` (strict mode alone would take only a Python tuple).
+Pair = Annotated[tuple[float, float], BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)]
+
 
 
 class DatasetBlock(OpenModel):
@@ -31,9 +44,9 @@ class DatasetBlock(OpenModel):
     preset: str | None = Field(None, description="view preset choosing modalities (mfeat: all6, weak3)")
     modalities: list[str] | None = Field(None, description="subset of the dataset's modalities to use")
     val_fraction: float = Field(0.1, gt=0, lt=1, description="validation carve-out when a dataset has none")
-    split_seed: int = Field(0, description="seed of that carve-out (fixed across training seeds)")
+    split_seed: Seed = Field(0, description="seed of that carve-out (fixed across training seeds)")
     kinds: dict[str, Kind] | None = Field(None, description="arrays: modality kind overrides")
-    label: str | None = Field(None, description="name in reports and run paths; default name[-preset]")
+    label: PathPart | None = Field(None, description="name in reports and run paths; default name[-preset]")
 
 
 class ModelBlock(StrictModel):
@@ -61,7 +74,7 @@ class ModelBlock(StrictModel):
 
 class MethodBlock(OpenModel):
     name: str = Field("joint", description="training method (see `bogc list`)")
-    tag: str | None = Field(None, description="suffix for the method's name in results (ablations)")
+    tag: PathPart | None = Field(None, description="suffix for the method's name in results (ablations)")
 
 
 class OptimBlock(StrictModel):
@@ -80,10 +93,10 @@ class OptimBlock(StrictModel):
 class AugmentBlock(StrictModel):
     """Training augmentation done on the device (bogc_cli/data/augment.py); everything off by default."""
 
-    crop_scale: tuple[float, float] | None = Field(
+    crop_scale: Pair | None = Field(
         None, description="image/video: random resized crop keeping this range of the frame's area, e.g. "
         "[0.08, 1.0] (torchvision's default); null: no crop")
-    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="aspect-ratio range of the crops")
+    crop_ratio: Pair = Field((3 / 4, 4 / 3), description="aspect-ratio range of the crops")
     flip: bool = Field(False, description="image/video: horizontal flip with probability 1/2")
     per_frame: bool = Field(False, description="video: a crop and flip per frame, as OGM-GE's CREMA-D loader "
                             "draws them (default: one per clip, so motion stays coherent)")
@@ -134,9 +147,9 @@ class OutputBlock(StrictModel):
 
 
 class Recipe(StrictModel):
-    experiment: str = Field("default", min_length=1)
-    seed: int = 0
-    seeds: list[int] | None = Field(None, min_length=1, description="several seeds: one run each")
+    experiment: PathPart = "default"
+    seed: Seed = 0
+    seeds: list[Seed] | None = Field(None, min_length=1, description="several seeds: one run each")
     dataset: DatasetBlock
     model: ModelBlock = ModelBlock()
     method: MethodBlock = MethodBlock()
@@ -147,7 +160,8 @@ class Recipe(StrictModel):
     @model_validator(mode="after")
     def _unique_seeds(self) -> "Recipe":
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds must be distinct")
+            twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+            raise ValueError(f"seeds must be distinct: {', '.join(map(str, twice))} given twice (each seed is one run)")
         return self
 
     def run_seeds(self) -> list[int]:
@@ -180,33 +194,37 @@ class Recipe(StrictModel):
 # ---------------------------------------------------------------- loading and overrides
 
 
+def check_seeds(seeds: list[int], option: str) -> list[int]:
+    """Refuse seeds outside ``0 .. SEED_MAX`` and repeated seeds, naming ``option`` (``--seeds``, ``seeds``)."""
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX]
+    if bad:
+        raise UserError(f"{option} {', '.join(map(str, bad))}: a seed is an integer from 0 to {SEED_MAX}")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserError(f"{option} {','.join(map(str, seeds))}: seed {', '.join(map(str, repeated))} is given twice; "
+                        "each seed is one run, give each once")
+    return list(seeds)
+
+
 def parse_overrides(pairs: list[str]) -> list[tuple[list[str], Any]]:
-    """``["a.b=3", "c=[1,2]"]`` -> ``[(["a","b"], 3), (["c"], [1, 2])]``; values parsed as YAML."""
+    """``["a.b=3", "c=[1,2]"]`` -> ``[(["a","b"], 3), (["c"], [1, 2])]``; values parsed as YAML
+    (``yaml_source.load_yaml``: ``1e-3`` is a number, a repeated key is refused)."""
     parsed = []
     for pair in pairs:
         if "=" not in pair:
             raise UserError(f"--set {pair!r}: expected key.sub=value (e.g. --set train.epochs=5)")
         key, raw = pair.split("=", 1)
-        parts = [p for p in key.strip().split(".")]
+        parts = [p.strip() for p in key.strip().split(".")]
         if not all(parts):
             raise UserError(f"--set {pair!r}: empty part in key {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() != "" else None
-        except yaml.YAMLError:
-            value = raw
-        value = _numeric_string(value)
+            value = load_yaml(raw, f"--set {pair}")[0] if raw.strip() != "" else None
+        except UserError as exc:
+            if "given twice" in str(exc):
+                raise
+            value = raw  # not YAML (e.g. an unbalanced bracket): the text as it is
         parsed.append((parts, value))
     return parsed
-
-
-def _numeric_string(value: Any) -> Any:
-    # YAML 1.1 reads "1e-3" as a string; users mean a number.
-    if isinstance(value, str):
-        try:
-            return float(value) if any(c in value.lower() for c in ".e") else int(value)
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
@@ -225,41 +243,44 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[list[str], Any]])
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe {path} not found: give the path of a YAML recipe (see recipes/)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"recipe {path} is not valid YAML: {exc}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"recipe {path} is not a text file") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"recipe {path} must be a mapping of keys (dataset:, model:, ...), not {type(data).__name__}")
-    return data
+    """The mapping in a recipe file (UserError: missing, not YAML, a key given twice, not a mapping)."""
+    return read_yaml_file(path, "recipe", "give the path of a YAML recipe (see recipes/)")[0]
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None,
                 raw: dict[str, Any] | None = None) -> Recipe:
-    """Read, override and fully validate a recipe (common keys, dataset and method options)."""
-    source = str(path) if path is not None else "recipe"
-    data = read_yaml(path) if raw is None else raw
-    data = apply_overrides(data, parse_overrides(overrides or []))
-    recipe = validate_recipe(data, source)
-    return recipe
+    """Read, override and fully validate a recipe (common keys, dataset and method options).
+
+    Messages name where each wrong key was written: the ``--set`` that gave it, or the file and line."""
+    if raw is None:
+        data, source = read_yaml_file(path, "recipe", "give the path of a YAML recipe (see recipes/)")
+    else:
+        data, source = raw, Source(str(path) if path is not None else "recipe")
+    pairs = list(overrides or [])
+    parsed = parse_overrides(pairs)
+    source = Source(source.name, source.lines, {tuple(parts): pair for (parts, _), pair in zip(parsed, pairs)})
+    return validate_recipe(apply_overrides(data, parsed), source)
 
 
-def validate_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+def validate_recipe(data: dict[str, Any], source: str | Source = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, source, Recipe)) from None
+        raise UserError(format_validation_error(exc, source, Recipe, data=data)) from None
     # Second stage: options that depend on the chosen dataset and method.
     from bogc_cli.data.options import validate_dataset_options
-    from bogc_cli.fusion import validate_method_options
+    from bogc_cli.fusion import method_label, validate_method_options
 
     validate_dataset_options(recipe, source)
     validate_method_options(recipe, source)
+    label = method_label(recipe)
+    problem = path_part_problem(label)
+    if problem:
+        raise UserError(f"{where(source, 'method')}: the method's name in run paths, {label!r} (method.name with its "
+                        f"options), cannot be a folder name: {problem}; choose a plain value (letters, digits, "
+                        "'-', '_', '.')")
     return recipe
+
+
+__all__ = ["Recipe", "Source", "apply_overrides", "check_seeds", "load_recipe", "parse_overrides", "read_yaml",
+           "validate_recipe"]

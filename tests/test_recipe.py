@@ -28,7 +28,7 @@ def test_override_creates_nested_blocks_and_parses_yaml_values():
 @pytest.mark.parametrize("override, words", [
     (["model.fuson=concat"], ["model.fuson", "did you mean model.fusion", "valid keys"]),
     (["train.epochs=abc"], ["train.epochs", "integer"]),
-    (["train.epochs=0"], ["train.epochs", "greater than 0"]),
+    (["train.epochs=0"], ["--set train.epochs=0: train.epochs: expected an integer > 0, got 0"]),
     (["model.fusion=attention"], ["model.fusion", "'concat'", "'gated'"]),
     (["optim.name=rmsprop"], ["optim.name", "'sgd'"]),
     (["method.name=nope"], ["method.name", "'nope'", "joint", "uniform"]),

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
 from bogc_cli.schema import StrictModel, options_error
+from bogc_cli.yaml_source import where
 
 if TYPE_CHECKING:  # recipe.py validates with this module: importing it at run time would close a circle
     from bogc_cli.recipe import Recipe
@@ -30,7 +31,7 @@ def validate_dataset_options(recipe: Recipe, source: str) -> None:
     """Check dataset.name, dataset.preset and the dataset's own keys; raise UserError naming the key."""
     name = recipe.dataset.name
     if name not in DATASETS:
-        raise UserError(f"{source}: dataset.name {name!r} is not a dataset; valid: {', '.join(DATASETS)}")
+        raise UserError(f"{where(source, 'dataset', 'name')}: dataset.name {name!r} is not a dataset; valid: {', '.join(DATASETS)}")
     info = DATASETS[name]
     preset = recipe.dataset.preset
     if preset is not None and preset not in info.view_presets:
@@ -38,7 +39,7 @@ def validate_dataset_options(recipe: Recipe, source: str) -> None:
             valid = f"valid: {', '.join(info.view_presets)}"
         else:
             valid = f"{name} has no view presets (prepare presets are chosen with `bogc prepare --preset`)"
-        raise UserError(f"{source}: dataset.preset {preset!r} is not a preset of {name}; {valid}")
+        raise UserError(f"{where(source, 'dataset', 'preset')}: dataset.preset {preset!r} is not a preset of {name}; {valid}")
     schema = dataset_option_model(name)
     try:
         schema.model_validate(recipe.dataset_options())

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, class_counts
-from bogc_cli.schema import Kind, StrictModel
+from bogc_cli.schema import Kind, Seed, StrictModel
 
 
 class SyntheticModality(StrictModel):
@@ -41,7 +41,7 @@ class SyntheticOptions(StrictModel):
     n_train: int = Field(3000, gt=0)
     n_val: int = Field(600, gt=0)
     n_test: int = Field(1000, gt=0)
-    data_seed: int = 0
+    data_seed: Seed = 0
     specs: dict[str, SyntheticModality] = Field(default_factory=_default_modalities,
                                                 description="modality name -> kind, shape, informative, snr; "
                                                 "merged over the defaults (audio, image, vector)")

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepContext, StepResult
 from bogc_cli.schema import StrictModel, options_error
+from bogc_cli.yaml_source import where
 
 if TYPE_CHECKING:  # recipe.py validates with this module: importing it at run time would close a circle
     from bogc_cli.recipe import Recipe
@@ -53,11 +54,11 @@ def method_options(recipe: Recipe, source: str = "recipe") -> StrictModel:
 
 def validate_method_options(recipe: Recipe, source: str) -> None:
     if recipe.method.name not in METHODS:
-        raise UserError(f"{source}: method.name {recipe.method.name!r} is not a method; valid: {', '.join(METHODS)}")
+        raise UserError(f"{where(source, 'method', 'name')}: method.name {recipe.method.name!r} is not a method; valid: {', '.join(METHODS)}")
     options = method_options(recipe, source)
     reason = METHODS[recipe.method.name].check_config(options, recipe)
     if reason:
-        raise UserError(f"{source}: {reason}")
+        raise UserError(f"{where(source, 'method')}: {reason}")
 
 
 def method_label(recipe: Recipe) -> str:
