@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 
 from bogc_cli.data.loader import to_device
 from bogc_cli.models.multimodal import MultimodalModel
@@ -53,7 +52,7 @@ def classification_metrics(labels: np.ndarray, logits: np.ndarray, classes: list
     return {
         "n": int(labels.shape[0]),
         "accuracy": float((pred == labels).mean()),
-        "macro_f1": float(f1_score(labels, pred, labels=list(range(c)), average="macro", zero_division=0)),
+        "macro_f1": float(_f1_score()(labels, pred, labels=list(range(c)), average="macro", zero_division=0)),
         "per_class_accuracy": per_class,
     }
 
@@ -62,3 +61,11 @@ def evaluate_predictions(p: Predictions, classes: list[str]) -> dict:
     result = classification_metrics(p.labels, p.fused, classes)
     result["unimodal_accuracy"] = {m: float((v.argmax(1) == p.labels).mean()) for m, v in p.unimodal.items()}
     return result
+
+
+def _f1_score():
+    """scikit-learn's ``f1_score``, imported when first needed: scikit-learn (with SciPy and pandas) takes as
+    long to import as torch, and every ``bogc`` command would pay for it, even one refused at its first option."""
+    from sklearn.metrics import f1_score
+
+    return f1_score
