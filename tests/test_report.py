@@ -126,7 +126,7 @@ def test_accuracy_table_layout_and_cells(tree: Path) -> None:
     assert list(cells.index) == ["joint", "unimodal-audio", "bogc", "my_method"]
     assert list(cells.columns) == ["avmnist", "cremad"]
     assert cells.loc["bogc", "avmnist"] == "0.920 ± 0.020"
-    assert cells.loc["joint", "avmnist"] == "0.912"  # one seed: no ± part
+    assert cells.loc["joint", "avmnist"] == "0.912 (n=1)"  # one seed: no ± part; n said, the others have 2
     assert cells.loc["bogc", "cremad"] == "-"
     assert tables["macro_f1"].cells().loc["bogc", "avmnist"] == "0.870 ± 0.020"
 

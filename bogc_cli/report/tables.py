@@ -17,8 +17,10 @@ Tables built from a results tree:
   were removed at rate 1.0.
 
 When the tree holds several experiments, every table name gets the prefix ``<experiment>_``.
-Markdown, LaTeX and rich show formatted cells ("0.912 ± 0.013"; "0.912" for a single seed); CSV
-keeps the numbers (one line per cell with ``mean, std, n``) for further processing.
+Markdown, LaTeX and rich show formatted cells ("0.912 ± 0.013"; "0.912" for a single seed) under a
+heading that says over how many seeds (``Table.heading``); where cells of one table have different
+numbers of seeds, those with fewer carry ``(n=2)``. CSV keeps the numbers (one line per cell with
+``mean, std, n``) for further processing.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class Table:
 
     Attributes:
         name: file stem, e.g. ``"accuracy"`` or ``"robustness_avmnist"``.
-        title: one line describing the table (shown above it in Markdown, rich and LaTeX).
+        title: one line describing the table; ``heading`` adds the number of seeds (shown above it in
+            Markdown, rich and LaTeX).
         stats: columns ``*rows, col, mean, std, n`` (and optionally ``p``, ``mark``: a paired test
             against uniform, see :mod:`significance`); one line per cell, already in display order.
         rows: the columns whose values make up a row label (joined with ``" / "``).
@@ -150,6 +153,24 @@ class Table:
     def row_header(self) -> str:
         return " / ".join(self.rows)
 
+    def _seed_counts(self) -> pd.Series:
+        return self.stats.loc[self.stats["mean"].notna(), "n"]
+
+    @property
+    def heading(self) -> str:
+        """The title with over how many seeds its cells are (``(mean ± std over 3 seeds)``)."""
+        counts = self._seed_counts()
+        if counts.empty:
+            return self.title
+        low, high = int(counts.min()), int(counts.max())
+        if high == 1:
+            spread = "one seed"
+        elif low == high:
+            spread = f"mean {PLUS_MINUS} std over {high} seeds"
+        else:
+            spread = f"mean {PLUS_MINUS} std over {low} to {high} seeds; (n=k): a cell over k < {high} seeds"
+        return f"{self.title} ({spread})"
+
     def cells(self, emphasis: tuple[str, str] = ("", "")) -> pd.DataFrame:
         """Wide frame of formatted strings: index = row labels, columns = column labels.
 
@@ -162,6 +183,10 @@ class Table:
             top = self.stats.groupby(self.col)["mean"].transform("max")
             is_best = np.isclose(self.stats["mean"], top) & self.stats["mean"].notna()
             text = text.where(~is_best, emphasis[0] + text + emphasis[1])
+        counts = self._seed_counts()
+        if not counts.empty and counts.nunique() > 1:  # say n where it is not the table's usual number
+            fewer = self.stats["mean"].notna() & (self.stats["n"] < counts.max())
+            text = text.where(~fewer, text + " (n=" + self.stats["n"].astype(str) + ")")
         wide = self.stats.assign(cell=text).pivot(index=self.rows, columns=self.col, values="cell")
         row_order = pd.MultiIndex.from_frame(self.stats[self.rows].drop_duplicates())
         if len(self.rows) == 1:
@@ -180,16 +205,23 @@ class Table:
         """GitHub pipe table with the title as a heading above it."""
         flat = self.cells(("**", "**")).reset_index()
         align = ("left",) + ("right",) * (flat.shape[1] - 1)
-        return f"### {self.title}\n\n{flat.to_markdown(index=False, colalign=align)}\n{self._legend()}"
+        return f"### {self.heading}\n\n{flat.to_markdown(index=False, colalign=align)}\n{self._legend()}"
 
     def _legend(self) -> str:
         notes = []
         if self.best:
             notes.append("best mean of each column in bold")
         if "mark" in self.stats:
-            from .significance import ALPHA, MARK, REFERENCE
+            from .significance import ALPHA, MARK, MIN_PAIRS, REFERENCE
 
-            notes.append(f"{MARK}: differs from {REFERENCE} with p < {ALPHA:g} (paired t-test over seeds)")
+            pairs = self.stats["pairs"].dropna() if "pairs" in self.stats else pd.Series(dtype=float)
+            most = int(pairs.max()) if not pairs.empty else 0
+            if most >= MIN_PAIRS:
+                notes.append(f"{MARK}: differs from {REFERENCE} with p < {ALPHA:g} (paired t-test over seeds; "
+                             f"a cell with fewer than {MIN_PAIRS} seeds paired with {REFERENCE}'s is not tested)")
+            else:
+                notes.append(f"no {MARK} marks: a paired t-test against {REFERENCE} needs at least {MIN_PAIRS} "
+                             f"seeds paired with {REFERENCE}'s, these cells have at most n={most}")
         return f"\n{'; '.join(notes).capitalize()}.\n" if notes else ""
 
     def to_csv(self) -> str:
@@ -206,7 +238,7 @@ class Table:
 
         body = body.replace(bold[0], r"\textbf{").replace(bold[1], "}").replace(MARK, r"$^\dagger$")
         legend = self._legend().strip()
-        text = f"% {self.title}\n" + (f"% {legend}\n" if legend else "") + body
+        text = f"% {self.heading}\n" + (f"% {legend}\n" if legend else "") + body
         return text.replace(PLUS_MINUS, r"$\pm$")
 
     def to_rich(self) -> rich.table.Table:
@@ -214,7 +246,7 @@ class Table:
         cells = self.cells(("[bold green]", "[/bold green]"))
         # min_width keeps a narrow table from wrapping its title over several lines
         table = rich.table.Table(
-            title=self.title, title_justify="left", min_width=len(self.title) + 4
+            title=self.heading, title_justify="left", min_width=len(self.heading) + 4
         )
         table.add_column(self.row_header, style="bold")
         for column in cells.columns:
@@ -234,7 +266,7 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "accuracy") -> Table | None
         return None
     label = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1",
              "val_accuracy": "Validation accuracy"}.get(metric, metric)
-    title = f"{label} at the best-validation epoch (mean ± std over seeds)"
+    title = f"{label} at the best-validation epoch"
     table = Table.from_values(metric, title, runs, metric, ["method"], "dataset")
     if table is not None:
         table.best = True
@@ -249,7 +281,7 @@ def add_significance(table: Table, per_run: pd.DataFrame, value: str) -> None:
     if REFERENCE not in set(per_run["method"]):
         return
     tests = paired_tests(per_run, value, table.col)
-    stats = table.stats.merge(tests[["method", table.col, "p"]], on=["method", table.col], how="left")
+    stats = table.stats.merge(tests[["method", table.col, "p", "pairs"]], on=["method", table.col], how="left")
     table.stats = stats.assign(mark=marks(stats["p"]))
 
 
@@ -262,7 +294,7 @@ def unimodal_table(runs: pd.DataFrame) -> Table | None:
         id_vars=IDENTITY, value_vars=heads, var_name="modality", value_name="accuracy"
     )
     long["head"] = long["dataset"] + "/" + long["modality"].str.removeprefix(UNIMODAL_PREFIX)
-    title = "Unimodal-head test accuracy (mean ± std over seeds)"
+    title = "Unimodal-head test accuracy"
     return Table.from_values("unimodal", title, long, "accuracy", ["method"], "head")
 
 
@@ -278,8 +310,7 @@ def methods_table(runs: pd.DataFrame) -> Table | None:
     step = mean_std(runs.assign(ratio=ratio), "ratio", ["method"], ["dataset"])
     step = step.assign(column=step["dataset"] + f" {STEP_COLUMN}").drop(columns="dataset")
     stats = pd.concat([accuracy, step], ignore_index=True)
-    title = ("Test accuracy at the best-validation epoch and median step time relative to joint "
-             "(mean ± std over seeds)")
+    title = "Test accuracy at the best-validation epoch and median step time relative to joint"
     return Table("methods", title, _sort_stats(stats, ["method"], "column"), ["method"], "column")
 
 
@@ -288,7 +319,7 @@ def coefficients_table(runs: pd.DataFrame) -> Table | None:
     coefficients = find_coefficients(runs)
     if coefficients.empty:
         return None
-    title = "Per-step coefficients of each method, mean over epochs (mean ± std over seeds)"
+    title = "Per-step coefficients of each method, mean over epochs"
     return Table.from_values("coefficients", title, coefficients, "value", ["method", "coefficient"], "dataset")
 
 
@@ -304,10 +335,7 @@ def robustness_tables(missing: pd.DataFrame) -> list[Table]:
     for dataset, part in per_run.groupby("dataset", sort=True):
         fill = ["fill"] if part["fill"].nunique() > 1 else []
         several = part["missing"].str.contains("+", regex=False)
-        title = (
-            f"{dataset}: test accuracy with one modality missing at rate r "
-            "(mean ± std over seeds)"
-        )
+        title = f"{dataset}: test accuracy with one modality missing at rate r"
         single = part[~several]
         table = Table.from_values(f"robustness_{slug(dataset)}", title + "; AUC: area under accuracy vs "
                                   "rate, divided by the rate range", single, "accuracy", ["method", "missing", *fill],
