@@ -7,7 +7,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class TrainProgress:
-    """Shows epoch, step, running loss, last validation accuracy and the run's ETA."""
+    """Shows epoch, step, the last step's loss, last validation accuracy and the run's ETA (``-`` for a figure
+    not known yet: the loss before the first step, validation accuracy before the first epoch ends)."""
 
     def __init__(self, console: Console, title: str, epochs: int, steps_per_epoch: int):
         self.console = console
@@ -24,7 +25,7 @@ class TrainProgress:
                 TextColumn("step {task.fields[step]}/{task.fields[steps]}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]:.4f}"),
+                TextColumn("loss {task.fields[loss]}"),
                 TextColumn("val acc {task.fields[val]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
@@ -33,7 +34,7 @@ class TrainProgress:
                 transient=False,
             )
             self.task = self.progress.add_task(title, total=epochs * steps_per_epoch, epoch=0, epochs=epochs,
-                                               step=0, steps=steps_per_epoch, loss=float("nan"), val="-")
+                                               step=0, steps=steps_per_epoch, loss="-", val="-")
 
     def __enter__(self) -> "TrainProgress":
         if self.progress is not None:
@@ -47,8 +48,8 @@ class TrainProgress:
     def step(self, epoch: int, step: int, loss: float | None) -> None:
         if self.progress is not None:
             fields = {"epoch": epoch, "step": step}
-            if loss is not None:
-                fields["loss"] = loss
+            if loss is not None:  # before the first finite step the bar shows "loss -", never "loss nan"
+                fields["loss"] = f"{loss:.4f}"
             self.progress.update(self.task, advance=1, **fields)
 
     def note(self, message: str) -> None:
