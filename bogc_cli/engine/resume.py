@@ -1,4 +1,8 @@
-"""``--resume``: put a run back where its newest sound last.pt left it, under the same recipe only."""
+"""``--resume``: put a run back where its newest sound last.pt left it, under the same recipe only.
+
+The recipe check (``check_same_recipe``) also serves a finished run kept by ``--resume``, the CLI's check of
+every seed before the first trains, and the sweep planner (a cell whose run has another recipe is not done).
+"""
 
 from __future__ import annotations
 
@@ -28,20 +32,69 @@ def restore(state: RunState, run_dir: Path, recipe: dict, console: Console) -> N
     console.print(f"resuming {run_dir} {where}")
 
 
+#: Where things are, not what a run is: they may differ between a run and its resume (the data moved,
+#: the command runs from another folder) without mixing two experiments.
+LOCATION_KEYS = ("dataset.root", "output.dir")
+
+
 def check_same_recipe(saved: dict, current: dict, run_dir: Path) -> None:
-    """Resuming under another recipe would silently mix two experiments: refuse, naming the keys."""
-    if saved == current:
-        return
-    a, b = _flat(saved), _flat(current)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    raise UserError(f"cannot resume {run_dir}: its recipe differs in {', '.join(keys[:6])} "
-                    f"(was {', '.join(f'{k}={a.get(k)!r}' for k in keys[:3])}); resume with the same recipe, "
-                    "or start over with --overwrite")
+    """Continuing ``run_dir`` (or keeping its finished run) under another recipe would silently mix two
+    experiments: refuse, naming the keys.
+
+    ``saved``: the resolved recipe the run was started with (its checkpoint's, or its ``recipe.yaml``);
+    ``current``: the resolved recipe of the command now."""
+    diff = recipe_differences(saved, current)
+    if diff:
+        state = "finished" if (run_dir / "eval.json").is_file() else "unfinished"
+        raise UserError(f"{run_dir} holds a {state} run of another recipe: it differs in {describe_differences(diff)}. "
+                        "Continue it with the recipe it was started with, pass --overwrite to train it again "
+                        "with this one, or choose another --out, experiment or seed")
+
+
+def recipe_differences(saved: dict, current: dict) -> dict[str, tuple]:
+    """``{dotted key: (saved value, current value)}`` for every key on which two resolved recipes differ,
+    ``LOCATION_KEYS`` aside. The saved recipe is first filled in with today's defaults where it validates,
+    so an option added to bogc since the run was made (at its default) is no difference."""
+    a, b = _flat(_with_defaults(saved)), _flat(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
+            if a.get(k) != b.get(k) and k not in LOCATION_KEYS}
+
+
+def describe_differences(diff: dict[str, tuple], most: int = 4) -> str:
+    """``train.epochs (was 3, now 5), optim.lr (was 0.001, now 0.002)``; at most ``most`` keys, then a count."""
+    items = [f"{k} (was {a!r}, now {b!r})" for k, (a, b) in list(diff.items())[:most]]
+    more = len(diff) - most
+    return ", ".join(items) + (f" and {more} more" if more > 0 else "")
+
+
+def saved_recipe(run_dir: Path) -> dict | None:
+    """The resolved recipe a run directory was started with (its ``recipe.yaml``, written before the first
+    epoch), or None."""
+    import yaml
+
+    path = run_dir / "recipe.yaml"
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _with_defaults(saved: dict) -> dict:
+    from bogc_cli.engine.setup import resolved_recipe
+    from bogc_cli.recipe import validate_recipe
+
+    try:
+        return resolved_recipe(validate_recipe(saved)).to_dict()
+    except UserError:  # written by a bogc whose recipe keys differ: compared as it is
+        return saved
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty block stays a value)."""
     out = {}
     for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
     return out

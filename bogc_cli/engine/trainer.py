@@ -43,7 +43,7 @@ from bogc_cli.engine.modality_dropout import ModalityDropout
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.provenance import data_info, environment
-from bogc_cli.engine.resume import restore
+from bogc_cli.engine.resume import check_same_recipe, restore, saved_recipe
 from bogc_cli.engine.run_lock import claim_run_dir
 from bogc_cli.engine.run_state import RunState
 from bogc_cli.engine.runtime import autocast_factory, pick_device, seed_everything
@@ -92,6 +92,8 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     main = distributed is None or distributed.is_main
     with claim_run_dir(run_dir, overwrite, allow_existing=resume) if main else nullcontext():
         if resume and (run_dir / "eval.json").is_file():
+            if (saved := saved_recipe(run_dir)) is not None:
+                check_same_recipe(saved, resolved.to_dict(), run_dir)
             return _finished(run_dir, console) if main else None
         try:
             return _train_locked(resolved, parts, run_dir, console, started, resume, distributed, callbacks)

@@ -15,7 +15,9 @@ A sweep file (``recipes/paper/*.yaml``)::
     missing: {rates: [0, 0.1, 0.3, 0.5, 0.7, 1.0], seed: 0}   # null: no robustness evaluation
 
 Planning reads and validates every cell's recipe (so a mistake is found before anything runs) but
-never the data, so ``--dry-run`` works on a machine without the datasets.
+never the data, so ``--dry-run`` works on a machine without the datasets. A cell whose run directory
+holds a run made with another recipe (the sweep's ``set:`` or a recipe changed since) is ``changed``:
+``bogc reproduce`` refuses it, naming the keys, unless ``--overwrite`` asks to train it again.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from bogc_cli.engine.missing import DEFAULT_RATES
+from bogc_cli.engine.resume import recipe_differences, saved_recipe
 from bogc_cli.engine.run_lock import existing_results
-from bogc_cli.engine.setup import run_dir_for, run_identity
+from bogc_cli.engine.setup import resolved_recipe, run_dir_for, run_identity
 from bogc_cli.errors import UserError
 from bogc_cli.recipe import load_recipe
-from bogc_cli.schema import StrictModel, format_validation_error
+from bogc_cli.schema import PathPart, Seed, StrictModel, format_validation_error
+from bogc_cli.yaml_source import read_yaml_file
 
 
 class DatasetEntry(StrictModel):
@@ -46,24 +50,31 @@ class DatasetEntry(StrictModel):
 class MethodEntry(StrictModel):
     recipe: str = Field(description="recipe name (file stem) in each dataset's folder; with a dataset's base "
                         "recipe, the method name")
-    tag: str | None = Field(None, description="variant name: the run's method becomes <method>-<tag>")
+    tag: PathPart | None = Field(None, description="variant name: the run's method becomes <method>-<tag>")
     set: dict[str, Any] = Field(default_factory=dict, description="overrides for this variant")
 
 
 class MissingEval(StrictModel):
     rates: list[float] = Field(list(DEFAULT_RATES), min_length=1)
-    seed: int = 0
+    seed: Seed = 0
     fill: str | None = None
 
 
 class Sweep(StrictModel):
-    experiment: str = Field(min_length=1)
+    experiment: PathPart
     out: str = "results"
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1)
     set: dict[str, Any] = Field(default_factory=dict)
     datasets: dict[str, DatasetEntry | str] = Field(min_length=1)
     methods: list[MethodEntry | str] = Field(min_length=1)
     missing: MissingEval | None = MissingEval()
+
+    @model_validator(mode="after")
+    def _unique_seeds(self) -> "Sweep":
+        twice = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"seeds must be distinct: {', '.join(map(str, twice))} given twice (each seed is one run)")
+        return self
 
 
 @dataclass
@@ -76,15 +87,18 @@ class Cell:
     recipe: Path
     overrides: list[str]
     run_dir: Path
-    status: str = "todo"  # done | partial | todo
+    status: str = "todo"  # done | partial | todo | changed (its run was made with another recipe)
     seconds: float | None = None  # training time, when done
+    data: str | None = None  # the prepared data's folder (None: synthetic), for the missing-modality step
+    changed: dict[str, tuple] = field(default_factory=dict)  # key -> (the run's value, the sweep's now)
+    overwrite: bool = False  # a changed cell the user asked to train again (`reproduce --overwrite`)
 
     @property
     def name(self) -> str:
         return f"{self.dataset}/{self.method}/seed{self.seed}"
 
     def train_args(self) -> list[str]:
-        args = ["train", str(self.recipe), "--seeds", str(self.seed), "--resume"]
+        args = ["train", str(self.recipe), "--seeds", str(self.seed), "--overwrite" if self.overwrite else "--resume"]
         for o in self.overrides:
             args += ["--set", o]
         return args
@@ -120,18 +134,11 @@ def _dotted(overrides: dict[str, Any]) -> list[str]:
 
 
 def read_sweep(path: Path) -> Sweep:
-    if not path.is_file():
-        raise UserError(f"sweep file {path} not found: give the path of a sweep YAML (see recipes/paper/)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"sweep file {path} must be a mapping (experiment:, seeds:, datasets:, methods:)")
+    data, source = read_yaml_file(path, "sweep file", "give the path of a sweep YAML (see recipes/paper/)")
     try:
         return Sweep.model_validate(data)
     except ValidationError as exc:
-        raise UserError(format_validation_error(exc, str(path), Sweep)) from None
+        raise UserError(format_validation_error(exc, source, Sweep, data=data)) from None
 
 
 def make_plan(path: Path, out: Path | None = None) -> Plan:
@@ -169,8 +176,10 @@ def make_plan(path: Path, out: Path | None = None) -> Plan:
             for seed in sweep.seeds:
                 single = rec.for_seed(seed)
                 who = run_identity(single)  # the dataset label and method label the run directory uses
-                cell = Cell(who["dataset"], who["method"], seed, recipe, overrides, run_dir_for(single))
-                _set_status(cell, sweep.missing is not None)
+                resolved = resolved_recipe(single)
+                data = None if single.dataset.name == "synthetic" else resolved.dataset.root
+                cell = Cell(who["dataset"], who["method"], seed, recipe, overrides, run_dir_for(single), data=data)
+                _set_status(cell, sweep.missing is not None, resolved.to_dict())
                 plan.cells.append(cell)
     _refuse_duplicates(plan, path)
     return plan
@@ -181,9 +190,15 @@ def _local(path: Path, sweep_folder: Path) -> Path:
     return path if path.is_absolute() or path.exists() else sweep_folder / path
 
 
-def _set_status(cell: Cell, wants_missing: bool) -> None:
+def _set_status(cell: Cell, wants_missing: bool, recipe: dict) -> None:
+    """done, partial or todo; ``changed`` when the run directory holds a run (finished or not) of another recipe
+    than ``recipe`` (the cell's resolved recipe now), so that a finished run never stands for a changed cell."""
     eval_json = cell.run_dir / "eval.json"
-    if eval_json.is_file() and (not wants_missing or (cell.run_dir / "missing_modality.csv").is_file()):
+    saved = saved_recipe(cell.run_dir)
+    cell.changed = recipe_differences(saved, recipe) if saved is not None else {}
+    if cell.changed:
+        cell.status = "changed"
+    elif eval_json.is_file() and (not wants_missing or (cell.run_dir / "missing_modality.csv").is_file()):
         cell.status = "done"
     elif existing_results(cell.run_dir):
         cell.status = "partial"

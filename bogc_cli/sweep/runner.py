@@ -50,6 +50,8 @@ def cell_commands(plan: Plan, cell: Cell, bogc: list[str]) -> list[list[str]]:
                 "--seed", str(m.seed)]
         if m.fill:
             args += ["--fill", m.fill]
+        if cell.data is not None:  # the data where the sweep's recipe says it is now, not where it was at training
+            args += ["--data", cell.data]
         commands.append(bogc + args)
     return commands
 
