@@ -1,7 +1,9 @@
-"""The ``bogc`` command line: prepare, train, eval, missing-modality, report, list.
+"""The ``bogc`` command line: prepare, train, eval, missing-modality, report, reproduce, list.
 
 Every error a user can cause ends in one message naming the key, path or option at fault,
-and exit code 2, with no traceback.
+and exit code 2, with no traceback; a usage error (an unknown command or option, a missing
+argument) prints typer's usage message and exits 2. An unexpected exception is never masked:
+it ends in its own traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +16,30 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from bogc_cli import __version__
 from bogc_cli.errors import ProcessError, UserError
+
+
+class _FlagsTakeNoValue:
+    """Help without a type after flags: typer shows ``--resume  <bool>`` as if the flag took a value."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_FlagsTakeNoValue, TyperCommand):
+    """A bogc command (see ``_FlagsTakeNoValue``)."""
+
+
+class Group(_FlagsTakeNoValue, TyperGroup):
+    """The bogc command group (see ``_FlagsTakeNoValue``)."""
+
 
 app = typer.Typer(
     name="bogc",
@@ -25,9 +48,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+_running: dict[str, str | None] = {"command": None}  # the command being run, for the Ctrl-C message
 
 
 def _csv_list(value: str | None, name: str, cast=str) -> list | None:
@@ -47,13 +72,47 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+def _root(ctx: typer.Context,
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
-    pass
+    _running["command"] = ctx.invoked_subcommand
+
+
+def _seeds(value: str, option: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: integers in the seed range, each once (else one UserError naming ``option``)."""
+    from bogc_cli.recipe import check_seeds
+
+    seeds = _csv_list(value, option, int)
+    if not seeds:
+        raise UserError(f"{option} {value!r}: give at least one seed, e.g. {option} 0,1,2")
+    return check_seeds(seeds, option)
+
+
+def _show(table, where: Console | None = None) -> None:
+    """Print a rich table; in a log (not a terminal) at its natural width, so no cell ("0.805 ± 0.012")
+    wraps over two lines."""
+    where = where or console
+    if where.is_terminal:
+        where.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(where, where.options.update_width(10**6), table).maximum
+    width = where.width
+    where.width = max(width, natural)  # print(width=...) cannot exceed the console's own width
+    try:
+        where.print(table)
+    finally:
+        where.width = width
+
+
+def _data_option(default=None):
+    return typer.Option(default, "--data", help="Folder that holds the run's prepared data now, when it has moved "
+                        "since training (default: the dataset.root the run was trained with).")
 
 
 # ------------------------------------------------------------------------------------------ prepare
-@app.command()
+@app.command(cls=Command)
 def prepare(
     dataset: str = typer.Argument(..., help="Dataset to prepare (see `bogc list`)."),
     raw: Path = typer.Option(..., "--raw", help="Folder with the raw download."),
@@ -82,11 +141,16 @@ def prepare(
         hint = " (synthetic is built in and needs no preparation)" if dataset == "synthetic" else ""
         raise UserError(f"cannot prepare {dataset!r}{hint}; preparable: {', '.join(PREPARERS)}"
                         + ("" if dataset in DATASETS else f"; known datasets: {', '.join(DATASETS)}"))
+    from bogc_cli.recipe import check_seeds
+    from bogc_cli.writable import require_writable
+
+    check_seeds([seed], "--seed")
     if not raw.exists():
         raise UserError(f"--raw {raw} does not exist: point it at the folder of the raw {dataset} download")
     extra = {"kinds": _kinds_option(kinds)} if dataset == "arrays" and kinds is not None else {}
     if kinds is not None and dataset != "arrays":
         raise UserError(f"--kinds is for `bogc prepare arrays`; the kinds of {dataset}'s modalities are fixed")
+    require_writable(out, "--out")
     manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
                                   workers=workers, strict=strict, overwrite=overwrite,
                                   log=lambda msg: console.print(msg, highlight=False), **extra)
@@ -97,7 +161,7 @@ def prepare(
     for split, n in manifest.splits.items():
         counts = manifest.class_counts.get(split, {})
         table.add_row(split, str(n), " ".join(f"{c}:{k}" for c, k in counts.items()))
-    console.print(table)
+    _show(table)
     mods = ", ".join(f"{m} {s.kind} {tuple(s.shape)} {s.dtype}" for m, s in manifest.modalities.items())
     console.print(f"modalities: {mods}", highlight=False)
     if manifest.skipped:
@@ -117,7 +181,7 @@ def _kinds_option(value: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ train
-@app.command()
+@app.command(cls=Command)
 def train(
     recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.epochs=5 (repeatable)."),
@@ -138,10 +202,12 @@ def train(
 ) -> None:
     """Train a recipe (once per seed) and evaluate each run's best-validation checkpoint on test."""
     from bogc_cli.engine import distributed
+    from bogc_cli.engine.resume import check_same_recipe, saved_recipe
     from bogc_cli.engine.run_lock import refuse_existing
     from bogc_cli.engine.setup import resolved_recipe, run_dir_for
     from bogc_cli.engine.trainer import train_run
     from bogc_cli.recipe import load_recipe
+    from bogc_cli.writable import require_writable
 
     overrides = list(set_)
     if out is not None:
@@ -151,12 +217,19 @@ def train(
     if compile_:
         overrides.append("train.compile=true")
     rec = load_recipe(recipe, overrides)
-    seed_list = _csv_list(seeds, "--seeds", int) or rec.run_seeds()
+    seed_list = _seeds(seeds, "--seeds") if seeds is not None else rec.run_seeds()
     if resume and overwrite:
         raise UserError("--resume continues earlier results and --overwrite deletes them: choose one")
-    if not overwrite and not resume and _process_zero():  # refuse before the first seed trains, not after it
+    if _process_zero():  # refuse before any data is read and before the first seed trains, not after it
+        require_writable(rec.output.dir, "--out" if out is not None else "output.dir")
         for seed in seed_list:
-            refuse_existing(run_dir_for(resolved_recipe(rec.for_seed(seed))))
+            resolved = resolved_recipe(rec.for_seed(seed))
+            run_dir = run_dir_for(resolved)
+            require_writable(run_dir, "run folder")
+            if resume and (saved := saved_recipe(run_dir)) is not None:
+                check_same_recipe(saved, resolved.to_dict(), run_dir)
+            elif not overwrite and not resume:
+                refuse_existing(run_dir)
     if gpus is not None:
         from bogc_cli.engine.launch import check_gpus, run_torchrun
 
@@ -175,7 +248,7 @@ def train(
     finally:
         distributed.stop()
     if results:
-        console.print(_summary_table(results))
+        _show(_summary_table(results))
 
 
 def _summary_table(results) -> Table:
@@ -200,16 +273,22 @@ def _summary_table(results) -> Table:
 
 
 # ------------------------------------------------------------------------------------------ eval
-@app.command("eval")
+@app.command("eval", cls=Command)
 def eval_(
     target: Path = typer.Argument(..., help="Run directory (uses best.pt) or a checkpoint file."),
     split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    data: Optional[Path] = _data_option(),
 ) -> None:
     """Accuracy, macro-F1, per-class accuracy and each modality head's accuracy of a trained run."""
+    from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import evaluate_run, load_run
+    from bogc_cli.writable import require_writable
 
-    run = load_run(target, device=_device(device))
+    device = _device(device)
+    checkpoint = resolve_checkpoint(target)
+    require_writable(checkpoint.parent, "run folder")  # eval writes its results there
+    run = load_run(checkpoint, device=device, data=data)
     result, path = evaluate_run(run, split)
     table = Table(title=f"{result['dataset']} / {result['method']} / seed {result['seed']}: {split} "
                         f"({run.checkpoint.name}, epoch {run.epoch}, n={result['n']})")
@@ -221,18 +300,25 @@ def eval_(
         table.add_row(f"{m} head accuracy", f"{acc:.4f}")
     for c, acc in result["per_class_accuracy"].items():
         table.add_row(f"class {c} accuracy", f"{acc:.4f}")
-    console.print(table)
+    _show(table)
     console.print(f"written to {path}")
 
 
 def _device(value: str) -> str:
+    """Check ``--device`` before anything is loaded (a missing GPU is named by the option the user gave)."""
     if value not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {value!r}: valid are auto, cpu, cuda")
+    if value == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible to this process; use --device cpu, or auto "
+                            "(a GPU when there is one)")
     return value
 
 
 # ------------------------------------------------------------------------------------------ missing-modality
-@app.command("missing-modality")
+@app.command("missing-modality", cls=Command)
 def missing_modality(
     run_dir: Path = typer.Argument(..., help="Run directory (uses best.pt) or a checkpoint file."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Modalities to drop, e.g. audio,visual "
@@ -242,16 +328,24 @@ def missing_modality(
                                        "(default: the run's model.fill)."),
     seed: int = typer.Option(0, "--seed", help="Seed choosing which samples miss a modality."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    data: Optional[Path] = _data_option(),
 ) -> None:
     """Test accuracy with a seeded fraction of samples missing each modality; writes CSV and a plot."""
+    from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import load_run
     from bogc_cli.engine.missing import evaluate_missing, write_csv
     from bogc_cli.models.multimodal import FILLS
+    from bogc_cli.recipe import check_seeds
+    from bogc_cli.writable import require_writable
 
     if fill is not None and fill not in FILLS:
         raise UserError(f"--fill {fill!r}: valid are {', '.join(FILLS)}")
+    check_seeds([seed], "--seed")
     rate_list = _csv_list(rates, "--rates", float)
-    run = load_run(run_dir, device=_device(device))
+    device = _device(device)
+    checkpoint = resolve_checkpoint(run_dir)
+    require_writable(checkpoint.parent, "run folder")  # the CSV and the plot go there
+    run = load_run(checkpoint, device=device, data=data)
     df = evaluate_missing(run, _csv_list(modalities, "--modalities"), rate_list, fill, seed)
     out_dir = run.run_dir
     csv_path = out_dir / "missing_modality.csv"
@@ -271,7 +365,7 @@ def missing_modality(
     for m, rows in single.groupby("missing", sort=False):
         by_rate = dict(zip(rows["rate"], rows["accuracy"]))
         table.add_row(m, *[f"{by_rate[r]:.3f}" for r in rate_list])
-    console.print(table)
+    _show(table)
     multi = df[df["missing"].str.contains(r"\+")]
     for _, row in multi.iterrows():
         console.print(f"all of {row['missing']} missing: accuracy {row['accuracy']:.3f}", highlight=False)
@@ -279,7 +373,7 @@ def missing_modality(
 
 
 # ------------------------------------------------------------------------------------------ reproduce
-@app.command()
+@app.command(cls=Command)
 def reproduce(
     sweep: Path = typer.Argument(..., help="Sweep file: datasets x methods x seeds (see recipes/paper/)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, their state and the estimated time; "
@@ -289,20 +383,38 @@ def reproduce(
     launcher: str = typer.Option("local", "--launcher", help="local: run here; slurm: write an sbatch job array "
                                  "for the unfinished cells instead."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides the sweep's out)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train again the cells whose run (finished or not) "
+                                   "was made with another recipe than the sweep's now (refused otherwise)."),
 ) -> None:
     """Run a sweep: every unfinished cell trains (resuming interrupted ones), gets its missing-modality
     evaluation, and the sweep ends with `bogc report`. Rerun after an interruption: finished cells are kept."""
+    from bogc_cli.engine.resume import describe_differences
     from bogc_cli.sweep.plan import make_plan
     from bogc_cli.sweep.runner import run_local, write_slurm
+    from bogc_cli.writable import require_writable
 
     if launcher not in ("local", "slurm"):
         raise UserError(f"--launcher {launcher!r}: valid are local, slurm")
     gpu_list = _csv_list(gpus, "--gpus")
     plan = make_plan(sweep, out)
+    changed = [c for c in plan.cells if c.status == "changed"]
+    for cell in changed:
+        cell.overwrite = overwrite
     todo = plan.todo()
     _print_plan(plan, max(len(gpu_list or []), jobs))
+    if changed and not overwrite:
+        listing = "; ".join(f"{c.name}: {describe_differences(c.changed, 3)}" for c in changed[:3])
+        more = f"; and {len(changed) - 3} more cell(s)" if len(changed) > 3 else ""
+        message = (f"{len(changed)} cell(s) hold a run made with another recipe than the sweep's now ({listing}{more}). "
+                   "Pass --overwrite to train them again with this one (their earlier results are deleted), or "
+                   "restore the recipe they were made with")
+        if dry_run:
+            err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+            return
+        raise UserError(message)
     if dry_run:
         return
+    require_writable(plan.root, "the sweep's results folder")
     if launcher == "slurm":
         if not todo:
             console.print("every cell is finished: no job array to write")
@@ -339,14 +451,27 @@ def _print_plan(plan, parallel: int) -> None:
         left = [c for c in cells if c.status != "done"]
         total += (est or 0) * len(left)
         unknown += 0 if est is not None else len(left)
+        notes = [f"{n} {state}" for state in ("partial", "changed") if (n := sum(c.status == state for c in left))]
         t.add_row(dataset, method, ",".join(str(c.seed) for c in cells), str(len(cells) - len(left)),
-                  str(len(left)) + (" (1 partial)" if any(c.status == "partial" for c in left) else ""),
+                  str(len(left)) + (f" ({', '.join(notes)})" if notes else ""),
                   "-" if est is None else f"{est / 60:.1f} min")
-    console.print(t)
+    _show(t)
     left = len(plan.todo())
-    eta = f"about {total / parallel / 60:.0f} min" + (f" plus {unknown} run(s) with no estimate yet" if unknown else "")
-    console.print(f"{left} of {len(plan.cells)} cells to run; {eta if left else 'nothing to do'}"
-                  " (estimates come from finished cells of the same dataset and method)", highlight=False)
+    console.print(f"{left} of {len(plan.cells)} cells to run; {_eta(left, total / parallel, unknown)}", highlight=False)
+
+
+def _eta(left: int, seconds: float, unknown: int) -> str:
+    """The time left in words; never "about 0 min" for work whose time is not known yet."""
+    if not left:
+        return "nothing to do"
+    why = "estimates come from finished cells of the same dataset (and method)"
+    if unknown == left:
+        return f"no time estimate yet: {why}, and none has finished"
+    minutes = seconds / 60
+    eta = "under 1 min" if minutes < 1 else f"about {minutes:.0f} min"
+    if unknown:
+        eta += f", plus {unknown} run(s) with no estimate yet"
+    return f"{eta} ({why})"
 
 
 def _report_sweep(plan) -> None:
@@ -361,19 +486,22 @@ def _report_sweep(plan) -> None:
 
 
 # ------------------------------------------------------------------------------------------ report
-@app.command()
+@app.command(cls=Command)
 def report(
     results_dir: Path = typer.Argument(..., help="A results folder holding run directories."),
     format_: str = typer.Option("md,csv,tex", "--format", help="Table formats: md, csv, tex."),
 ) -> None:
     """Aggregate every run below RESULTS_DIR: tables (mean ± std over seeds) in RESULTS_DIR/tables/, plots in RESULTS_DIR/plots/."""
-    from bogc_cli.report import run_report
+    from bogc_cli.report import PLOTS_DIR, TABLES_DIR, run_report
+    from bogc_cli.writable import require_writable
 
     if not results_dir.is_dir():
         raise UserError(f"{results_dir} is not a folder: give a results folder (e.g. results/quickstart)")
+    for folder in (TABLES_DIR, PLOTS_DIR):
+        require_writable(results_dir / folder, "report folder")
     result = run_report(results_dir, _csv_list(format_, "--format"))
     for table in result.rich_tables:
-        console.print(table)
+        _show(table)
     for warning in result.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     console.print(f"{result.n_runs} run(s); wrote {len(result.paths)} file(s) under {results_dir / 'tables'} "
@@ -381,7 +509,7 @@ def report(
 
 
 # ------------------------------------------------------------------------------------------ list
-@app.command("list")
+@app.command("list", cls=Command)
 def list_() -> None:
     """Datasets, encoders, fusion heads and methods, with their options."""
     from bogc_cli.data.options import dataset_option_model
@@ -389,14 +517,22 @@ def list_() -> None:
     from bogc_cli.fusion import METHODS
     from bogc_cli.models.encoders import ENCODERS
     from bogc_cli.models.fusion_heads import FUSION_HEADS
+    from bogc_cli.recipe import DatasetBlock
 
-    t = Table(title="datasets (dataset.name)")
+    t = Table(title="datasets (dataset.name)", caption="every dataset block also takes: "
+              + ", ".join(f"{k} ({f.description})" for k, f in DatasetBlock.model_fields.items()
+                          if k != "name" and not (f.description or "").startswith("arrays:")))
     for col in ("name", "modalities", "presets", "options", "about"):
         t.add_column(col, overflow="fold")
     for info in DATASETS.values():
         presets = [f"{p} (prepare)" for p in info.prepare_presets] + [f"{p} (view)" for p in info.view_presets]
-        opts = ", ".join(dataset_option_model(info.name).model_fields)
-        t.add_row(info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", opts or "-",
+        opts = [f"{k}={_default_text(f)}" for k, f in dataset_option_model(info.name).model_fields.items()]
+        if info.name == "arrays":  # the common keys that matter for your own data, and the arrays-only ones
+            opts = ["root=<your folder>"] + [
+                f"{k} ({(f.description or '').removeprefix('arrays: ')}; default {_default_text(f)})"
+                for k, f in DatasetBlock.model_fields.items()
+                if (f.description or "").startswith("arrays:") or k in ("val_fraction", "split_seed")] + opts
+        t.add_row(info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", ", ".join(opts) or "-",
                   info.description)
     console.print(t)
     t = Table(title="encoders (model.encoders)")
@@ -416,8 +552,7 @@ def list_() -> None:
     for col in ("name", "options", "modalities", "about"):
         t.add_column(col, overflow="fold")
     for name, cls in METHODS.items():
-        opts = ", ".join(f"{k}={f.get_default(call_default_factory=True) if not f.is_required() else '<required>'}"
-                         for k, f in cls.Options.model_fields.items())
+        opts = ", ".join(f"{k}={_default_text(f)}" for k, f in cls.Options.model_fields.items())
         mods = f">= {cls.min_modalities}" + (f", <= {cls.max_modalities}" if cls.max_modalities else "")
         mods += f"; {cls.modality_note}" if cls.modality_note else ""
         about = f"{cls.summary}\nfidelity: {cls.fidelity}" if cls.fidelity else cls.summary
@@ -425,8 +560,34 @@ def list_() -> None:
     console.print(t)
 
 
-INTERRUPTED = ("interrupted: finished work is kept (`bogc train ... --resume` continues a run from its last checkpoint; "
-               "the same `bogc prepare` command resumes where it stopped)")
+def _default_text(field) -> str:
+    if field.is_required():
+        return "<required>"
+    value = field.get_default(call_default_factory=True)
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+#: What Ctrl-C leaves behind, per command (``None``: before a command began).
+INTERRUPTED = {
+    "train": "interrupted: finished runs and the last checkpoint are kept; run the same `bogc train` command with "
+             "--resume to continue exactly where it stopped",
+    "prepare": "interrupted: the files decoded so far are kept; run the same `bogc prepare` command again to resume "
+               "where it stopped",
+    "eval": "interrupted: nothing was written (eval results are written only when the evaluation ends) and the "
+            "run's files are as they were; run the same `bogc eval` command again",
+    "missing-modality": "interrupted: the run's files are as they were (the CSV and the plot are written only when "
+                        "the evaluation ends); run the same `bogc missing-modality` command again",
+    "report": "interrupted: each table and plot already written is complete (files are replaced whole, never half "
+              "written); run the same `bogc report` command again to write them all",
+    "reproduce": "interrupted: finished cells are kept and the running ones saved a checkpoint; run the same "
+                 "`bogc reproduce` command to continue (finished cells are skipped, interrupted ones resume)",
+    "list": "interrupted",
+    None: "interrupted before any command started: nothing was written",
+}
+
+
+def _interrupted() -> str:
+    return INTERRUPTED.get(_running["command"], "interrupted")
 
 
 def _process_zero() -> bool:
@@ -436,32 +597,51 @@ def _process_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def _usage_error_class() -> type[Exception]:
+    """The ``ClickException`` of the click that typer runs on: its own vendored copy since typer 0.29 (which no
+    longer installs the ``click`` package), the ``click`` package before. Found through typer's public
+    ``BadParameter``, so that bogc never imports click itself."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _show_usage_error(exc: Exception) -> None:
+    """Print a usage error as typer itself does (usage line, help hint, the message in a box). An error of
+    the option parser (an option left without its value, a flag given one) comes without the usage line:
+    the hint names the command's help instead."""
+    try:
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)
+    except ImportError:  # typer without rich
+        exc.show()
+    if getattr(exc, "ctx", None) is None:
+        command = " ".join(["bogc", *([_running["command"]] if _running["command"] else [])])
+        err_console.print(f"Try '{command} --help' for help.", highlight=False)
+
+
 def main() -> None:
-    """Entry point: run the app; user errors -> one message, exit 2."""
+    """Entry point: run the app; user errors -> one message, exit 2; usage errors -> typer's usage message, exit 2;
+    Ctrl-C -> what the interrupted command kept, exit 130. Anything else is a bug and ends in its traceback."""
     # data-parallel, every process meets the same mistakes and stops together: process 0 speaks for them
     speaks = _process_zero()
     try:
         code = app(standalone_mode=False)  # typer turns Ctrl-C and typer.Exit into a returned exit code here
-        if isinstance(code, int) and code != 0:
-            if code == 130 and speaks:
-                err_console.print(INTERRUPTED)
-            sys.exit(code)
     except UserError as exc:
         if speaks or isinstance(exc, ProcessError):
             err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
+    except (typer.Abort, KeyboardInterrupt):  # typer before 0.29 raised Abort for Ctrl-C; or outside a command
+        if speaks:
+            err_console.print(_interrupted(), soft_wrap=True)
         sys.exit(130)
-    except KeyboardInterrupt:  # outside a command (e.g. while importing)
-        err_console.print(INTERRUPTED)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except Exception as exc:
+        if not isinstance(exc, _usage_error_class()):
+            raise
+        _show_usage_error(exc)
+        sys.exit(exc.exit_code)
+    if isinstance(code, int) and code != 0:
+        if code == 130 and speaks:
+            err_console.print(_interrupted(), soft_wrap=True)
+        sys.exit(code)

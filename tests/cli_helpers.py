@@ -30,7 +30,55 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-__all__ = ["run_cli", "run_results", "signal_during_step", "stopped_and_resumed", "pytest"]
+__all__ = ["run_bogc", "run_cli", "run_results", "signal_during_step", "stopped_and_resumed", "pytest"]
+
+
+# ------------------------------------------------------------------ the real entry point, in a new process
+ROOT = Path(__file__).resolve().parents[1]
+FRESH_INSTALL = Path(__file__).resolve().parent / "fresh_install"  # a click.py that fails to import
+
+
+def entry_point() -> tuple[str, str]:
+    """(module, function) of the ``bogc`` console script, as pyproject.toml declares it."""
+    import tomllib
+
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["bogc"]
+    module, function = target.split(":")
+    return module, function
+
+
+def bogc_command(*args, before: str = "") -> list[str]:
+    """The command line that runs the console script's entry point with ARGS (``before``: Python lines first)."""
+    module, function = entry_point()
+    code = f"import sys\n{before}\nsys.argv[0] = 'bogc'\nfrom {module} import {function}\nsys.exit({function}())\n"
+    return [sys.executable, "-c", code, *map(str, args)]
+
+
+def fresh_install_env(env: dict | None = None) -> dict:
+    """This process's environment with this checkout and the click-less ``fresh_install`` first on PYTHONPATH."""
+    import os
+
+    path = os.pathsep.join([str(FRESH_INSTALL), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(env or {})}
+
+
+def run_bogc(*args, before: str = "", env: dict | None = None, cwd: Path = ROOT, timeout: float = 600):
+    """``bogc ARGS`` in a new Python process, exactly as the installed console script runs it (its entry point
+    from pyproject.toml), where ``import click`` fails as on a fresh install. ``before``: Python lines run
+    first (to put a fault in place); ``env``: variables added to this process's environment. Returns the
+    ``subprocess.CompletedProcess`` (text); an exit 2 is checked to print no traceback."""
+    import subprocess
+
+    environment = fresh_install_env(env)
+    proc = subprocess.run(bogc_command(*args, before=before), cwd=cwd, env=environment, text=True,
+                          capture_output=True, timeout=timeout)
+    if proc.returncode == 2:
+        assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+        from conftest import RELIABILITY
+
+        key = "user mistakes refused by the real bogc entry point (a new process) with exit 2"
+        RELIABILITY[key] = RELIABILITY.get(key, 0) + 1
+    return proc
 
 
 # ------------------------------------------------------------------ comparing runs, interrupting them

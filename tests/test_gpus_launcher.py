@@ -50,7 +50,7 @@ def test_ctrl_c_under_the_launcher_checkpoints_once_and_resumes_bitwise(shared_d
     out, err = cut.communicate(timeout=300)
     assert cut.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "SignalException" not in err, err
-    assert err.count("interrupted: finished work is kept") == 1, err  # process 0 speaks for both
+    assert err.count("interrupted: finished runs and the last checkpoint are kept") == 1, err  # process 0 speaks for both
     assert out.count("checkpoint saved in") == 1 and "stopped at epoch 2, step" in out, out  # mid-epoch
 
     resumed = _launch(_args(root, tmp_path / "cut", "--resume"))

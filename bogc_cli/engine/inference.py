@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from bogc_cli.atomic import write_json
+from bogc_cli.data.bundle import dataset_root
 from bogc_cli.data.loader import make_loader
 from bogc_cli.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
@@ -37,20 +38,52 @@ class LoadedRun:
         return make_loader(self.parts.data.splits[split], self.recipe.train.eval_batch_size, shuffle=False)
 
 
-def load_run(target: str | Path, device: str = "auto") -> LoadedRun:
-    """Rebuild the model and data of a run directory or checkpoint file (on ``device``)."""
+def load_run(target: str | Path, device: str = "auto", data: str | Path | None = None) -> LoadedRun:
+    """Rebuild the model and data of a run directory or checkpoint file (on ``device``).
+
+    ``data``: the folder that holds the run's prepared data now, when it has moved since training
+    (``--data``); by default the ``dataset.root`` the run was trained with.
+
+    Raises:
+        UserError: the checkpoint is missing or corrupt, the data is not where the run says (naming
+            ``--data``), or it is not the data the run was trained on.
+    """
     path = resolve_checkpoint(target)
     state = load_checkpoint(path)
-    recipe = validate_recipe(state["recipe"], f"recipe saved in {path}")
+    saved = state["recipe"]
+    if data is not None:
+        saved = {**saved, "dataset": {**saved["dataset"], "root": str(Path(data).expanduser().resolve())}}
+    recipe = validate_recipe(saved, f"recipe saved in {path}")
+    _require_data(recipe, data)
     parts = build_parts(recipe)
     if parts.data.classes != state["data"]["classes"]:
-        raise UserError(f"the data at {recipe.dataset.root} has classes {parts.data.classes}, but {path} was "
-                        f"trained on {state['data']['classes']}: point dataset.root at the data it was trained on")
+        raise UserError(f"the data at {dataset_root(recipe)} has classes {parts.data.classes}, but {path} was "
+                        f"trained on {state['data']['classes']}: pass --data DIR with the folder of the data it "
+                        "was trained on")
     dev = pick_device(device)
     parts.model.load_state_dict(state["model"])
     parts.model.to(dev).eval()
     return LoadedRun(path, path.parent, recipe, parts, dev, autocast_factory(dev, recipe.train.precision),
                      int(state.get("epoch", 0)))
+
+
+def _require_data(recipe: Recipe, given: str | Path | None) -> None:
+    """Refuse, naming ``--data``, when the run's data is not at its root (it moved since training)."""
+    name = recipe.dataset.name
+    if name == "synthetic":
+        if given is not None:
+            raise UserError("--data: this run was trained on the built-in synthetic dataset, which is generated "
+                            "and has no folder; leave --data out")
+        return
+    root = dataset_root(recipe)
+    if root.is_dir() if name == "arrays" else (root / "manifest.json").is_file():
+        return
+    why = "no such folder" if not root.exists() else "no prepared data (manifest.json) in it"
+    if given is not None:
+        raise UserError(f"--data {given}: {why}; give the folder that holds this run's prepared {name} data "
+                        f"(the folder `bogc prepare {name} --out ...` wrote)")
+    raise UserError(f"the {name} data this run was trained on is no longer at {root} ({why}: moved, renamed or "
+                    f"not copied?); pass --data DIR with the folder that holds it now")
 
 
 def evaluate_run(run: LoadedRun, split: str = "test") -> tuple[dict, Path]:
