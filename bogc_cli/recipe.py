@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from bogc_cli.errors import UserError
 from bogc_cli.schema import (SEED_MAX, Kind, OpenModel, PathPart, Seed, StrictModel, format_validation_error,
@@ -142,8 +142,32 @@ class TrainBlock(StrictModel):
               "sample loses that modality's input (zeroed, as model.fill zero-input) with probability p")
 
 
+TrackerName = Literal["tensorboard", "mlflow", "wandb"]
+
+
 class OutputBlock(StrictModel):
     dir: str = Field("results", description="results root; runs go to <dir>/<experiment>/<dataset>/<method>/seed<N>")
+    trackers: list[TrackerName] = Field(
+        [], description="experiment trackers the run also writes to (pip install -e '.[track]'): tensorboard "
+        "(event files in the run directory), mlflow (local SQLite store <dir>/<experiment>/mlflow.db unless "
+        "mlflow_uri or MLFLOW_TRACKING_URI names another), wandb (offline unless WANDB_MODE says otherwise)")
+    log_every_n_steps: int = Field(50, ge=0, description="trackers: the step loss and the method's per-step values "
+                                   "every N training steps (0: per epoch only)")
+    mlflow_uri: str | None = Field(None, description="mlflow: tracking URI (a server, a database); default: "
+                                   "MLFLOW_TRACKING_URI, else sqlite:///<dir>/<experiment>/mlflow.db")
+    wandb_project: str = Field("bogc", min_length=1, description="wandb: the project runs are logged to")
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """``--set output.trackers=tensorboard,mlflow`` as well as a YAML list."""
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _distinct_trackers(self) -> "OutputBlock":
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ValueError(f"trackers {self.trackers}: name each tracker once")
+        return self
 
 
 class Recipe(StrictModel):

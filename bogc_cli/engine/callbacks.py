@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RunStart:
     """``recipe``: the resolved recipe (recipe.yaml) as a dict; ``first_epoch``: the epoch training starts or
-    continues in (> 1 after a resume); ``records``: the metrics.jsonl records of the epochs already done."""
+    continues in (> 1 after a resume); ``records``: the metrics.jsonl records of the epochs already done;
+    ``steps_done``: the global steps the checkpoint holds (0 for a fresh run; a mid-epoch checkpoint's
+    steps included), so the first ``on_step`` is global step ``steps_done + 1``."""
 
     run_dir: Path
     recipe: dict
@@ -41,6 +43,12 @@ class RunStart:
     epochs: int
     steps_per_epoch: int
     records: list[dict]
+    steps_done: int = 0
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the run continues a checkpoint."""
+        return self.steps_done > 0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from bogc_cli.engine.checkpoint import checkpoint_files
@@ -20,7 +21,10 @@ from bogc_cli.errors import UserError
 LOCK = ".lock"
 #: What a run writes; with --overwrite these are removed before the new run starts.
 RESULT_FILES = ("eval.json", *checkpoint_files(), "metrics.jsonl", "recipe.yaml", "environment.json",
-                "missing_modality.csv", "missing_modality.png")
+                "missing_modality.csv", "missing_modality.png",
+                # the trackers' (bogc_cli/tracking/): TensorBoard's event folder, the MLflow and W&B run ids
+                # (a new run gets new tracker runs) and W&B's offline folder
+                "tensorboard", "mlflow.json", "wandb.json", "wandb")
 RESULT_GLOBS = ("eval-*.json",)
 
 
@@ -77,7 +81,8 @@ def claim_run_dir(run_dir: Path, overwrite: bool, allow_existing: bool = False) 
     try:
         if overwrite:
             for name in existing_results(run_dir):
-                (run_dir / name).unlink()
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         elif not allow_existing:
             refuse_existing(run_dir)
     except BaseException:

@@ -52,6 +52,7 @@ from bogc_cli.engine.selection import validate_epoch
 from bogc_cli.engine.setup import RunParts, build_parts, resolved_recipe, run_dir_for
 from bogc_cli.fusion import StepContext, method_label
 from bogc_cli.recipe import Recipe
+from bogc_cli.tracking import build_trackers
 
 __all__ = ["Callback", "Diverged", "RunResult", "RunStopped", "train_run"]
 
@@ -69,7 +70,8 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     so it ends exactly as an uninterrupted run would.
 
     ``callbacks`` (engine/callbacks.py) see the run start, each step, each epoch's record and the run's
-    end; one may stop the run after an epoch, which then raises ``RunStopped`` (resumable). Ctrl-C or
+    end; one may stop the run after an epoch, which then raises ``RunStopped`` (resumable). The trackers
+    of ``output.trackers`` (bogc_cli/tracking/) come first. Ctrl-C or
     SIGTERM raise ``StopRequested`` after checkpointing; bad input, ``UserError`` (``Diverged``, ``DiskFull``).
 
     Started by torchrun, the processes train data-parallel (engine/distributed.py); process 0
@@ -90,6 +92,8 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
         ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
     run_dir = run_dir_for(resolved)
     main = distributed is None or distributed.is_main
+    if main:  # output.trackers: refused (not installed, a store that cannot be opened) before anything is written
+        callbacks = [*build_trackers(resolved, run_dir), *callbacks]
     with claim_run_dir(run_dir, overwrite, allow_existing=resume) if main else nullcontext():
         if resume and (run_dir / "eval.json").is_file():
             if (saved := saved_recipe(run_dir)) is not None:
@@ -128,9 +132,8 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
     state = _build_state(ctx, model)
     if resume:
         restore(state, run_dir, recipe_dict, console)
-    ctx.callbacks.on_run_start(RunStart(run_dir, recipe_dict, state.epoch + 1, cfg.epochs, len(loaders.train),
-                                        list(state.records)))
     try:
+        ctx.callbacks.on_run_start(_run_start(ctx, state, recipe_dict))
         step_ms = _fit(ctx, state)
         result = final_evaluation(ctx, state, step_ms) if main else None
     except BaseException as exc:
@@ -138,6 +141,16 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
         raise
     ctx.callbacks.on_run_end(RunEnd("finished", state.epoch, result=result))
     return result
+
+
+def _run_start(ctx: RunContext, state: RunState, recipe: dict) -> RunStart:
+    """Where the run starts or continues: the first epoch, and the global steps its checkpoint holds."""
+    per_epoch = len(ctx.loaders.train)
+    if state.partial is not None:  # continues inside the epoch a mid-epoch checkpoint stopped in
+        first, done = state.partial["epoch"], (state.partial["epoch"] - 1) * per_epoch + state.partial["tally"]["steps"]
+    else:
+        first, done = state.epoch + 1, state.epoch * per_epoch
+    return RunStart(ctx.run_dir, recipe, first, ctx.recipe.train.epochs, per_epoch, list(state.records), done)
 
 
 def _build_state(ctx: RunContext, model: torch.nn.Module) -> RunState:
