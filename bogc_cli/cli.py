@@ -486,6 +486,80 @@ def _report_sweep(plan) -> None:
     console.print(f"report of {result.n_runs} runs written to {plan.root / 'tables'} and {plan.root / 'plots'}")
 
 
+# ------------------------------------------------------------------------------------------ tune
+@app.command()
+def tune(
+    recipe: Path = typer.Argument(..., help="YAML recipe, or a sweep file (recipes/paper/*.yaml): then every dataset "
+                                  "x method cell is tuned, each with the same --trials (fair tuning)."),
+    space: Path = typer.Option(..., "--space", help="Search-space YAML (recipes/tune/<method>.yaml), or a folder "
+                               "with one per method (<method>.yaml)."),
+    trials: int = typer.Option(20, "--trials", min=1, help="Trials of each study in total: a resumed or parallel "
+                               "tune (--jobs, other machines on one --storage) runs only the missing ones."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Trials at a time on the CPU (worker processes sharing "
+                             "the cores)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids, one trial per GPU at a time: 0,1."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL of the study, shared by several "
+                                          "processes or machines, e.g. postgresql://user@host/db (default: the "
+                                          "SQLite file <out>/<experiment>-tune/optuna.db)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0, help="Start no new trial after this many "
+                                            "seconds (the running one finishes; rerun to go on)."),
+    pruner: str = typer.Option("median", "--pruner", help="median: stop a trial at an epoch where its validation "
+                               "accuracy is below the median of earlier trials' there; none: never."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed of every trial (default: the recipe's, "
+                                       "or the sweep's first)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe key: --set train.epochs=5 (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides output.dir); trials go to "
+                                       "<out>/<experiment>-tune/."),
+    worker: Optional[int] = typer.Option(None, "--worker", hidden=True),
+    only: Optional[str] = typer.Option(None, "--only", hidden=True),
+) -> None:
+    """Tune a method's hyper-parameters with Optuna: each trial an ordinary run (objective: validation
+    accuracy, never test), bad trials pruned at epoch boundaries; writes the best recipe. Rerun after an
+    interruption: finished trials are kept and a cut trial continues from its checkpoint."""
+    from bogc_cli.tune.runner import results, run_workers, targets_for, tune_target, write_best_sweep
+    from bogc_cli.tune.study import default_storage, open_storage
+    from bogc_cli.writable import require_writable
+
+    if pruner not in ("median", "none"):
+        raise UserError(f"--pruner {pruner!r}: valid are median, none")
+    if gpus is not None and jobs != 1:
+        raise UserError("--jobs and --gpus both set: give --gpus for one trial per GPU, or --jobs for CPU trials")
+    gpu_list = _csv_list(gpus, "--gpus")
+    if gpus is not None and not gpu_list:
+        raise UserError(f"--gpus {gpus!r}: give GPU ids, e.g. 0,1")
+    targets, sweep = targets_for(recipe, space, list(set_), seed, out)
+    if only is not None:
+        targets = [t for t in targets if t.name == only]
+    root = targets[0].root
+    require_writable(root, "the tune folder (--out)")
+    url = storage or default_storage(root)
+    open_storage(url)  # an unreachable or unwritable storage is refused before any trial runs
+    slots = gpu_list or ([None] * jobs if jobs > 1 else [])
+    console.print(f"tuning {len(targets)} stud{'y' if len(targets) == 1 else 'ies'} ({', '.join(t.name for t in targets)}),"
+                  f" {trials} trial(s) each; study storage {url if storage is None else '--storage'}", highlight=False)
+    for target in targets:
+        if slots and worker is None:
+            argv = ["tune", str(recipe), "--space", str(space), "--trials", str(trials), "--storage", url,
+                    "--pruner", pruner, "--only", target.name, *(a for o in set_ for a in ("--set", o))]
+            argv += ["--seed", str(target.seed)] + (["--out", str(out)] if out is not None else [])
+            argv += ["--timeout", str(timeout)] if timeout is not None else []
+            code = run_workers(argv, slots, root / "logs", lambda line: console.print(line, highlight=False))
+            if code == 130:
+                raise KeyboardInterrupt
+            if code != 0:
+                raise typer.Exit(code)
+        else:
+            tune_target(target, url, trials, timeout=timeout, pruner=pruner, console=console, worker=worker or 0)
+    if worker is not None:
+        return
+    found = [results(t, url, console) for t in targets]
+    if sweep is not None and all(found):
+        path = write_best_sweep(sweep, targets, root)
+        console.print(f"every cell's best recipe in one sweep: bogc reproduce {path}", highlight=False)
+    if not all(found):
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------ report
 @app.command(cls=Command)
 def report(
@@ -582,6 +656,8 @@ INTERRUPTED = {
               "written); run the same `bogc report` command again to write them all",
     "reproduce": "interrupted: finished cells are kept and the running ones saved a checkpoint; run the same "
                  "`bogc reproduce` command to continue (finished cells are skipped, interrupted ones resume)",
+    "tune": "interrupted: finished trials are kept in the study and the running trial saved a checkpoint; run the "
+            "same `bogc tune` command to continue (the cut trial resumes, only the missing trials run)",
     "list": "interrupted",
     None: "interrupted before any command started: nothing was written",
 }

@@ -9,7 +9,8 @@ from bogc_cli.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "recipes" / "paper").glob("*.yaml"))  # sweep files, not recipes
-RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(SWEEPS))
+SPACES = sorted((ROOT / "recipes" / "tune").glob("*.yaml"))  # bogc tune's search spaces (tests/test_tune.py)
+RECIPES = sorted(set((ROOT / "recipes").rglob("*.yaml")) - set(SWEEPS) - set(SPACES))
 
 
 def test_there_are_recipes():
