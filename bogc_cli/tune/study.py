@@ -24,6 +24,7 @@ import fcntl
 import inspect
 import logging
 import re
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,17 +59,23 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     callback = ("heartbeat_stale_trial_callback"
                 if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
                 else "failed_trial_callback")  # Optuna < 4.9
-    try:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                          grace_period=GRACE_S, **{callback: requeue})
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike
-        text = str(exc).strip().splitlines()
-        raise UserError(f"--storage {shown(url)} cannot be opened: {type(exc).__name__}: {text[0] if text else ''}"
-                        f"; give a reachable Optuna RDB URL (sqlite:///path/optuna.db, postgresql://user@host/db, "
-                        "mysql://...) with its driver installed, or leave --storage out for the SQLite file in the "
-                        "experiment folder") from None
+    failure: Exception | None = None
+    for attempt in range(5):
+        try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S, **{callback: requeue})
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike
+            failure = exc
+            if "already exists" not in str(exc):
+                break
+            time.sleep(0.5 + attempt)  # another process is creating the tables at this moment: wait for it
+    text = str(failure).strip().splitlines()
+    raise UserError(f"--storage {shown(url)} cannot be opened: {type(failure).__name__}: {text[0] if text else ''}; "
+                    "give a reachable Optuna RDB URL (sqlite:///path/optuna.db, postgresql://user@host/db, "
+                    "mysql://...) with its driver installed, or leave --storage out for the SQLite file in the "
+                    "experiment folder")
 
 
 def slot_of(trial: FrozenTrial) -> int:
