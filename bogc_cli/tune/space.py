@@ -165,13 +165,17 @@ def read_space(path: Path) -> SpaceFile:
                 raise UserError(f"{path}: params.{key}: unknown key {unknown[0]!r} for type {kind}"
                                 + (f" (did you mean {hint[0]}?)" if hint else "")
                                 + f"; valid: {', '.join(_KINDS[kind].model_fields)}")
+            try:  # each distribution on its own schema, so a message names its key and what is valid there
+                _KINDS[kind].model_validate(spec)
+            except ValidationError as exc:
+                raise UserError(format_validation_error(exc, str(path), _KINDS[kind], prefix=f"params.{key}")) from None
+    if not params:
+        raise UserError(f"{path}: params: give at least one recipe key to search, e.g. "
+                        "optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}")
     try:
         return SpaceFile.model_validate(data)
     except ValidationError as exc:
-        message = format_validation_error(exc, str(path), SpaceFile)
-        for key, spec in (params or {}).items():  # pydantic puts the union member's tag in the key: drop it
-            message = message.replace(f"params.{key}.{spec['type']}", f"params.{key}")
-        raise UserError(message) from None
+        raise UserError(format_validation_error(exc, str(path), SpaceFile)) from None
 
 
 def load_space(path: Path, recipe_path: Path | None, overrides: list[str], method: str,
