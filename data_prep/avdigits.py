@@ -15,6 +15,12 @@ Cache contents per split (``train``/``val``/``test``):
   split, drawn without replacement by ``numpy.random.default_rng(seed)``;
 - ``labels``: int64 ``[N]`` digit; ``ids.txt``: ``<wav name>|mnist_<train|test>_<index>``.
 
+Preset ``avmnist`` follows the AV-MNIST protocol (``data_prep.avmnist`` says how and why): pink
+noise mixed into every recording at ``snr_db`` before the spectrogram, and images rebuilt from the
+train split's leading PCA components so that ``image_energy_removed`` of their energy is gone
+(``image``: float16 ``[N, 1, 28, 28]`` in pixel units / 255, not clipped). The pairing (ids) is the
+default preset's; every parameter and the measured SNR and removed shares are in ``manifest.params``.
+
 FSDD's official split: recording index 0-4 is test, 5-49 train (2700/300 for v1.0.9). The
 validation split is a stratified, seeded carve-out of train.
 """
@@ -56,6 +62,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "n_fft": 256, "win_length": 200, "hop_length": 80, "n_mels": 64},
     "stft": {"transform": "Spectrogram(power=1)+AmplitudeToDB(magnitude)", "sample_rate": SAMPLE_RATE,
              "n_fft": 256, "win_length": 256, "hop_length": 80},
+    "avmnist": {"transform": "MelSpectrogram+AmplitudeToDB(power)", "sample_rate": SAMPLE_RATE,
+                "n_fft": 512, "win_length": 400, "hop_length": 160, "n_mels": 40,
+                "noise": "pink", "noise_exponent": 1.0, "snr_db": -3.0, "image_energy_removed": 0.75},
 }
 assert set(PRESETS) == set(DATASETS[DATASET].prepare_presets)
 
@@ -152,7 +161,7 @@ def load_waves(clips: list[Clip], workers: int = 1) -> tuple[list[Clip], np.ndar
 def spectrogram_transform(preset: str) -> torch.nn.Module:
     """The torchaudio transform of ``preset``: waves ``[N, 8000]`` -> dB spectrograms ``[N, F, 101]``."""
     p = PRESETS[preset]
-    if preset == "logmel-64":
+    if p["transform"].startswith("MelSpectrogram"):
         spec = torchaudio.transforms.MelSpectrogram(sample_rate=p["sample_rate"], n_fft=p["n_fft"],
                                                     win_length=p["win_length"], hop_length=p["hop_length"],
                                                     n_mels=p["n_mels"])
@@ -223,6 +232,9 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     for warning in warnings:
         log(f"warning: {warning}")
     count_problem = _check_counts(clips, strict, log)
+    if "snr_db" in params:
+        log(f"mixing {params['noise']} noise into every recording at {params['snr_db']} dB SNR")
+        waves, params["audio_noise"] = _add_noise(clips, waves, params, seed)
 
     log(f"computing {preset} spectrograms")
     audio = compute_spectrograms(waves, preset)
@@ -248,6 +260,9 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
               "test": splits["test"]}
     if not len(val_rows):  # too few recordings to carve one: no val split (training says so, or refuses)
         splits.pop("val")
+    if "image_energy_removed" in params:
+        log(f"removing {params['image_energy_removed']:.0%} of the images' energy (PCA fitted on train)")
+        params["image_pca"] = _remove_image_energy(splits, params["image_energy_removed"])
     mean, std = _normalise_audio(splits)
     params["normalisation"] = {"mean": mean, "std": std, "over": "train split after the validation carve-out"}
     if count_problem:
@@ -291,6 +306,50 @@ def _check_counts(clips: list[Clip], strict: bool, log: Log) -> str | None:
         raise UserError(f"{message} (--strict): use the complete FSDD v1.0.9 recordings, or drop --strict")
     log(f"warning: {message}")
     return message
+
+
+def recording_lengths(clips: list[Clip]) -> np.ndarray:
+    """Each clip's own length in samples at 8 kHz, capped at the 1 s window: int64 ``[N]``."""
+    lengths = []
+    for clip in clips:
+        info = sf.info(str(clip.path))
+        lengths.append(min(CLIP_SAMPLES, -(-info.frames * SAMPLE_RATE // info.samplerate)))
+    return np.array(lengths, np.int64)
+
+
+def _add_noise(clips: list[Clip], waves: np.ndarray, params: dict[str, Any], seed: int
+               ) -> tuple[np.ndarray, dict[str, Any]]:
+    """``waves`` with the preset's noise mixed in (data_prep.avmnist.add_noise), and what to record of it."""
+    from data_prep.avmnist import NOISE_STREAM, add_noise, speech_power
+
+    lengths = recording_lengths(clips)
+    rng = np.random.default_rng([seed, NOISE_STREAM])
+    mixed, noise = add_noise(waves, lengths, params["snr_db"], rng, params["noise_exponent"])
+    speech = speech_power(waves, lengths)
+    heard = speech > 0
+    realised = 10 * np.log10(speech[heard] / (noise[heard] ** 2).mean(axis=1))
+    return mixed, {"snr_db": params["snr_db"], "colour": params["noise"], "psd_exponent": params["noise_exponent"],
+                   "generator": f"numpy default_rng([seed, {NOISE_STREAM}]), one draw per clip in clip order",
+                   "speech_power": "mean square over the recording's own samples, before zero padding",
+                   "noise_span": "the whole 1 s window",
+                   "measured_snr_db": {"min": float(realised.min()), "max": float(realised.max())},
+                   "silent_clips_without_noise": int((~heard).sum())}
+
+
+def _remove_image_energy(splits: dict[str, SplitArrays], target: float) -> dict[str, Any]:
+    """Replace every split's images by their PCA rebuild (fitted on train), float16 in [0, 1] units."""
+    from data_prep.avmnist import EnergyRemoval
+
+    removal = EnergyRemoval(target).fit(splits["train"].inputs["image"].astype(np.float64) / 255.0)
+    removed = {}
+    for name, split in splits.items():
+        images = split.inputs["image"].astype(np.float64) / 255.0
+        rebuilt = removal.transform(images)
+        removed[name] = removal.removed_share(images, rebuilt) if len(images) else None
+        split.inputs["image"] = rebuilt.astype(np.float16)
+    return {"target": target, "components_kept": removal.components, "fit_on": "train split after the validation "
+            "carve-out", "energy": "sum of squared deviations from the train mean image, pixels / 255",
+            "removed_share": removed, "explained_variance_ratio_head": [float(v) for v in removal.explained[:10]]}
 
 
 def _normalise_audio(splits: dict[str, SplitArrays]) -> tuple[float, float]:

@@ -43,6 +43,9 @@ DATASETS: dict[str, DatasetInfo] = {
             prepare_presets={
                 "logmel-64": "64-bin log-mel spectrogram, 1 s at 8 kHz, 1x64x101 (default)",
                 "stft": "log-magnitude STFT, n_fft 256, hop 80, 1x129x101",
+                "avmnist": "AV-MNIST protocol: pink noise at -3 dB SNR mixed into the audio, 40-bin log-mel "
+                           "(hop 20 ms) 1x40x51; images with 75% of their energy removed by a PCA fitted on train "
+                           "(float16 1x28x28)",
             },
         ),
         DatasetInfo(
