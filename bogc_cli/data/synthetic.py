@@ -8,14 +8,29 @@ of the samples (less when ``snr`` is low), modalities err on different samples, 
 them beats the best one: the situation multimodal balancing methods are about.
 
 The data depend only on ``data_seed``, not on the training seed, like a real dataset.
+
+``imbalance`` sets how much stronger one modality's signal is than another's: with
+``{ratio: R, strong: a, weak: b, snr: g}`` the two SNRs become
+``snr[a] = g * sqrt(2) * R / sqrt(1 + R^2)`` and ``snr[b] = g * sqrt(2) / sqrt(1 + R^2)``, so
+``snr[a] / snr[b] = R`` (amplitude ratio; ``20 log10 R`` dB) while ``snr[a]^2 + snr[b]^2 = 2 g^2``
+stays fixed. Why that sum: with ``informative = 1`` and equal shapes, a sample's class is read from
+two independent Gaussian observations, and the Bayes-optimal fused classifier sees their squared
+SNRs add (the squared distances between class means add, in noise units). Fixing the sum keeps the
+best achievable fused accuracy the same at every ``R``: the ratio moves information from one
+modality to the other without adding any, so what changes along the sweep is the imbalance alone
+(``R = 1``: both at ``g``). The other fields of the two modalities (``informative``, ``shape``,
+``kind``) are untouched: keep them equal, as ``recipes/synthetic-imbalance`` does. An ``snr`` given in
+``specs`` for either modality must agree with the one ``imbalance`` implies.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, class_counts
 from bogc_cli.schema import Kind, Seed, StrictModel
@@ -36,6 +51,18 @@ def _default_modalities() -> dict[str, SyntheticModality]:
     }
 
 
+class SyntheticImbalance(StrictModel):
+    ratio: float = Field(ge=1, description="snr[strong] / snr[weak] (amplitude SNRs); 1 = balanced")
+    strong: str = Field("audio", description="modality that gets the higher SNR")
+    weak: str = Field("image", description="modality that gets the lower SNR")
+    snr: float = Field(0.5, gt=0, description="g: root mean square of the two SNRs, fixed as the ratio changes")
+
+    def snrs(self) -> dict[str, float]:
+        """``{strong: g sqrt(2) R / sqrt(1 + R^2), weak: g sqrt(2) / sqrt(1 + R^2)}`` (module doc)."""
+        scale = self.snr * math.sqrt(2.0 / (1.0 + self.ratio ** 2))
+        return {self.strong: scale * self.ratio, self.weak: scale}
+
+
 class SyntheticOptions(StrictModel):
     num_classes: int = Field(10, ge=2)
     n_train: int = Field(3000, gt=0)
@@ -45,18 +72,49 @@ class SyntheticOptions(StrictModel):
     specs: dict[str, SyntheticModality] = Field(default_factory=_default_modalities,
                                                 description="modality name -> kind, shape, informative, snr; "
                                                 "merged over the defaults (audio, image, vector)")
+    imbalance: SyntheticImbalance | None = Field(None, description="{ratio, strong, weak, snr}: two "
+                                                 "modalities' SNRs in that ratio, their root mean square snr")
 
     @model_validator(mode="before")
     @classmethod
     def _merge_specs(cls, data):
         """``specs.audio.snr: 2`` changes one field of the default audio modality, keeping the rest;
-        a new name adds a modality. Choose a subset with ``dataset.modalities``."""
-        if isinstance(data, dict) and isinstance(data.get("specs"), dict):
+        a new name adds a modality. Choose a subset with ``dataset.modalities``. Then ``imbalance``
+        sets the SNRs of its two modalities."""
+        if not isinstance(data, dict):
+            return data
+        given = data.get("specs")
+        if isinstance(given, dict) or data.get("imbalance") is not None:
             merged = {m: s.model_dump() for m, s in _default_modalities().items()}
-            for m, given in data["specs"].items():
-                merged[m] = {**merged.get(m, {}), **given} if isinstance(given, dict) else given
-            data = {**data, "specs": merged}
+            for m, spec in (given if isinstance(given, dict) else {}).items():
+                merged[m] = {**merged.get(m, {}), **spec} if isinstance(spec, dict) else spec
+            data = {**data, "specs": _apply_imbalance(data.get("imbalance"), merged,
+                                                      given if isinstance(given, dict) else {})}
         return data
+
+
+def _apply_imbalance(raw, merged: dict, given: dict) -> dict:
+    """``merged`` specs with the SNRs that ``imbalance`` (raw recipe value) implies; ValueError on a conflict.
+
+    A malformed ``imbalance`` is left for field validation to report.
+    """
+    if raw is None:
+        return merged
+    try:
+        imbalance = SyntheticImbalance.model_validate(raw)
+    except ValidationError:
+        return merged
+    if imbalance.strong == imbalance.weak:
+        raise ValueError(f"imbalance.strong and imbalance.weak are both {imbalance.strong!r}: name two modalities")
+    for m, snr in imbalance.snrs().items():
+        if not isinstance(merged.get(m), dict):
+            raise ValueError(f"imbalance names modality {m!r}, which is not in specs ({', '.join(merged)})")
+        mine = given.get(m, {}).get("snr") if isinstance(given.get(m), dict) else None
+        if isinstance(mine, (int, float)) and not math.isclose(mine, snr, rel_tol=1e-9):
+            raise ValueError(f"specs.{m}.snr is {mine} but imbalance (ratio {imbalance.ratio}, snr "
+                             f"{imbalance.snr}) makes it {snr:.6g}: give the SNR in one of the two places")
+        merged[m] = {**merged[m], "snr": snr}
+    return merged
 
 
 def _smooth_patterns(rng: np.random.Generator, n: int, shape: list[int], kind: str) -> np.ndarray:
