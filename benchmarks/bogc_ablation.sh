@@ -4,6 +4,8 @@
 # the default, so there `bogc` is relative and `bogc-snr` today's default), 3 seeds each, on avdigits and mfeat weak3; then the report.
 #   bash benchmarks/bogc_ablation.sh [RESULTS_DIR] [DATASETS]
 # Needs the prepared caches data/avdigits and data/mfeat (see README).
+# The issue-18 ablation (5 seeds; avdigits-avmnist, mfeat weak3, the synthetic imbalance sweep; the paper's
+# readings laplace / modality / precision) is the sweep recipes/paper/ablation.yaml: bogc reproduce it.
 set -euo pipefail
 out=${1:-results/ablation}
 datasets=${2:-"mfeat avdigits"}

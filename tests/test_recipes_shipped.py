@@ -45,7 +45,9 @@ def test_sweep_plans(path, tmp_path):
     from bogc_cli.sweep.plan import make_plan
 
     plan = make_plan(path, tmp_path)
-    assert len(plan.cells) >= 42 and all(c.status == "todo" for c in plan.cells)
+    sweep = plan.sweep
+    assert len(plan.cells) == len(sweep.datasets) * len(sweep.methods) * len(sweep.seeds)
+    assert all(c.status == "todo" for c in plan.cells)
 
 
 PROTOCOL = {  # the reference file each "as published" recipe names, and where it departs from the method defaults

@@ -31,14 +31,16 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "synthetic",
             "built in, nothing to download: seeded class patterns with per-modality signal-to-noise "
-            "and informativeness, so one modality dominates",
+            "and informativeness, so one modality dominates; imbalance: {ratio, strong, weak, snr} sets two "
+            "modalities' SNR ratio at a fixed root-mean-square SNR (an imbalance sweep)",
             ("audio", "image", "vector"),
             needs_prepare=False,
         ),
         DatasetInfo(
             "avdigits",
             "FSDD spoken digits (audio, log-mel) paired by label with MNIST images; FSDD's official "
-            "split, saved validation carve-out",
+            "split, saved validation carve-out; preset avmnist: the AV-MNIST protocol (images with 75% of "
+            "their energy removed by a train-fitted PCA, pink noise at -3 dB SNR in the speech)",
             ("audio", "image"),
             prepare_presets={
                 "logmel-64": "64-bin log-mel spectrogram, 1 s at 8 kHz, 1x64x101 (default)",
