@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,8 +109,9 @@ def test_cli_refuses_a_bad_imbalance_with_one_message(tmp_path):
     data = yaml.safe_load((ROOT / "recipes" / "synthetic-imbalance" / "joint.yaml").read_text())
     data["dataset"]["imbalance"]["weak"] = "nope"
     recipe.write_text(yaml.safe_dump(data))
-    proc = subprocess.run([sys.executable, "-m", "bogc_cli", "train", str(recipe), "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=ROOT)
+    command = [shutil.which("bogc")] if shutil.which("bogc") else [sys.executable, "-m", "bogc_cli"]
+    proc = subprocess.run([*command, "train", str(recipe), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "imbalance names modality 'nope'" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists()
