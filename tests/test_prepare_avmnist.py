@@ -158,6 +158,14 @@ def test_audio_is_the_spectrogram_of_speech_plus_noise_at_the_stated_snr(one_spe
         assert np.abs(cached - clean).mean() > 1.0  # dB: the noise is really there
 
 
+def test_pairing_and_split_are_the_default_presets(one_speaker, tmp_path):
+    root, manifest = one_speaker
+    raw = Path(manifest.sources["fsdd"]["folder"]).parents[1]
+    plain = prepare(raw, tmp_path / "plain", preset="logmel-64", seed=5)
+    for split in ("train", "val", "test"):
+        assert load_split(root, manifest, split).ids == load_split(tmp_path / "plain", plain, split).ids
+
+
 def test_manifest_records_every_preparation_parameter(one_speaker):
     _, manifest = one_speaker
     p = manifest.params
