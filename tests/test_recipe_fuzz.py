@@ -107,6 +107,8 @@ def _invalid_values(field) -> st.SearchStrategy:
             options.append(st.sampled_from([[True], ["1"], [1.5]]))
     elif origin is tuple:
         options.append(st.one_of(words, st.sampled_from([{"a": 1}, [0.1], ["x", "y"], 3])))
+    elif isinstance(ann, type) and issubclass(ann, BaseModel):  # an optional block, e.g. dataset.imbalance
+        options.append(st.one_of(words, st.sampled_from([7, [1, 2]])))
     elif origin is dict:
         options.append(st.one_of(words, st.just([1, 2])))
         value = typing.get_args(ann)[1]
