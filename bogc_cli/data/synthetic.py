@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, class_counts
 from bogc_cli.schema import Kind, Seed, StrictModel
@@ -92,11 +92,25 @@ class SyntheticOptions(StrictModel):
                                                       given if isinstance(given, dict) else {})}
         return data
 
+    @field_validator("imbalance")
+    @classmethod
+    def _names_two_modalities(cls, imbalance: SyntheticImbalance | None, info: ValidationInfo):
+        if imbalance is None:
+            return imbalance
+        if imbalance.strong == imbalance.weak:
+            raise ValueError(f"strong and weak are both {imbalance.strong!r}: name two modalities")
+        specs = info.data.get("specs")  # absent when specs itself was refused
+        for m in (imbalance.strong, imbalance.weak):
+            if specs is not None and m not in specs:
+                raise ValueError(f"names modality {m!r}, which is not in specs ({', '.join(specs)})")
+        return imbalance
+
 
 def _apply_imbalance(raw, merged: dict, given: dict) -> dict:
     """``merged`` specs with the SNRs that ``imbalance`` (raw recipe value) implies; ValueError on a conflict.
 
-    A malformed ``imbalance`` is left for field validation to report.
+    A malformed ``imbalance`` (or one naming modalities it cannot) is left for field validation to report,
+    so the message points at ``dataset.imbalance``.
     """
     if raw is None:
         return merged
@@ -104,11 +118,9 @@ def _apply_imbalance(raw, merged: dict, given: dict) -> dict:
         imbalance = SyntheticImbalance.model_validate(raw)
     except ValidationError:
         return merged
-    if imbalance.strong == imbalance.weak:
-        raise ValueError(f"imbalance.strong and imbalance.weak are both {imbalance.strong!r}: name two modalities")
+    if imbalance.strong == imbalance.weak or not all(isinstance(merged.get(m), dict) for m in imbalance.snrs()):
+        return merged
     for m, snr in imbalance.snrs().items():
-        if not isinstance(merged.get(m), dict):
-            raise ValueError(f"imbalance names modality {m!r}, which is not in specs ({', '.join(merged)})")
         mine = given.get(m, {}).get("snr") if isinstance(given.get(m), dict) else None
         if isinstance(mine, (int, float)) and not math.isclose(mine, snr, rel_tol=1e-9):
             raise ValueError(f"specs.{m}.snr is {mine} but imbalance (ratio {imbalance.ratio}, snr "
