@@ -1,6 +1,8 @@
 """Ctrl-C / SIGTERM in mid-epoch: the step in progress finishes, a checkpoint of that exact point is
 written, the command exits 130, and `--resume` continues from the next batch to the same end (bitwise,
-CPU) as a run that was never stopped. Every method is checked, since each keeps its own state."""
+CPU) as a run that was never stopped. Every method is checked, since each keeps its own state; and with
+DataLoader worker processes (BOGC in the default run, every method with `-m slow`), against the same
+uninterrupted run without workers: the batch order depends on the seed alone."""
 
 from __future__ import annotations
 
@@ -35,18 +37,24 @@ VARIANTS = [(m, ()) for m in METHOD_MODULES] + [
     # MLP encoders: microbatch takes its chunk gradients from one forward of the batch (LinearChunkMoments)
     ("bogc", ("--set", "model.encoders=mlp")),
 ]
+# with 2 DataLoader workers in the stopped and the resumed run (the straight one has none): every method
+# with -m slow, bogc in the default run
+WITH_WORKERS = [pytest.param(m, (), 2, id=f"{m} workers", marks=() if m == "bogc" else pytest.mark.slow)
+                for m in METHOD_MODULES]
 
 
-@pytest.mark.parametrize(("method", "options"), VARIANTS,
-                         ids=[" ".join([m, *o[1::2]]) for m, o in VARIANTS])
+@pytest.mark.parametrize(("method", "options", "workers"),
+                         [pytest.param(m, o, 0, id=" ".join([m, *o[1::2]])) for m, o in VARIANTS] + WITH_WORKERS)
 def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_path, monkeypatch, method, options,
+                                                                   workers,
                                                                    reliability):
     assert _train(capsys, tmp_path / "straight", method, *options)[0] == 0
     expected = run_results(tmp_path / "straight")
 
+    with_workers = ("--set", f"train.num_workers={workers}")
     with monkeypatch.context() as patch:
         signal_during_step(patch, signal.SIGTERM if method in ("bogc", "pmr") else signal.SIGINT, epoch=2, step=3)
-        code, out, err = _train(capsys, tmp_path / "cut", method, *options)
+        code, out, err = _train(capsys, tmp_path / "cut", method, *options, *with_workers)
     assert code == 130, out + err
     assert "stopped at epoch 2, step 3; checkpoint saved" in out
     last = next((tmp_path / "cut").rglob("last.pt"))
@@ -54,7 +62,7 @@ def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_
     assert state["epoch"] == 1 and state["resume"]["partial"]["tally"]["steps"] == 3
     assert not (last.parent / "eval.json").exists()
 
-    code, out, err = _train(capsys, tmp_path / "cut", method, *options, "--resume")
+    code, out, err = _train(capsys, tmp_path / "cut", method, *options, "--resume", *with_workers)
     assert code == 0, out + err
     assert "at epoch 2, step 4" in out
     records, ev, model = run_results(tmp_path / "cut")

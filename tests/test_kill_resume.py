@@ -1,7 +1,8 @@
 """A real `bogc train` process killed from outside at a random moment -- SIGKILL (nothing can be saved:
 the run resumes from its last complete checkpoint) or SIGTERM (a scheduler's preemption: the step in
 progress is checkpointed) -- resumes with `--resume` to the same metrics, test result and weights as a
-run never killed (bitwise on CPU)."""
+run never killed (bitwise on CPU), with and without DataLoader worker processes (the uninterrupted run
+has none: the batch order must not depend on them)."""
 
 from __future__ import annotations
 
@@ -25,25 +26,36 @@ ARGS = ["train", "recipes/quickstart.yaml", "--set", "method.name=bogc", "--set"
 
 
 def _bogc(out: Path, *extra: str) -> subprocess.Popen:
+    """Start `bogc train` in a session of its own (a scheduler's job); its output goes to ``<out>.log``
+    (not a pipe: waiting for a pipe's end would also wait for any worker process that outlived it)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "bogc_cli", *ARGS, "--out", str(out), *extra], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(f"{out}.log", "w")
+    with log:
+        return subprocess.Popen([sys.executable, "-m", "bogc_cli", *ARGS, "--out", str(out), *extra], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str]:
-    output, _ = proc.communicate(timeout=600)
-    return proc.returncode, " ".join(output.split())
+    """Wait for the main process only, then read its output."""
+    proc.wait(timeout=600)
+    out = Path(proc.args[proc.args.index("--out") + 1])
+    return proc.returncode, " ".join(Path(f"{out}.log").read_text().split())
 
 
-def _kill_after_first_epoch(proc: subprocess.Popen, out: Path, sig: int, rng: random.Random) -> float:
-    """Wait until epoch 1 is on disk, then a random 0-2.5 s more (somewhere in epochs 2-3), then signal."""
+def _kill_after_first_epoch(proc: subprocess.Popen, out: Path, sig: int, rng: random.Random,
+                            group: bool = False) -> float:
+    """Wait until epoch 1 is on disk, then a random 0-2.5 s more (somewhere in epochs 2-3), then signal the
+    main process, or with ``group`` every process of the job (its workers too, as Slurm does)."""
     deadline = time.monotonic() + 300
     while not any(out.rglob("metrics.jsonl")):
         assert proc.poll() is None and time.monotonic() < deadline, "training did not reach epoch 1"
         time.sleep(0.05)
     delay = rng.uniform(0.0, 2.5)
     time.sleep(delay)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     return delay
 
 
@@ -55,21 +67,28 @@ def uninterrupted(tmp_path_factory):
     return run_results(out)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, sig, reliability):
+@pytest.mark.parametrize("sig, workers, group", [
+    (signal.SIGKILL, 0, False), (signal.SIGTERM, 0, False),
+    (signal.SIGKILL, 2, False),  # resumed as soon as the main process is gone: no worker may hold the folder
+    (signal.SIGTERM, 2, True),  # a scheduler's preemption signals the workers too: they must not die of it
+    pytest.param(signal.SIGTERM, 2, False, marks=pytest.mark.slow),
+], ids=["SIGKILL", "SIGTERM", "SIGKILL-workers", "SIGTERM-job-workers", "SIGTERM-workers"])
+def test_a_killed_training_process_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted, sig, workers, group,
+                                                                       reliability):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     out = tmp_path / "cut"
-    proc = _bogc(out)
-    delay = _kill_after_first_epoch(proc, out, sig, rng)
+    with_workers = ("--set", f"train.num_workers={workers}")
+    proc = _bogc(out, *with_workers)
+    delay = _kill_after_first_epoch(proc, out, sig, rng, group)
     code, output = _finish(proc)
-    where = f"(random seed {seed}: signal {delay:.2f} s after epoch 1)"
+    where = f"(random seed {seed}: signal {delay:.2f} s after epoch 1, {workers} workers{', to the job' * group})"
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL, where
     else:
         assert code == 130 and "SIGTERM: stopped" in output and "checkpoint saved" in output, output + where
 
-    code, output = _finish(_bogc(out, "--resume"))
+    code, output = _finish(_bogc(out, "--resume", *with_workers))
     assert code == 0 and "resuming" in output, output + where
     records, ev, model = run_results(out)
     assert records == uninterrupted[0], where

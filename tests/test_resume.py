@@ -47,24 +47,29 @@ def _interrupt_in_epoch(monkeypatch, epoch: int, step: int) -> None:
 
 
 RULE_ON = {"opm": ["--set", "method.warmup_epochs=1"]}  # its masks are drawn in the interrupted epoch too
+METHODS = ["joint", "bogc", "opm", "pmr", "agm"]
 
 
-@pytest.mark.parametrize("method", ["joint", "bogc", "opm", "pmr", "agm"])
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, monkeypatch, method, reliability):
+@pytest.mark.parametrize("method, workers", [pytest.param(m, 0, id=m) for m in METHODS] + [
+    pytest.param(m, 2, id=f"{m}-workers", marks=() if m == "pmr" else pytest.mark.slow) for m in METHODS])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(capsys, tmp_path, monkeypatch, method, workers,
+                                                            reliability):
+    """With workers, the interrupted and resumed runs use 2 DataLoader workers, the uninterrupted one none."""
     assert _train(capsys, tmp_path / "straight", method, *RULE_ON.get(method, []))[0] == 0
     expected = run_results(_run_dir(tmp_path / "straight", method))
 
+    with_workers = ("--set", f"train.num_workers={workers}")
     with monkeypatch.context() as patch:
         _interrupt_in_epoch(patch, epoch=3, step=2)
-        code, out, err = _train(capsys, tmp_path / "cut", method, *RULE_ON.get(method, []))
+        code, out, err = _train(capsys, tmp_path / "cut", method, *RULE_ON.get(method, []), *with_workers)
     assert code == 130, out + err
     run = _run_dir(tmp_path / "cut", method)
     assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 2 and not (run / "eval.json").exists()
 
     # without --resume: refused, nothing lost
-    code, out, err = _train(capsys, tmp_path / "cut", method, *RULE_ON.get(method, []))
+    code, out, err = _train(capsys, tmp_path / "cut", method, *RULE_ON.get(method, []), *with_workers)
     assert code == 2 and "--resume" in err
-    code, out, err = _train(capsys, tmp_path / "cut", method, *RULE_ON.get(method, []), "--resume")
+    code, out, err = _train(capsys, tmp_path / "cut", method, *RULE_ON.get(method, []), "--resume", *with_workers)
     assert code == 0, out + err
     assert "resuming" in out and "after epoch 2" in out
     records, ev, model = run_results(run)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bogc_cli.data.cache import SplitArrays
-from bogc_cli.engine.graceful_stop import ignore_interrupts_in_worker
+from bogc_cli.engine.graceful_stop import loader_worker_init
 
 
 @dataclass
@@ -59,8 +61,9 @@ class EpochBatches(Sampler[list[int]]):
     the split in order; ``start_next_epoch_at(k)`` makes the next epoch begin at batch ``k`` (0-based) of
     the same permutation, so a run resumed in mid-epoch sees the batches it had not reached yet.
 
-    The permutation is drawn exactly as ``RandomSampler`` + ``BatchSampler`` draw it, so run
-    results match those of earlier versions that used them."""
+    ``generator`` is consumed only here: one ``randperm`` per epoch, and one more once the epoch is
+    exhausted (as ``RandomSampler`` + ``BatchSampler`` draw them), so its state after ``k`` epochs
+    depends on the seed and ``k`` alone."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
                  shard: Callable[[list[int]], list[int]] | None = None):
@@ -84,20 +87,55 @@ class EpochBatches(Sampler[list[int]]):
             torch.randperm(self.n, generator=self.generator)
 
 
+#: Offset of the worker-seed generator from the run seed (apart from the order, dropout and augmentation ones).
+WORKER_SEED_OFFSET = 15_485_863
+
+
+class EpochLoader(DataLoader):
+    """A ``DataLoader`` over ``EpochBatches`` whose random streams depend on the seed alone, never on the
+    number of worker processes.
+
+    torch draws the workers' base seed from ``DataLoader.generator`` each time it builds an iterator:
+    every epoch without workers or persistent workers, once per run with persistent workers, once more
+    after a resume; with ``generator=None`` it draws from the global torch generator (the one dropout
+    and torchaudio's masking use). Either way a stream that training depends on would be consumed a
+    worker-count-dependent number of times (issue 17, kind 4: epoch-2 loss 7.417 with 0 workers,
+    7.408 with 2). Here that base seed always comes from ``worker_seeds``, a generator of its own
+    seeded from the run seed, which nothing else reads; the workers only slice arrays (augmentation
+    and modality dropout run in the main process, with generators of their own), so the seed they
+    get changes no result.
+
+    ``generator`` stays the batch-order generator (``batch_sampler.generator``), the one a checkpoint
+    saves and restores; only ``EpochBatches`` draws from it.
+    """
+
+    def __init__(self, dataset: Dataset, batches: EpochBatches, worker_seed: int, **kwargs):
+        super().__init__(dataset, batch_sampler=batches, generator=batches.generator, **kwargs)
+        self.worker_seeds = torch.Generator().manual_seed(worker_seed)
+
+    def __iter__(self):
+        order, self.generator = self.generator, self.worker_seeds  # what torch's iterator draws its base seed from
+        try:
+            return super().__iter__()
+        finally:
+            self.generator = order
+
+
 def make_loader(split: SplitArrays, batch_size: int, shuffle: bool, seed: int = 0,
                 num_workers: int = 0, pin_memory: bool = False,
-                shard: Callable[[list[int]], list[int]] | None = None) -> DataLoader:
-    """A DataLoader over whole-batch slices; shuffling is seeded (same order for the same seed).
+                shard: Callable[[list[int]], list[int]] | None = None) -> EpochLoader:
+    """A DataLoader over whole-batch slices; shuffling is seeded (same order for the same seed, whatever
+    ``num_workers``).
 
-    ``loader.batch_sampler`` is an ``EpochBatches``; ``loader.generator`` holds the shuffling state.
-    With workers, batches are sliced from the memory-mapped arrays in other processes and land in
-    pinned memory (``pin_memory``), a few batches ahead of the training loop."""
+    ``loader.batch_sampler`` is an ``EpochBatches``; ``loader.generator`` holds the shuffling state
+    (``None`` unshuffled). With workers, batches are sliced from the memory-mapped arrays in other
+    processes and land in pinned memory (``pin_memory``), a few batches ahead of the training loop."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     batches = EpochBatches(len(split), batch_size, shuffle, generator, shard)
-    return DataLoader(ArrayDataset(split), batch_sampler=batches, generator=generator,
-                      collate_fn=_identity, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
-                      worker_init_fn=ignore_interrupts_in_worker if num_workers > 0 else None)
+    return EpochLoader(ArrayDataset(split), batches, worker_seed=(seed + WORKER_SEED_OFFSET) % 2**64,
+                       collate_fn=_identity, num_workers=num_workers, pin_memory=pin_memory,
+                       persistent_workers=num_workers > 0, prefetch_factor=4 if num_workers > 0 else None,
+                       worker_init_fn=partial(loader_worker_init, os.getpid()) if num_workers > 0 else None)
 
 
 def to_device(raw: dict, device: torch.device) -> Batch:

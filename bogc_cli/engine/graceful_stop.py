@@ -7,6 +7,7 @@ once (the user insists), which is as safe as a kill: ``last.pt`` still holds the
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -58,7 +59,29 @@ def signal_on_parent_death(sig: int) -> bool:
         return False
 
 
-def ignore_interrupts_in_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: Ctrl-C reaches the whole process group, and a worker that died of
-    it would break the batch the main process still has to finish; the main process decides when to stop."""
+def loader_worker_init(parent: int, worker_id: int) -> None:
+    """DataLoader ``worker_init_fn`` (bind ``parent``, the pid of the process that starts the workers, with
+    ``functools.partial``). The main process alone decides when to stop:
+
+    - Ctrl-C reaches the whole foreground process group, and a scheduler's SIGTERM every process of the
+      job (Slurm signals each process of a step): a worker that died of either would break the batch the
+      main process still has to finish (torch raises ``DataLoader worker ... is killed by signal``), and
+      no checkpoint would be written. Workers ignore SIGINT, and a SIGTERM unless it comes from
+      ``parent`` (torch and multiprocessing terminate their workers that way on shutdown).
+    - A worker dies with its main process, SIGKILL included, instead of living on until torch's watchdog
+      notices (up to 5 s) while holding the run directory's lock (an inherited ``flock``), which would
+      refuse an immediate ``--resume``.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if signal_on_parent_death(signal.SIGKILL) and os.getppid() != parent:
+        os._exit(0)  # the main process died before the line above
+    if hasattr(signal, "sigwaitinfo"):  # elsewhere (macOS) SIGTERM keeps its default action
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+        threading.Thread(target=_exit_on_sigterm_from, args=(parent,), daemon=True,
+                         name="sigterm-from-parent").start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
