@@ -334,7 +334,7 @@ def missing_modality(
     """Test accuracy with a seeded fraction of samples missing each modality; writes CSV and a plot."""
     from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import load_run
-    from bogc_cli.engine.missing import evaluate_missing, write_csv
+    from bogc_cli.engine.missing import MissingResults, evaluate_missing
     from bogc_cli.models.multimodal import FILLS
     from bogc_cli.recipe import check_seeds
     from bogc_cli.writable import require_writable
@@ -347,18 +347,11 @@ def missing_modality(
     checkpoint = resolve_checkpoint(run_dir)
     require_writable(checkpoint.parent, "run folder")  # the CSV and the plot go there
     run = load_run(checkpoint, device=device, data=data)
+    results = MissingResults.open(run)  # earlier calls' rows: merged with these by (missing, rate, fill, mask seed)
     df = evaluate_missing(run, _csv_list(modalities, "--modalities"), rate_list, fill, seed)
-    out_dir = run.run_dir
-    csv_path = out_dir / "missing_modality.csv"
-    write_csv(df, csv_path)
-    from bogc_cli.report.plots import plot_missing_modality
-
-    png = out_dir / "missing_modality.png"
-    from bogc_cli.fusion import method_label
-
-    title = f"{run.recipe.dataset_label()} / {method_label(run.recipe)} / seed {run.recipe.seed} (fill {run.model.fill})"
+    merged = results.add(df)
+    csv_path, png = results.csv, results.png
     single = df[~df["missing"].str.contains(r"\+")]
-    plot_missing_modality(single.assign(seed=run.recipe.seed), png, title)
     table = Table(title=f"missing-modality accuracy ({run.model.fill}, mask seed {seed})")
     table.add_column("missing")
     for r in rate_list:
@@ -370,7 +363,8 @@ def missing_modality(
     multi = df[df["missing"].str.contains(r"\+")]
     for _, row in multi.iterrows():
         console.print(f"all of {row['missing']} missing: accuracy {row['accuracy']:.3f}", highlight=False)
-    console.print(f"written to {csv_path} and {png}")
+    kept = len(merged) - len(df)
+    console.print(f"written to {csv_path} and {png}" + (f" ({kept} row(s) of earlier calls kept)" if kept else ""))
 
 
 # ------------------------------------------------------------------------------------------ reproduce

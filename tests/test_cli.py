@@ -59,11 +59,12 @@ def test_missing_modality_outputs(trained, capsys):
     png = trained / "missing_modality.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "missing-modality accuracy" in out
-    # another fill changes the numbers and is recorded
+    # another fill changes the numbers and is recorded beside the earlier rows (tests/test_results_kept.py)
     code, _, _ = run_cli(capsys, "missing-modality", trained, "--modalities", "audio", "--rates", "1",
                          "--fill", "mean-feature")
     df2 = pd.read_csv(trained / "missing_modality.csv")
-    assert code == 0 and list(df2["fill"].unique()) == ["mean-feature"] and list(df2["missing"]) == ["audio"]
+    added = df2[df2["fill"] == "mean-feature"]
+    assert code == 0 and list(added["missing"]) == ["audio"] and len(df2) == len(df) + 1
 
 
 def test_missing_masks_are_seeded_and_nested():

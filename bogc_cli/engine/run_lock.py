@@ -21,11 +21,11 @@ from bogc_cli.errors import UserError
 LOCK = ".lock"
 #: What a run writes; with --overwrite these are removed before the new run starts.
 RESULT_FILES = ("eval.json", *checkpoint_files(), "metrics.jsonl", "recipe.yaml", "environment.json",
-                "missing_modality.csv", "missing_modality.png",
+                "missing_modality.csv", "missing_modality.png", "missing_modality.pdf",
                 # the trackers' (bogc_cli/tracking/): TensorBoard's event folder, the MLflow and W&B run ids
                 # (a new run gets new tracker runs) and W&B's offline folder
                 "tensorboard", "mlflow.json", "wandb.json", "wandb")
-RESULT_GLOBS = ("eval-*.json",)
+RESULT_GLOBS = ("eval-*.json", "missing_modality-*.csv", "missing_modality-*.png", "missing_modality-*.pdf")
 
 
 class RunLock:
