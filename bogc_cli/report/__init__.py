@@ -127,4 +127,5 @@ def run_report(
     if plots:
         result.paths += write_plots(runs, missing, Path(results_dir) / PLOTS_DIR, result.warnings)
         result.paths += write_comparison_plots(runs, missing, Path(results_dir) / PLOTS_DIR, result.warnings)
+    result.warnings = list(dict.fromkeys(result.warnings))  # a file read for several figures is named once
     return result

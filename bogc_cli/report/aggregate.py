@@ -44,6 +44,52 @@ MISSING_REQUIRED: list[str] = ["missing", "rate", "accuracy"]
 MISSING_OPTIONAL: list[str] = ["fill", "macro_f1", "n"]
 
 
+def read_jsonl(path: Path, warnings: list[str] | None = None) -> list[dict]:
+    """The JSON objects of a JSON-lines file (``metrics.jsonl``), one per line; blank lines are ignored.
+
+    A line that is not a JSON object -- a copy cut short in mid-line, a disk that filled up, an edit
+    gone wrong -- is left out and named in ``warnings`` (file, line number, why); every other line is
+    kept, so one bad line never costs a run its other epochs.
+
+    Raises:
+        ValueError: the file has lines but none is a JSON object (naming the first).
+        OSError: the file cannot be read.
+    """
+    warnings = [] if warnings is None else warnings
+    records, bad = [], []
+    lines = [(n, raw) for n, raw in enumerate(path.read_bytes().splitlines(), start=1) if raw.strip()]
+    for n, raw in lines:
+        try:
+            record = json.loads(raw)
+        except UnicodeDecodeError:
+            bad.append((n, "not UTF-8 text"))
+            continue
+        except json.JSONDecodeError as exc:
+            bad.append((n, f"not valid JSON at column {exc.colno} ({_reason(exc)})"))
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append((n, f"a JSON {type(record).__name__}, not an object"))
+    if bad and not records:
+        raise ValueError(f"no line is a JSON object (line {bad[0][0]}: {bad[0][1]})")
+    for n, why in bad:
+        warnings.append(f"{path}, line {n}: {why} (cut short?); that line is left out, the other "
+                        f"{len(records)} of {len(lines)} are used")
+    return records
+
+
+def _reason(exc: json.JSONDecodeError) -> str:
+    return exc.msg.removesuffix(" starting at").removesuffix(" at")  # "Unterminated string starting at"
+
+
+def _json_problem(exc: ValueError) -> str:
+    """``json``'s error in a user's terms: where the file stops being JSON."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno}, column {exc.colno} ({_reason(exc)}; cut short?)"
+    return str(exc)
+
+
 def read_eval(path: Path) -> dict:
     """Read one ``eval.json`` and check that it names its run.
 
@@ -70,7 +116,7 @@ def _run_records(results_dir: Path, warnings: list[str]) -> list[dict]:
         try:
             data = read_eval(path)
         except (OSError, ValueError) as exc:
-            warnings.append(f"skipped {path}: {exc}")
+            warnings.append(f"skipped {path}: {_json_problem(exc)}")
             continue
         data["run_dir"] = str(path.parent)
         records.append(data)
@@ -105,22 +151,33 @@ def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None)
     return df.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
 
 
-def read_missing_csv(path: Path) -> pd.DataFrame:
+def read_missing_csv(path: Path, warnings: list[str] | None = None) -> pd.DataFrame:
     """Read one ``missing_modality.csv``; optional columns are added when absent.
+
+    A row without a readable ``missing``, ``rate`` or ``accuracy`` (a copy cut short in mid-row, an
+    edit gone wrong) is left out and named in ``warnings`` with its line number; the others are kept.
 
     Raises:
         ValueError: unparsable CSV or a required column is missing.
         OSError: the file cannot be read.
     """
-    df = pd.read_csv(path)
+    warnings = [] if warnings is None else warnings
+    df = pd.read_csv(path, skip_blank_lines=False)  # row i is line i + 2 of the file
     absent = [c for c in MISSING_REQUIRED if c not in df.columns]
     if absent:
         raise ValueError(f"missing column(s): {', '.join(absent)}")
-    df = df.reindex(columns=MISSING_REQUIRED + MISSING_OPTIONAL)
-    df["missing"] = df["missing"].astype(str)
-    df["fill"] = df["fill"].fillna("").astype(str)
+    df = df.dropna(how="all").reindex(columns=MISSING_REQUIRED + MISSING_OPTIONAL)
     num = ["rate", "accuracy", "macro_f1", "n"]
     df[num] = df[num].apply(pd.to_numeric, errors="coerce")
+    broken = df[MISSING_REQUIRED].isna().any(axis=1)
+    if broken.any():
+        lines = ", ".join(str(i + 2) for i in df.index[broken])
+        warnings.append(f"{path}, line(s) {lines}: no readable missing/rate/accuracy (cut short?); left out, "
+                        f"the other {int((~broken).sum())} row(s) are used")
+        df = df[~broken]
+    df = df.reset_index(drop=True)
+    df["missing"] = df["missing"].astype(str)
+    df["fill"] = df["fill"].fillna("").astype(str)
     return df
 
 
@@ -143,7 +200,7 @@ def find_missing(
         if not path.is_file():
             continue
         try:
-            df = read_missing_csv(path)
+            df = read_missing_csv(path, warnings)
         except (OSError, ValueError) as exc:  # pandas' ParserError is a ValueError
             warnings.append(f"skipped {path}: {exc}")
             continue
@@ -191,10 +248,8 @@ def find_coefficients(runs: pd.DataFrame, warnings: list[str] | None = None) -> 
 
     Coefficients are the ``method.*`` columns of each run's ``metrics.jsonl`` other than
     ``method.loss.*`` (e.g. ``method.ogm.k.audio``, ``method.gblend.w.fused``). Columns:
-    ``experiment, dataset, method, seed, coefficient, value``; unreadable files are skipped
-    with a warning."""
-    import json
-
+    ``experiment, dataset, method, seed, coefficient, value``; unreadable files (and lines, see
+    :func:`read_jsonl`) are skipped with a warning."""
     warnings = [] if warnings is None else warnings
     rows = []
     for run in runs.itertuples(index=False):
@@ -202,7 +257,7 @@ def find_coefficients(runs: pd.DataFrame, warnings: list[str] | None = None) -> 
         if not path.is_file():
             continue
         try:
-            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            records = read_jsonl(path, warnings)
         except (OSError, ValueError) as exc:
             warnings.append(f"skipped {path}: {exc}")
             continue

@@ -1,10 +1,14 @@
 """Figures that compare methods on one dataset (written by ``bogc report``, hence by ``bogc reproduce``):
 
 * ``compare_missing_<dataset>``: test accuracy vs missing rate, one panel per missing modality, one
-  line per method (mean over seeds, band = ± std);
+  line per method (and fill, where several were evaluated; mean over seeds, band = ± std);
 * ``compare_unimodal_<dataset>``: each modality head's validation accuracy over training, one panel
   per modality, one line per method -- the imbalance picture (the weak modality's head lags);
-* ``bogc_uncertainty_<dataset>``: BOGC's fused uncertainty per source over training (mean over seeds).
+* ``bogc_uncertainty_<dataset>``: BOGC's fused uncertainty per source over training.
+
+Curves over training are the mean over seeds with a ± std band, points marked, epochs on integer
+ticks. With several experiments in the tree each gets its own figures (``compare_missing_<experiment>_
+<dataset>`` ...): runs of different experiments (another epoch count, another recipe) are never averaged.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .plots import VAL_UNIMODAL_PREFIX, missing_rate_stats, read_metrics, save_figure
+from .plots import (VAL_UNIMODAL_PREFIX, epoch_axis, hollow_where_fewer, marked, missing_rate_stats, rate_axis,
+                    read_metrics, save_figure, seeds_note, spread)
 from .tables import method_sort_key, slug
 
 UNCERTAINTY_PREFIX = "method.bogc.uncertainty."
@@ -41,9 +46,10 @@ def _finish(fig, axes, handles_from) -> None:
 
 
 def _method_panels(frame: pd.DataFrame, panel: str, x: str, title: str, panel_title, xlabel: str, ylabel: str,
-                   path: Path, band: bool = False) -> list[Path]:
+                   path: Path) -> list[Path]:
     """One panel per value of ``frame[panel]``, one line per method of ``frame["mean"]`` against
-    ``frame[x]`` (with a ± ``std`` band when ``band``); saved as ``path`` (PNG) and PDF."""
+    ``frame[x]`` (``x`` is ``epoch`` or ``rate``), with a ± ``std`` band where ``std`` is known; the
+    seed count ``n`` is noted. Saved as ``path`` (PNG) and PDF."""
     panels = sorted(frame[panel].unique())
     methods = sorted(frame["method"].unique(), key=method_sort_key)
     color = _colors(methods)
@@ -53,26 +59,33 @@ def _method_panels(frame: pd.DataFrame, panel: str, x: str, title: str, panel_ti
             part = frame[(frame[panel] == value) & (frame["method"] == method)].sort_values(x)
             if part.empty:
                 continue
-            ax.plot(part[x], part["mean"], marker="o", ms=3, label=method, color=color[method])
-            if band:
-                spread = part["std"].fillna(0)
-                ax.fill_between(part[x], part["mean"] - spread, part["mean"] + spread, color=color[method],
-                                alpha=0.12, lw=0)
+            ax.plot(part[x], part["mean"], label=method, color=color[method], **marked(len(part)))
+            spread(ax, part[x], part["mean"], part["std"], color[method], alpha=0.12)
+            hollow_where_fewer(ax, part[x], part["mean"], part["n"], int(frame["n"].max()), color[method])
         ax.set_title(panel_title(value))
         ax.set_xlabel(xlabel)
+        (epoch_axis if x == "epoch" else rate_axis)(ax, frame[x])
     axes[0].set_ylabel(ylabel)
+    note = seeds_note(frame["n"])
+    if note:
+        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize="x-small", color="grey")
     _finish(fig, axes, axes[0])
     return save_figure(fig, path)
 
 
-def plot_missing_comparison(missing: pd.DataFrame, dataset: str, out_dir: Path) -> list[Path]:
-    """Accuracy vs missing rate for every method of ``dataset`` (rows of ``find_missing``)."""
+def plot_missing_comparison(missing: pd.DataFrame, dataset: str, out_dir: Path, name: str | None = None,
+                            label: str | None = None) -> list[Path]:
+    """Accuracy vs missing rate for every method of ``dataset`` (rows of ``find_missing``); a line per
+    method and fill where several fills were evaluated. ``name``: the file name's part after
+    ``compare_missing_`` (default: ``dataset``); ``label``: the dataset as the title names it."""
     stats = missing_rate_stats(missing[missing["dataset"] == dataset])
+    if "fill" in stats and stats["fill"].nunique() > 1:
+        stats = stats.assign(method=stats["method"] + " (" + stats["fill"] + ")")
     if stats.empty or stats["method"].nunique() < 2:
         return []
-    return _method_panels(stats, "missing", "rate", f"{dataset}: test accuracy with a modality missing",
+    return _method_panels(stats, "missing", "rate", f"{label or dataset}: test accuracy with a modality missing",
                           lambda m: f"{m} missing", "missing rate", "test accuracy",
-                          out_dir / f"compare_missing_{slug(dataset)}.png", band=True)
+                          out_dir / f"compare_missing_{name or slug(dataset)}.png")
 
 
 def _read_metrics(runs: pd.DataFrame, warnings: list[str]) -> list[tuple[str, int, pd.DataFrame]]:
@@ -83,42 +96,47 @@ def _read_metrics(runs: pd.DataFrame, warnings: list[str]) -> list[tuple[str, in
         if not path.is_file():
             continue
         try:
-            out.append((row.method, row.seed, read_metrics(path)))
+            out.append((row.method, row.seed, read_metrics(path, warnings)))
         except (OSError, ValueError) as exc:
-            warnings.append(f"skipped {path} in the comparison figures: {exc}")
+            warnings.append(f"skipped {path}: {exc}")
     return out
 
 
 def _curves(metrics: list[tuple[str, int, pd.DataFrame]], prefix: str) -> pd.DataFrame:
-    """Columns ``method, modality, epoch, mean``: the ``<prefix><modality>`` values by epoch, averaged
-    over seeds."""
+    """Columns ``method, modality, epoch, mean, std, n``: the ``<prefix><modality>`` values by epoch over seeds."""
     frames = []
     for method, seed, frame in metrics:
         cols = [c for c in frame.columns if c.startswith(prefix)]
         if cols:
-            long = frame[["epoch", *cols]].melt(id_vars="epoch", var_name="modality", value_name="mean")
+            long = frame[["epoch", *cols]].melt(id_vars="epoch", var_name="modality", value_name="value")
             frames.append(long.assign(modality=long["modality"].str.removeprefix(prefix), method=method, seed=seed))
     if not frames:
-        return pd.DataFrame(columns=["method", "modality", "epoch", "mean"])
-    return pd.concat(frames, ignore_index=True).groupby(["method", "modality", "epoch"], as_index=False)["mean"].mean()
+        return pd.DataFrame(columns=["method", "modality", "epoch", "mean", "std", "n"])
+    long = pd.concat(frames, ignore_index=True).dropna(subset=["value"])
+    return long.groupby(["method", "modality", "epoch"], as_index=False)["value"].agg(
+        mean="mean", std="std", n="count")
 
 
 def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: Path, warnings: list[str]) -> list[Path]:
-    """Every comparison figure for every dataset in ``runs`` (those without enough data are skipped)."""
+    """Every comparison figure for every (experiment, dataset) in ``runs`` (those without enough data
+    are skipped). File names carry the experiment when the tree holds several."""
     paths: list[Path] = []
-    for dataset in sorted(runs["dataset"].unique()):
+    several = runs["experiment"].nunique() > 1
+    for (experiment, dataset), group in runs.groupby(["experiment", "dataset"], sort=True):
+        name = "_".join(slug(p) for p in ([experiment] if several else []) + [dataset])
+        label = f"[{experiment}] {dataset}" if several else dataset
         if not missing.empty:
-            paths += plot_missing_comparison(missing, dataset, out_dir)
-        mine = runs[(runs["dataset"] == dataset) & ~runs["method"].str.startswith("unimodal-")]  # one head trained
+            paths += plot_missing_comparison(missing[missing["experiment"] == experiment], dataset, out_dir, name, label)
+        mine = group[~group["method"].str.startswith("unimodal-")]  # one head trained
         metrics = _read_metrics(mine, warnings)  # once, for both figures
         heads = _curves(metrics, VAL_UNIMODAL_PREFIX)
         if heads["method"].nunique() >= 2:
             paths += _method_panels(heads, "modality", "epoch",
-                                    f"{dataset}: each modality head's validation accuracy over training", str, "epoch",
-                                    "validation accuracy of the head", out_dir / f"compare_unimodal_{slug(dataset)}.png")
+                                    f"{label}: each modality head's validation accuracy over training", str, "epoch",
+                                    "validation accuracy of the head", out_dir / f"compare_unimodal_{name}.png")
         uncertainty = _curves(metrics, UNCERTAINTY_PREFIX)
         if not uncertainty.empty:
             paths += _method_panels(uncertainty, "modality", "epoch",
-                                    f"{dataset}: BOGC's fused uncertainty per source over training", str, "epoch",
-                                    "uncertainty", out_dir / f"bogc_uncertainty_{slug(dataset)}.png")
+                                    f"{label}: BOGC's fused uncertainty per source over training", str, "epoch",
+                                    "uncertainty", out_dir / f"bogc_uncertainty_{name}.png")
     return paths
