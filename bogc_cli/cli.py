@@ -331,7 +331,8 @@ def missing_modality(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data: Optional[Path] = _data_option(),
 ) -> None:
-    """Test accuracy with a seeded fraction of samples missing each modality; writes CSV and a plot."""
+    """Test accuracy with a seeded fraction of samples missing each modality; adds the rows to the run's
+    missing_modality.csv (earlier calls' rows are kept) and redraws its plot."""
     from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import load_run
     from bogc_cli.engine.missing import MissingResults, evaluate_missing

@@ -126,24 +126,24 @@ def plot_missing_modality(
         df: rows of ``missing_modality.csv`` (as from :func:`find_missing`), with columns
             ``missing, rate, accuracy`` and ``seed`` or ``run_dir``; rows removing several
             modalities are ignored. With several methods in ``df`` lines are labelled
-            ``method / modality``.
+            ``method / modality``; with several fills, ``modality / fill`` (a colour per modality,
+            a line style per fill: fills are never averaged together).
         path_png: where to write the PNG; a PDF of the same figure goes beside it.
         title: figure title.
 
     Returns the written paths. Lines show the mean over seeds, with a shaded ±1 std band where
-    there are several seeds.
+    several seeds measured a point, and hollow markers where fewer seeds measured it than others.
     """
     stats = missing_rate_stats(df)
     several_methods = "method" in stats and stats["method"].nunique() > 1
     several_fills = "fill" in stats and stats["fill"].nunique() > 1
     line_keys = ["method"] * several_methods + ["missing"] + ["fill"] * several_fills
-    as_tuple = lambda k: k if isinstance(k, tuple) else (k,)  # noqa: E731
     colour_keys = line_keys[:-1] if several_fills else line_keys  # a colour per modality, a line style per fill
-    colours = {as_tuple(k): f"C{i % 10}" for i, (k, _) in enumerate(stats.groupby(colour_keys, sort=True))}
+    colours = {_as_tuple(k): f"C{i % 10}" for i, (k, _) in enumerate(stats.groupby(colour_keys, sort=True))}
     styles = dict(zip(sorted(stats["fill"].unique()), ["-", "--", ":", "-."] * 3)) if several_fills else {}
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     for key, line in stats.groupby(line_keys, sort=True):
-        key = as_tuple(key)
+        key = _as_tuple(key)
         line = line.sort_values("rate")
         colour = colours[key[:len(colour_keys)]]
         ax.plot(line["rate"], line["mean"], label=" / ".join(map(str, key)), color=colour,
@@ -159,6 +159,10 @@ def plot_missing_modality(
     if note:
         ax.text(0.99, 0.01, note, transform=ax.transAxes, ha="right", va="bottom", fontsize="x-small", color="grey")
     return save_figure(fig, path_png)
+
+
+def _as_tuple(key) -> tuple:
+    return key if isinstance(key, tuple) else (key,)
 
 
 def read_metrics(path: str | os.PathLike, warnings: list[str] | None = None) -> pd.DataFrame:
