@@ -314,3 +314,17 @@ def test_sigkill_mid_run_then_resume_through_the_entry_point_repeats_no_tracker_
     client, run_id = _mlflow(out, run)
     assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2, 3, 4]
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_wandb_session_never_reuses_the_folder_of_a_session_begun_in_the_same_second(tmp_path):
+    """wandb names offline session folders by the second; a resume in that second would overwrite the log."""
+    from datetime import datetime
+
+    from bogc_cli.tracking.wandb_tracker import _wait_for_a_new_session_folder
+
+    for _ in range(3):
+        stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+        (tmp_path / f"offline-run-{stamp}-abc").mkdir()
+        _wait_for_a_new_session_folder(tmp_path, "abc")
+        assert datetime.now().strftime("%Y%m%d_%H%M%S") != stamp
+        _wait_for_a_new_session_folder(tmp_path, "other")  # another run's folder does not hold it up

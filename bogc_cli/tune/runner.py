@@ -132,9 +132,9 @@ def tune_target(target: Target, storage_url: str, budget: int, *, timeout: float
     from bogc_cli.tune.study import folder_lock, open_storage, recover, slots_taken
     from bogc_cli.tune.trial import Excess, TrialFailed, objective
 
-    storage = open_storage(storage_url)
-    study = _study(storage, target, pruner, worker, budget)
-    with folder_lock(target.root):
+    with folder_lock(target.root):  # one process at a time creates the study and recovers cut-short trials
+        storage = open_storage(storage_url)
+        study = _study(storage, target, pruner, worker, budget)
         for slot in recover(study, target.trial_folder):
             console.print(f"trial slot {slot} was cut short: retrying it (its run resumes from its checkpoint)")
     started = time.monotonic()

@@ -62,20 +62,38 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     failure: Exception | None = None
     for attempt in range(5):
         try:
-            if url.startswith("sqlite:///"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S, **{callback: requeue})
+            # SQLite: processes sharing the file create its tables one at a time (two creating them at once
+            # fail with "table ... already exists", "database is locked" or a duplicate alembic version)
+            with _sqlite_creation_lock(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S, **{callback: requeue})
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy, driver and Optuna errors alike
             failure = exc
-            if "already exists" not in str(exc):
+            if "already exists" not in str(exc) and "locked" not in str(exc):
                 break
-            time.sleep(0.5 + attempt)  # another process is creating the tables at this moment: wait for it
+            time.sleep(0.5 + attempt)  # another process (perhaps on another machine) is creating the tables
     text = str(failure).strip().splitlines()
     raise UserError(f"--storage {shown(url)} cannot be opened: {type(failure).__name__}: {text[0] if text else ''}; "
                     "give a reachable Optuna RDB URL (sqlite:///path/optuna.db, postgresql://user@host/db, "
                     "mysql://...) with its driver installed, or leave --storage out for the SQLite file in the "
                     "experiment folder")
+
+
+@contextmanager
+def _sqlite_creation_lock(url: str):
+    """Holds ``<database>.lock`` (``flock``) for a ``sqlite:///`` URL, creating the database's folder; no lock
+    for a server URL (the server serialises its clients)."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(url.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def slot_of(trial: FrozenTrial) -> int:
