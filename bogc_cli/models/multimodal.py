@@ -8,6 +8,7 @@ its parameter groups, from its structure alone:
 - fusion head -> (fused,)            [with ``fusion-slices`` unimodal logits: (fused, every m)]
 - unimodal head m -> (m,)
 - expert encoder m (only with independent experts, I2M2) -> (fused, m)
+- coupling (only when a method couples the encoders, e.g. greedy's MMTM) -> (fused, every m)
 
 Methods read ``param_groups()``; they never match parameter names.
 """
@@ -86,6 +87,9 @@ class MultimodalModel(nn.Module):
         # "fusion": the fusion head's logits; "product-of-experts": log softmax of the fusion head plus
         # every unimodal head, renormalised (I2M2). Set by a method's adapt_model, not by the recipe.
         self.prediction = "fusion"
+        # a module that runs the encoders jointly, exchanging information between them mid-way (greedy's
+        # MMTM): ``coupling(encoders, inputs, masks) -> {m: [B, d_m]}``. Set by a method's adapt_model.
+        self.coupling: nn.Module | None = None
 
     # ------------------------------------------------------------------ structure
     def add_expert_encoders(self) -> None:
@@ -107,6 +111,9 @@ class MultimodalModel(nn.Module):
         groups += [ParamGroup(f"expert_encoder:{m}", "expert_encoder", m, (FUSED, m), tuple(e.parameters()))
                    for m, e in self.expert_encoders.items()]
         fusion_sources = (FUSED, *self.modalities) if self.slice_unimodal else (FUSED,)
+        if self.coupling is not None:
+            groups.append(ParamGroup("coupling", "coupling", None, (FUSED, *self.modalities),
+                                     tuple(self.coupling.parameters())))
         groups.append(ParamGroup("fusion_head", "fusion", None, fusion_sources, tuple(self.fusion_head.parameters())))
         head_sources = (lambda m: (FUSED, m)) if self.prediction == "product-of-experts" else (lambda m: (m,))
         groups += [ParamGroup(f"head:{m}", "unimodal_head", m, head_sources(m), tuple(h.parameters()))
@@ -122,13 +129,20 @@ class MultimodalModel(nn.Module):
         """Features ``{m: [B, d_m]}`` with missing samples filled; ``expert``: those of the independent
         experts' own encoders (``expert_encoders``) instead of the joint model's."""
         encoders = self.expert_encoders if expert else self.encoders
-        feats = {}
+        masks = {m: None if present is None else present.get(m) for m in self.modalities}
+        xs = {}
         for m in self.modalities:
-            x = inputs[m]
-            mask = None if present is None else present.get(m)
+            x, mask = inputs[m], masks[m]
             if mask is not None and self.fill == "zero-input":
                 x = x * mask.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-            z = encoders[m](x)
+            xs[m] = x
+        if self.coupling is not None and not expert:
+            raw = self.coupling(encoders, xs, masks)
+        else:
+            raw = {m: encoders[m](xs[m]) for m in self.modalities}
+        feats = {}
+        for m in self.modalities:
+            z, mask = raw[m], masks[m]
             if self.training and torch.is_grad_enabled():
                 self._track_mean(m, z, mask, expert)
             if mask is not None and self.fill != "zero-input":
