@@ -17,7 +17,9 @@ if TYPE_CHECKING:  # recipe.py validates with this module: importing it at run t
 
 # One module per method, each exporting ``METHOD`` (its Method subclass); this order is `bogc list`'s.
 METHOD_MODULES = ("joint", "uniform", "unimodal", "bogc", "ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm",
-                  "gblending", "mla", "i2m2", "mimo")
+                  "gblending", "mla", "i2m2", "mimo",
+                  # issue 20, methods acting within a training step
+                  "lfm")
 
 
 def _load_methods() -> dict[str, type[Method]]:
