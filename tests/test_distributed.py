@@ -49,10 +49,14 @@ def _run_dir(out: Path) -> Path:
 
 
 # methods whose rule takes statistics of the global batch (scores, means, prototypes, head gradients)
-BATCH_STATISTICS = ["ogm_ge", "agm", "cggm", "mla", "mimo", "pmr", "opm"]
-EXTRA = {"opm": ["--set", "method.warmup_epochs=0"]}  # its rule starts after the warm-up
+BATCH_STATISTICS = ["ogm_ge", "agm", "cggm", "mla", "mimo", "pmr", "opm",
+                    "cml", "dimml", "greedy", "lfm"]  # issue 20's in-step methods
+EXTRA = {"opm": ["--set", "method.warmup_epochs=0"],  # its rule starts after the warm-up
+         # dimensions chosen at the first epoch, stage 2 in the second; the learned weight agrees across processes
+         "dimml": ["--set", "method.contrast_start_epoch=0", "--set", "method.stage1_epochs=1"],
+         "lfm": ["--set", "method.weighting=learned"]}
 # and the rest: their rules are linear in the gradients (mmpareto gathers its per-source ones itself)
-OTHER_METHODS = ["uniform", "unimodal-fou", "mmpareto", "gblending", "i2m2"]
+OTHER_METHODS = ["uniform", "unimodal-fou", "mmpareto", "gblending", "i2m2", "mmcosine", "mbsd"]
 
 
 # bogc: the largest parameter difference after 2 epochs depends on the batch order, i.e. on the seed

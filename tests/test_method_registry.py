@@ -7,7 +7,8 @@ import pytest
 from bogc_cli.fusion import METHOD_MODULES, METHODS
 from cli_helpers import run_cli
 
-BASELINES = ["ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo"]
+BASELINES = ["ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo",
+             "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy"]
 
 
 def test_all_methods_registered():

@@ -1,0 +1,70 @@
+"""The in-step methods of issue 20 (lfm, dimml, mmcosine, cml, mbsd, greedy) through the real entry point, their
+prediction rule restored at `bogc eval`, and a Ctrl-C resume in the states the shared graceful-stop test does not
+reach (DI-MML's chosen dimensions and stage 2, LFM's learned weight, greedy's random curation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cli_helpers import run_cli, run_results, signal_during_step
+
+IN_STEP = ["lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy"]
+SMALL = ["--set", "dataset.n_train=192", "--set", "dataset.n_val=48", "--set", "dataset.n_test=48",
+         "--set", "train.batch_size=32"]
+
+
+@pytest.mark.parametrize("method", IN_STEP)
+def test_cli_trains_one_epoch_and_eval_predicts_with_the_methods_rule(method, tmp_path, capsys):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "bogc_cli", "train", "recipes/quickstart.yaml", "--set",
+                           f"method.name={method}", "--set", "train.epochs=1", *SMALL, "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run = tmp_path / "quickstart" / "synthetic" / method / "seed0"
+    trained = json.loads((run / "eval.json").read_text())
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["bad_steps"] == 0 and record["steps"] == 6
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0, out + err
+    again = json.loads((run / "eval.json").read_text())
+    assert again["accuracy"] == pytest.approx(trained["accuracy"])  # the same model and prediction rule at eval
+    assert set(again["unimodal_accuracy"]) == {"audio", "image", "vector"}
+
+
+def _train(capsys, out, method, *extra):
+    args = ["--set", f"method.name={method}", "--set", "train.epochs=3", "--set", "dataset.n_train=160",
+            "--set", "dataset.n_val=48", "--set", "dataset.n_test=48", "--set", "train.batch_size=32", *extra]
+    return run_cli(capsys, "train", "recipes/quickstart.yaml", "--out", out, *args)
+
+
+@pytest.mark.parametrize("method, extra, epoch", [
+    ("dimml", ["--set", "method.contrast_start_epoch=1", "--set", "method.stage1_epochs=2"], 3),  # in stage 2
+    ("greedy", ["--set", "method.epsilon=0", "--set", "method.start_epoch=1"], 2),  # curating from the start
+    pytest.param("dimml", ["--set", "method.contrast_start_epoch=0", "--set", "method.stage1_epochs=2"], 2,
+                 marks=pytest.mark.slow),
+    pytest.param("lfm", ["--set", "method.weighting=learned"], 2, marks=pytest.mark.slow),
+    pytest.param("greedy", ["--set", "method.selection=random"], 2, marks=pytest.mark.slow),
+])
+def test_resume_after_ctrl_c_is_bitwise_in_the_methods_later_states(capsys, tmp_path, monkeypatch, method, extra,
+                                                                   epoch):
+    assert _train(capsys, tmp_path / "straight", method, *extra)[0] == 0
+    expected = run_results(tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, signal.SIGINT, epoch=epoch, step=3)
+        code, out, err = _train(capsys, tmp_path / "cut", method, *extra)
+    assert code == 130, out + err
+    state = torch.load(next((tmp_path / "cut").rglob("last.pt")), weights_only=False)["method"]
+    if method == "dimml":
+        assert state["masks"] is not None and (state["stage2_optimizer"] is not None) == (epoch == 3)
+    code, out, err = _train(capsys, tmp_path / "cut", method, *extra, "--resume")
+    assert code == 0, out + err
+    records, ev, model = run_results(tmp_path / "cut")
+    assert records == expected[0] and ev == expected[1]
+    assert all(torch.equal(model[k], expected[2][k]) for k in model)
