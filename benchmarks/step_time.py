@@ -57,8 +57,13 @@ VARIANTS = {
     "bogc-modality-precision": ("bogc", {"frame": "modality", "evidence": "precision"}),
     "bogc-laplace-modality-precision": ("bogc", {"moments": "laplace", "frame": "modality", "evidence": "precision"}),
 }
-for baseline in ("ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo"):
+for baseline in ("ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo",
+                 "lfm", "mmcosine", "cml", "mbsd", "greedy"):
     VARIANTS[baseline] = (baseline, {})
+VARIANTS["dimml"] = ("dimml", {"contrast_start_epoch": 9})  # its dimensions chosen at the timed epoch: contrast on
+VARIANTS["dimml-stage2"] = ("dimml", {"stage1_epochs": 9})  # the fusion classifier alone, on frozen features
+VARIANTS["lfm-learned"] = ("lfm", {"weighting": "learned"})  # plus its once-per-epoch weight step (not timed)
+VARIANTS["greedy-random"] = ("greedy", {"selection": "random"})
 
 
 def make_method(name: str, options: dict, preset: dict, device: torch.device, precision: str, batch: Batch):
