@@ -5,6 +5,7 @@ reach (DI-MML's chosen dimensions and stage 2, LFM's learned weight, greedy's ra
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -68,3 +69,38 @@ def test_resume_after_ctrl_c_is_bitwise_in_the_methods_later_states(capsys, tmp_
     records, ev, model = run_results(tmp_path / "cut")
     assert records == expected[0] and ev == expected[1]
     assert all(torch.equal(model[k], expected[2][k]) for k in model)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("dimml", ["--set", "method.contrast_start_epoch=0", "--set", "method.stage1_epochs=1"]),  # contrast, stage 2
+    ("greedy", ["--set", "method.epsilon=0", "--set", "method.start_epoch=1"]),  # curating throughout
+    ("lfm", ["--set", "method.weighting=learned"]),
+])
+def test_nan_batches_are_skipped_in_the_methods_later_states(capsys, tmp_path, monkeypatch, method, extra,
+                                                             reliability):
+    from test_nonfinite_steps import _arrays, _poison_batches, _train as train_arrays
+
+    data = _arrays(tmp_path / "data")
+    _poison_batches(monkeypatch, lambda i: i % 8 in (2, 5), reliability)  # two bad batches of 8 each epoch
+    code, out, err = train_arrays(capsys, data, tmp_path / "r", "--set", f"method.name={method}",
+                                  "--set", "train.epochs=2", *extra)
+    assert code == 0, out + err
+    run = next((tmp_path / "r").rglob("eval.json")).parent
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["bad_steps"] for r in records] == [2, 2]
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+    assert _finite(state["method"])  # greedy's accumulated ratios, LFM's weight, DI-MML's stage-2 optimiser
+    assert json.loads((run / "eval.json").read_text())["accuracy"] > 0.4
+
+
+def _finite(value) -> bool:
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    if torch.is_tensor(value) and value.is_floating_point():
+        return bool(torch.isfinite(value).all())
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True

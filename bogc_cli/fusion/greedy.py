@@ -71,7 +71,7 @@ class GreedyOptions(StrictModel):
     start_epoch: int = Field(2, ge=1, description="first epoch (counted from 1) that may re-balance")
     selection: Literal["guided", "random"] = Field(
         "guided", description="which modality to care for: by the BDR gap (guided), or drawn each step (random)")
-    ratio: float = Field(4, gt=0, description="MMTM squeeze width: int(2 * sum of channels / ratio)")
+    ratio: float = Field(4.0, gt=0, description="MMTM squeeze width: int(2 * sum of channels / ratio)")
 
 
 def square_sums(params) -> torch.Tensor:
