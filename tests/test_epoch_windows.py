@@ -31,6 +31,7 @@ def modulated_epochs(name: str, epochs: int, detect, model_block: dict | None = 
     torch.manual_seed(0)
     model = build_model(ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=8, **(model_block or {})), SPECS, 3)
     cls = METHODS[name]
+    cls.adapt_model(cls.Options(**options), model)  # as the engine does: some methods change the model's heads
     ctx = StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.01),
                       train_eval=loader(32, 1), holdout=loader(16, 2))
     method = cls(cls.Options(**options), model, ctx)
@@ -85,6 +86,19 @@ def test_gblending_re_estimates_at_the_start_of_each_super_epoch():
     assert found == [1, 11, 21]  # the reference's super-epochs start at epochs 0, 10, 20 counted from 0
 
 
-@pytest.mark.parametrize("name, base", [("ogm_ge", 0), ("opm", 0), ("pmr", 0), ("gblending", 0), ("agm", 1)])
+def test_cml_and_mbsd_act_in_81_epochs_as_balancebenchmarks_0_to_80():
+    assert modulated_epochs("cml", 83, lambda logs, _: "cml.penalty" in logs) == list(range(1, 82))
+    assert modulated_epochs("mbsd", 83, lambda logs, _: "mbsd.kl" in logs) == list(range(1, 82))
+
+
+def test_dimml_contrasts_from_the_references_epoch_and_then_trains_stage_two():
+    contrast = modulated_epochs("dimml", 7, lambda logs, _: "loss.contrast" in logs, contrast_start_epoch=2,
+                                stage1_epochs=5)
+    assert contrast == [3, 4, 5]  # the reference's `if epoch >= 2` of `range(5)`, counted from 0
+    assert modulated_epochs("dimml", 7, lambda logs, _: "loss.stage2" in logs, stage1_epochs=5) == [6, 7]
+
+
+@pytest.mark.parametrize("name, base", [("ogm_ge", 0), ("opm", 0), ("pmr", 0), ("gblending", 0), ("agm", 1),
+                                        ("lfm", 0), ("dimml", 0), ("cml", 0), ("mbsd", 0), ("greedy", 1)])
 def test_each_windowed_method_states_its_references_count(name, base):
     assert METHODS[name].epoch_base == base

@@ -45,7 +45,8 @@ def test_a_run_with_too_few_modalities_is_refused_before_anything_is_written(nam
     assert "Traceback" not in out + err and not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", ["joint", "uniform", "unimodal", "ogm_ge", "opm", "agm", "pmr", "mmpareto"])
+@pytest.mark.parametrize("name", ["joint", "uniform", "unimodal", "ogm_ge", "opm", "agm", "pmr", "mmpareto",
+                                  "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy"])
 def test_list_names_the_reference_each_method_follows_and_its_deviations(name, capsys):
     """`bogc list` says which reference code a method's defaults follow; each deviation is in its docstring."""
     fidelity = METHODS[name].fidelity

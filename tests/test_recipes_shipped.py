@@ -54,6 +54,11 @@ PROTOCOL = {  # the reference file each "as published" recipe names, and where i
     "ogm_ge": ("OGM-GE_CVPR2022 main.py", {}), "opm": ("BML_TPAMI2024 code/scripts/train_opm.sh", {}),
     "agm": ("AGM_ICCV2023 run/CREMAD_main.py", {}), "pmr": ("Modal-Imbalance-PMR main_Prototype_grad.py", {}),
     "mmpareto": ("MMPareto_ICML2024 code/MMPareto.py", {}),
+    # issue 20's in-step methods
+    "lfm": ("NeurIPS24-LFM Crema_epoch.py", {}), "dimml": ("DI-MML main_CFT.py", {"temperature": 50.0}),
+    "mmcosine": ("MMCosine_ICASSP23 main_CD.py", {}), "cml": ("BalanceBenchmark balancemm/trainer/CML_trainer.py", {}),
+    "mbsd": ("BalanceBenchmark balancemm/trainer/MBSD_trainer.py", {}),
+    "greedy": ("greedy_multimodal_learning configs/training_guided.gin", {}),
 }
 KS_OGM = ("BML_TPAMI2024 code/scripts/train_ogm.sh", {"start_epoch": 6, "end_epoch": 60})  # its KS script
 

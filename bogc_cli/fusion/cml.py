@@ -41,7 +41,7 @@ from pydantic import Field
 
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 ORDER_SEED = 7_368_787  # the removal-order generator's offset from the run seed, apart from the other generators
 

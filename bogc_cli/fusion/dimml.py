@@ -84,7 +84,7 @@ from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.gblending import fresh_optimizer
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 RESNET18_DIM = 512
 REINIT_SEED = 2_750_159  # the stage-2 re-initialisation's generator offset from the run seed, apart from the others

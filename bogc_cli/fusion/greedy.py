@@ -60,7 +60,7 @@ from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.models.late_fusion import UnimodalMean
 from bogc_cli.models.mmtm import MMTMCoupling
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 CHOICE_SEED = 4_256_233  # the random selection's generator offset from the run seed, apart from the others
 
@@ -114,8 +114,9 @@ class Greedy(Method):
     Options = GreedyOptions
     min_modalities = 2
     modality_note = "M > 2: curates the largest BDR when max - min > epsilon; MMTMs squeeze all modalities"
-    fidelity = ("follows nyukat/greedy_multimodal_learning Bias_Mitigation_Strong (epsilon 0.01, window 5, from epoch "
-                "2), MMTMs after the last stages, loss sum of branch CEs, mean prediction; deviations: running "
+    fidelity = ("follows nyukat/greedy_multimodal_learning src/callbacks.py Bias_Mitigation_Strong (epsilon 0.01, "
+                "window 5, from epoch 2), MMTMs after the last stages, loss sum of branch CEs, mean prediction; "
+                "deviations: running "
                 "averages from training forwards, each modality's own (the reference's second reads the first's)")
     epoch_base = 1  # the reference's `for epoch in range(1, epochs + 1)`
 

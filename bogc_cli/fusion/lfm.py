@@ -73,7 +73,7 @@ from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.late_fusion import UnimodalMean
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 # getAlpha_Learnable_Fitted in Crema_epoch.py: the weight of the classification loss, a polynomial of the epoch
 FITTED_CLS = (2.04623704e-01, 3.35472727e-03, 1.22989557e-04, -2.92947416e-06, 2.23835486e-08, -5.39717505e-11)

@@ -49,7 +49,7 @@ from pydantic import Field
 
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class MBSDOptions(StrictModel):

@@ -45,7 +45,7 @@ from torch import nn
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
 from bogc_cli.models.multimodal import FUSED
-from bogc_cli.recipe import StrictModel
+from bogc_cli.schema import StrictModel
 
 
 class MMCosineOptions(StrictModel):
