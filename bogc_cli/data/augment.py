@@ -21,6 +21,7 @@ which is why the masks are drawn here.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +103,7 @@ class DeviceAugment:
                 inputs[m] = out.view_as(x)
             elif kind == "audio" and (c.freq_mask or c.time_mask):
                 inputs[m] = spec_masks(x, c.freq_mask, c.time_mask, c.masks, self.generator, (start, total))
-        return Batch(inputs, batch.labels, batch.index)
+        return replace(batch, inputs=inputs)  # labels, index and variant as they were
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -17,11 +17,14 @@ from bogc_cli.engine.graceful_stop import loader_worker_init
 
 @dataclass
 class Batch:
-    """``inputs[m]``: ``[B, *shape_m]`` float32 on the device; ``labels``: ``[B]`` int64; ``index``: rows in the split."""
+    """``inputs[m]``: ``[B, *shape_m]`` float32 on the device; ``labels``: ``[B]`` int64; ``index``: rows in the split;
+    ``variant``: ``[B]`` int64 (CPU), which re-sampled variant of its row each sample is (0: the row as stored; a
+    method that re-samples the training set says what the others mean: ``Method.training_entries``), or None."""
 
     inputs: dict[str, torch.Tensor]
     labels: torch.Tensor
     index: torch.Tensor
+    variant: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -32,6 +35,8 @@ class ArrayDataset(Dataset):
 
     Arrays keep their storage dtype (uint8 frames, float16 spectrograms) until they reach
     the device, where ``to_device`` converts them, so little memory crosses the bus.
+    An index ``i >= len`` is an entry of a re-sampled epoch (``resampled_entries``): row ``i % len``,
+    variant ``i // len``.
     """
 
     def __init__(self, split: SplitArrays):
@@ -44,11 +49,12 @@ class ArrayDataset(Dataset):
         return self.__getitems__([i])
 
     def __getitems__(self, indices: list[int]) -> dict:
-        idx = np.asarray(indices, dtype=np.int64)
+        variant, idx = np.divmod(np.asarray(indices, dtype=np.int64), len(self.split))
         return {
             "inputs": {m: torch.from_numpy(np.ascontiguousarray(a[idx])) for m, a in self.split.inputs.items()},
             "labels": torch.from_numpy(np.ascontiguousarray(self.split.labels[idx])),
             "index": torch.from_numpy(idx),
+            "variant": torch.from_numpy(variant),
         }
 
 
@@ -61,30 +67,59 @@ class EpochBatches(Sampler[list[int]]):
     the split in order; ``start_next_epoch_at(k)`` makes the next epoch begin at batch ``k`` (0-based) of
     the same permutation, so a run resumed in mid-epoch sees the batches it had not reached yet.
 
+    ``use_entries(entries)`` makes the following epochs run over a re-sampled training set instead of
+    each row once: the permutation is then of the entries (``resampled_entries``), so the batch order
+    stays a function of the generator's state and the entries alone.
+
     ``generator`` is consumed only here: one ``randperm`` per epoch, and one more once the epoch is
     exhausted (as ``RandomSampler`` + ``BatchSampler`` draw them), so its state after ``k`` epochs
-    depends on the seed and ``k`` alone."""
+    depends on the seed, ``k`` and those epochs' entry counts alone."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: torch.Generator | None,
                  shard: Callable[[list[int]], list[int]] | None = None):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
         self.shard = shard  # data-parallel: this process's rows of each global batch
         self._skip = 0
+        self.entries: list[int] | None = None  # a re-sampled epoch's entries; None: every row once
+
+    @property
+    def rows(self) -> int:
+        """Entries per epoch: the split's rows, or the re-sampled epoch's entries."""
+        return self.n if self.entries is None else len(self.entries)
 
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        return (self.rows + self.batch_size - 1) // self.batch_size
 
     def start_next_epoch_at(self, batch: int) -> None:
         self._skip = batch
 
+    def use_entries(self, entries: torch.Tensor | None) -> None:
+        """Train the following epochs on ``entries`` (``[N]`` int64 codes from ``resampled_entries``), or, with
+        None, on every row once."""
+        self.entries = None if entries is None else entries.tolist()
+
     def __iter__(self):
         skip, self._skip = self._skip, 0
-        order = torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle else range(self.n)
-        for start in range(skip * self.batch_size, self.n, self.batch_size):
+        n = self.rows
+        order = torch.randperm(n, generator=self.generator).tolist() if self.shuffle else range(n)
+        if self.entries is not None:
+            order = [self.entries[i] for i in order]
+        for start in range(skip * self.batch_size, n, self.batch_size):
             rows = list(order[start:start + self.batch_size])
             yield rows if self.shard is None else self.shard(rows)
         if self.shuffle:  # RandomSampler draws one more (empty-sliced) permutation when exhausted
-            torch.randperm(self.n, generator=self.generator)
+            torch.randperm(n, generator=self.generator)
+
+
+def resampled_entries(copies: torch.Tensor) -> torch.Tensor:
+    """The entries of a re-sampled epoch: every row once, then ``copies[v - 1, i]`` extra copies of row ``i`` as
+    variant ``v`` (row by row, variants in order). ``copies``: ``[V, n]`` non-negative ints; returns ``[N]`` int64
+    codes ``v * n + i`` (``ArrayDataset`` decodes them; ``Batch.variant`` carries ``v``), ``N = n + copies.sum()``."""
+    if copies.dim() != 2 or bool((copies < 0).any()):
+        raise ValueError(f"copies must be a [variants, rows] tensor of non-negative counts, got {tuple(copies.shape)}")
+    variants, n = copies.shape
+    codes = (torch.arange(1, variants + 1).view(-1, 1) * n + torch.arange(n)).T.reshape(-1)  # row-major: row, variant
+    return torch.cat([torch.arange(n), codes.repeat_interleave(copies.T.reshape(-1).long())])
 
 
 #: Offset of the worker-seed generator from the run seed (apart from the order, dropout and augmentation ones).
@@ -144,4 +179,4 @@ def to_device(raw: dict, device: torch.device) -> Batch:
     for m, x in raw["inputs"].items():
         x = x.to(device, non_blocking=True)
         inputs[m] = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-    return Batch(inputs, raw["labels"].to(device, non_blocking=True), raw["index"])
+    return Batch(inputs, raw["labels"].to(device, non_blocking=True), raw["index"], raw.get("variant"))

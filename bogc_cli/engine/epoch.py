@@ -37,13 +37,15 @@ def begin_epoch(state: RunState, epoch: int, loader, device: torch.device, distr
                 main: bool) -> EpochTally:
     """The tally ``epoch`` starts from: a fresh one (``Method.on_epoch_start``), or, in the epoch a
     mid-epoch checkpoint stopped in, the saved one with ``loader`` continuing after its last batch
-    (``Method.on_epoch_resume``)."""
+    (``Method.on_epoch_resume``). Then ``loader`` takes the epoch's training set from the method
+    (``Method.training_entries``: every row once unless it re-samples them)."""
     if state.partial is not None:
         tally = resume_mid_epoch(state, loader, device, distributed, main)
         state.method.on_epoch_resume(epoch)
     else:
         tally = EpochTally.begin(device)
         state.method.on_epoch_start(epoch)
+    loader.batch_sampler.use_entries(state.method.training_entries())
     return tally
 
 

@@ -8,6 +8,8 @@ Masks come from a generator of their own, saved in checkpoints, so a resumed run
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from bogc_cli.data.loader import Batch
@@ -48,7 +50,7 @@ class ModalityDropout:
             x = batch.inputs[m]
             present = (~drop[:, j]).to(device=x.device, dtype=x.dtype)
             inputs[m] = x * present.view(-1, *([1] * (x.dim() - 1)))
-        return Batch(inputs, batch.labels, batch.index)
+        return replace(batch, inputs=inputs)  # labels, index and variant as they were
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -192,7 +192,8 @@ def _run_epoch(ctx: RunContext, state: RunState, epoch: int, stop: GracefulStop,
         finished = _train_epoch(state.method, model, ctx.loaders.train, device, epoch, progress, cfg.max_bad_steps,
                                 tally=tally, should_stop=partial(_stop_asked, stop, distributed, device),
                                 transform=state.transforms or None, distributed=distributed,
-                                global_rows=(ctx.loaders.train_rows, cfg.batch_size), callbacks=ctx.callbacks)
+                                global_rows=(ctx.loaders.train.batch_sampler.rows, cfg.batch_size),
+                                callbacks=ctx.callbacks)
         record = epoch_record(tally, epoch) if finished else None
     except Diverged as exc:
         kept = (f"{ctx.run_dir / 'last.pt'} holds epoch {epoch - 1}, from before the fault" if epoch > 1 else

@@ -19,6 +19,12 @@ number the reference gives its first epoch (0 for a ``for epoch in range(E)`` lo
 ``range(1, E + 1)``), ``reference_epoch`` converts, and ``in_epoch_window`` is the one test
 every windowed method uses (inclusive at both ends, as the references write ``start <= epoch <=
 end``). OGM-GE's ``end_epoch: 50`` with ``epoch_base = 0`` thus modulates our epochs 1-51.
+
+Epoch-level interventions. ``on_epoch_start`` may change parameters (a soft re-initialisation), reset the
+optimiser's state (``reset_optimizer_state``: a fresh optimiser per phase) or choose what the epoch trains
+(whose turn it is); the engine checkpoints after the epoch, so a resume at an epoch boundary runs the hook
+again on the same state and one inside the epoch (``on_epoch_resume``) finds its result in the checkpoint.
+A method that re-samples the training set returns the epoch's entries from ``training_entries``.
 """
 
 from __future__ import annotations
@@ -200,6 +206,28 @@ class Method:
         """Called instead of ``on_epoch_start`` when a run resumes in the middle of ``epoch``: what the
         epoch's start computed is already back from ``state_dict``, so only the epoch is set."""
         self.ctx.epoch = epoch
+
+    def training_entries(self) -> torch.Tensor | None:
+        """The training set of the current epoch, when the method re-samples it; None (the default): every row
+        of the train split once.
+
+        Asked by the engine right after ``on_epoch_start`` / ``on_epoch_resume``; the loader then shuffles these
+        entries (``[N]`` int64 codes from ``data.loader.resampled_entries``: each row once plus extra copies of
+        chosen rows, each copy tagged with a variant ``v >= 1`` whose meaning is the method's) with the run's
+        batch-order generator, so the order is a function of the seed and the entries, and a mid-epoch resume
+        continues it. The entries must be a function of what ``state_dict`` restores (a resumed epoch is not
+        started again); ``batch.variant`` tells each step which variant each sample is. Data-parallel, every
+        process must return the same entries."""
+        return None
+
+    def reset_optimizer_state(self, params=None) -> None:
+        """Forget the optimiser's per-parameter state (momentum, Adam moments and step counts) of ``params``
+        (default: all), as a fresh optimiser of the same kind would start; the learning rate and schedule stay.
+        Call it from an epoch hook (``on_epoch_start``, never ``on_epoch_resume``): the state is checkpointed with
+        the optimiser, so a resumed run holds what the reset left and what the epoch's steps added since."""
+        state = self.ctx.optimizer.state
+        for p in (list(state) if params is None else params):
+            state.pop(p, None)
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {}
