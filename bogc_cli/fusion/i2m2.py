@@ -48,16 +48,15 @@ Options (``method.*``): ``experts`` (``independent``), ``warm_start`` (none: ``{
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from bogc_cli.engine.checkpoint import load_checkpoint
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
+from bogc_cli.fusion.warm_start import finished_checkpoint, template_problem, warm_start_dir
 from bogc_cli.models.multimodal import FUSED, MultimodalModel
 from bogc_cli.schema import StrictModel
 
@@ -74,35 +73,6 @@ class I2M2Options(StrictModel):
 
 
 # ------------------------------------------------------------------ warm start
-def _template_problem(path: str) -> str | None:
-    """Why a warm-start path template is unusable (only ``{seed}`` may be substituted), or None."""
-    try:
-        fields = [name for _, name, _, _ in string.Formatter().parse(path) if name is not None]
-    except ValueError as exc:
-        return f"is not a valid path template ({exc})"
-    if any(name != "seed" for name in fields):
-        return "may only contain the placeholder {seed}"
-    return None
-
-
-def warm_start_dir(path: str, seed: int) -> Path:
-    """The run directory a ``warm_start`` entry names for this seed (``{seed}`` substituted)."""
-    return Path(path.format(seed=seed)).expanduser()
-
-
-def _finished_checkpoint(key: str, run_dir: Path) -> dict:
-    """``best.pt`` of a finished run directory, or a ``UserError`` naming the path and the fix."""
-    where = f"method.warm_start.{key}"
-    what = "joint (multimodal)" if key == JOINT else f"unimodal ({key})"
-    if not run_dir.is_dir():
-        raise UserError(f"{where}: {run_dir} is not a run directory (it does not exist); train the {what} run "
-                        "first, or remove the key to start that expert from scratch")
-    if not (run_dir / "best.pt").is_file() or not (run_dir / "eval.json").is_file():
-        raise UserError(f"{where}: {run_dir} is not a finished run (no best.pt or eval.json); finish it with "
-                        "`bogc train <its recipe> --resume` first")
-    return load_checkpoint(run_dir / "best.pt")
-
-
 def warm_start_pairs(key: str, state: dict, model: MultimodalModel, run_dir: Path) -> list[tuple[str, str]]:
     """``(name in this model, name in the checkpoint)`` of every tensor expert ``key`` takes from ``state``.
 
@@ -150,7 +120,8 @@ def load_warm_start(options: I2M2Options, model: MultimodalModel, seed: int, cla
             raise UserError(f"method.warm_start: {key!r} is neither 'joint' nor a modality of this run; "
                             f"valid keys: {', '.join(valid)}")
         run_dir = warm_start_dir(path, seed)
-        state = _finished_checkpoint(key, run_dir)
+        state = finished_checkpoint(f"method.warm_start.{key}", "joint (multimodal)" if key == JOINT else
+                                    f"unimodal ({key})", run_dir)
         trained_on = state.get("data", {}).get("classes")
         if trained_on != classes:
             raise UserError(f"method.warm_start.{key}: {run_dir} was trained on classes {trained_on}, this run's "
@@ -182,7 +153,7 @@ class I2M2(Method):
             return ("method i2m2 needs one expert head per modality: set model.unimodal_logits: heads "
                     f"(it is {recipe.model.unimodal_logits!r})")
         for key, path in options.warm_start.items():
-            problem = _template_problem(path)
+            problem = template_problem(path)
             if problem:
                 return f"method.warm_start.{key}: {path!r} {problem}"
             if options.experts == "shared" and key != JOINT:
