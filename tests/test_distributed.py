@@ -50,13 +50,19 @@ def _run_dir(out: Path) -> Path:
 
 # methods whose rule takes statistics of the global batch (scores, means, prototypes, head gradients)
 BATCH_STATISTICS = ["ogm_ge", "agm", "cggm", "mla", "mimo", "pmr", "opm",
-                    "cml", "dimml", "greedy", "lfm"]  # issue 20's in-step methods
+                    "cml", "dimml", "greedy", "lfm",  # issue 20's in-step methods
+                    "inforeg"]
 EXTRA = {"opm": ["--set", "method.warmup_epochs=0"],  # its rule starts after the warm-up
          # dimensions chosen at the first epoch, stage 2 in the second; the learned weight agrees across processes
          "dimml": ["--set", "method.contrast_start_epoch=0", "--set", "method.stage1_epochs=1"],
-         "lfm": ["--set", "method.weighting=learned"]}
+         "lfm": ["--set", "method.weighting=learned"],
+         # smv's re-sampled set (sharded like any epoch's entries), relearning's re-initialisation (every process
+         # diagnoses the same rows alike), set to act within the run
+         "smv": ["--set", "method.warmup_epochs=1"],
+         "relearning": ["--set", "method.reinit_epoch=1", "--set", "train.epochs=3"]}
 # and the rest: their rules are linear in the gradients (mmpareto gathers its per-source ones itself)
-OTHER_METHODS = ["uniform", "unimodal-fou", "mmpareto", "gblending", "i2m2", "mmcosine", "mbsd"]
+OTHER_METHODS = ["uniform", "unimodal-fou", "mmpareto", "gblending", "i2m2", "mmcosine", "mbsd",
+                 "reconboost", "relearning", "smv"]
 
 
 # bogc: the largest parameter difference after 2 epochs depends on the batch order, i.e. on the seed
@@ -104,6 +110,10 @@ def _assert_close_state(a, b, tolerance: float, where: str = "method") -> None:
         assert a.keys() == b.keys(), where
         for k in a:
             _assert_close_state(a[k], b[k], tolerance, f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):  # per-epoch histories, per-parameter snapshots
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_close_state(x, y, tolerance, f"{where}[{i}]")
     elif torch.is_tensor(a) and a.is_floating_point():
         assert torch.allclose(a, b, atol=tolerance, rtol=tolerance), where
     elif torch.is_tensor(a):

@@ -98,7 +98,31 @@ def test_dimml_contrasts_from_the_references_epoch_and_then_trains_stage_two():
     assert modulated_epochs("dimml", 7, lambda logs, _: "loss.stage2" in logs, stage1_epochs=5) == [6, 7]
 
 
+def test_relearning_reinitialises_after_the_references_epochs_20_40_60():
+    found = modulated_epochs("relearning", 64, lambda logs, method: "method.relearn.weight.a" in method._epoch_logs)
+    assert found == [22, 42, 62]  # the reference re-initialises after its epochs 20, 40, 60 (from 0): before our next
+
+
+def test_smv_resamples_after_five_warm_up_epochs():
+    found = modulated_epochs("smv", 8, lambda logs, method: method.training_entries() is not None)
+    assert found == [6, 7, 8]  # the reference's `epoch < warmup` (5, from 0) trains epochs 0-4 on the plain set
+
+
+def test_reconboost_turns_last_a_stage_of_four_boosting_and_four_rectifying_epochs():
+    def boosts(m):
+        return lambda logs, method: method.turn().boosting and method.model.modalities[method.turn().active] == m
+
+    assert modulated_epochs("reconboost", 20, boosts("a")) == [1, 2, 3, 4, 17, 18, 19, 20]
+    assert modulated_epochs("reconboost", 20, boosts("b")) == [9, 10, 11, 12]
+
+
+def test_inforeg_opens_its_window_in_the_first_epoch():
+    found = modulated_epochs("inforeg", 3, lambda logs, method: method.rate == 1.0 and method.reference_epoch() == 0)
+    assert found == [1]  # the reference's `if epoch == 0: k = 1`
+
+
 @pytest.mark.parametrize("name, base", [("ogm_ge", 0), ("opm", 0), ("pmr", 0), ("gblending", 0), ("agm", 1),
-                                        ("lfm", 0), ("dimml", 0), ("cml", 0), ("mbsd", 0), ("greedy", 1)])
+                                        ("lfm", 0), ("dimml", 0), ("cml", 0), ("mbsd", 0), ("greedy", 1),
+                                        ("reconboost", 0), ("relearning", 0), ("inforeg", 0), ("smv", 0)])
 def test_each_windowed_method_states_its_references_count(name, base):
     assert METHODS[name].epoch_base == base

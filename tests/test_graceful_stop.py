@@ -25,9 +25,16 @@ def _train(capsys, out: Path, method: str, *extra: str):
         args += ["--set", "method.modality=audio"]
     if method == "gblending":  # estimated at epochs 1 and 3: the stop in epoch 2 resumes estimated weights
         args += ["--set", "method.super_epoch=2"]
+    args += EPOCH_HOOKS.get(method, [])
     code, stdout, stderr = run_cli(capsys, "train", "recipes/quickstart.yaml", "--out", out, *args)
     return code, " ".join(stdout.split()), " ".join(stderr.split())
 
+
+# methods whose epoch start acts, set to act within three epochs: the stop in epoch 2 falls in the middle of a turn
+# (reconboost: audio boosted in epoch 1, epoch 2 rectifies after an optimiser reset, image boosts in epoch 3), in a
+# re-sampled epoch (smv) or between two re-initialisations (relearning: at the starts of epochs 3 and 4)
+EPOCH_HOOKS = {"reconboost": ["--set", "method.epochs_per_stage=1", "--set", "method.correct_epoch=1"],
+               "smv": ["--set", "method.warmup_epochs=1"], "relearning": ["--set", "method.reinit_epoch=1"]}
 
 # option variants that keep state of their own (bogc laplace: the posterior's curvature and generator) or take
 # another path through a step
@@ -70,6 +77,26 @@ def test_a_stop_mid_epoch_checkpoints_that_step_and_resumes_bitwise(capsys, tmp_
     assert ev == expected[1]
     assert all(torch.equal(model[k], expected[2][k]) for k in model)
     reliability("Ctrl-C/SIGTERM signals delivered mid-epoch to training")
+    reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
+
+
+@pytest.mark.slow  # ~4-8 s each; the test above already stops smv inside a re-sampled epoch
+@pytest.mark.parametrize("method", ["relearning", "smv"])
+def test_a_stop_after_an_epoch_start_intervention_resumes_bitwise(capsys, tmp_path, monkeypatch, method, reliability):
+    """Stopped in epoch 3, after its start re-initialised the encoders (relearning) or re-sampled the set (smv):
+    the checkpoint holds the epoch's result, and the resumed run does not repeat it."""
+    extra = ("--set", "train.epochs=4")
+    assert _train(capsys, tmp_path / "straight", method, *extra)[0] == 0
+    expected = run_results(tmp_path / "straight")
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, signal.SIGINT, epoch=3, step=2)
+        code, out, err = _train(capsys, tmp_path / "cut", method, *extra)
+    assert code == 130 and "stopped at epoch 3, step 2" in out, out + err
+    code, out, err = _train(capsys, tmp_path / "cut", method, *extra, "--resume")
+    assert code == 0 and "at epoch 3, step 3" in out, out + err
+    records, ev, model = run_results(tmp_path / "cut")
+    assert records == expected[0] and ev == expected[1]
+    assert all(torch.equal(model[k], expected[2][k]) for k in model)
     reliability("interrupted runs resumed and checked bitwise equal to an uninterrupted run")
 
 

@@ -59,6 +59,9 @@ PROTOCOL = {  # the reference file each "as published" recipe names, and where i
     "mmcosine": ("MMCosine_ICASSP23 main_CD.py", {}), "cml": ("BalanceBenchmark balancemm/trainer/CML_trainer.py", {}),
     "mbsd": ("BalanceBenchmark balancemm/trainer/MBSD_trainer.py", {}),
     "greedy": ("greedy_multimodal_learning configs/training_guided.gin", {}),
+    # issue 20's methods acting at epoch starts
+    "reconboost": ("ReconBoost train.py", {}), "relearning": ("Diagnosing_Relearning_ECCV2024 code/ours.py", {}),
+    "inforeg": ("InfoReg_CVPR2025 main.py", {}), "smv": ("Valuate-and-Enhance-Multimodal-Cooperation code/sample_level.py", {}),
 }
 KS_OGM = ("BML_TPAMI2024 code/scripts/train_ogm.sh", {"start_epoch": 6, "end_epoch": 60})  # its KS script
 
