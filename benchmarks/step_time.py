@@ -58,12 +58,16 @@ VARIANTS = {
     "bogc-laplace-modality-precision": ("bogc", {"moments": "laplace", "frame": "modality", "evidence": "precision"}),
 }
 for baseline in ("ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo",
-                 "lfm", "mmcosine", "cml", "mbsd", "greedy"):
+                 "lfm", "mmcosine", "cml", "mbsd", "greedy", "reconboost", "relearning", "inforeg",
+                 "smv"):
     VARIANTS[baseline] = (baseline, {})
 VARIANTS["dimml"] = ("dimml", {"contrast_start_epoch": 9})  # its dimensions chosen at the timed epoch: contrast on
 VARIANTS["dimml-stage2"] = ("dimml", {"stage1_epochs": 9})  # the fusion classifier alone, on frozen features
 VARIANTS["lfm-learned"] = ("lfm", {"weighting": "learned"})  # plus its once-per-epoch weight step (not timed)
 VARIANTS["greedy-random"] = ("greedy", {"selection": "random"})
+# epoch 10 is a boosting epoch of reconboost's defaults (one learner with gradient, the other without); with stages
+# of one boosting and one rectification epoch it is a rectification epoch (every learner with gradient)
+VARIANTS["reconboost-rectify"] = ("reconboost", {"epochs_per_stage": 1, "correct_epoch": 1})
 
 
 def make_method(name: str, options: dict, preset: dict, device: torch.device, precision: str, batch: Batch):
