@@ -37,7 +37,9 @@ def test_dry_run_of_the_paper_sweeps_lists_every_cell_and_needs_no_data(capsys, 
     code, out, err = run_cli(capsys, "reproduce", "recipes/paper/main.yaml", "--dry-run", "--out", tmp_path)
     out = " ".join(out.split())
     assert code == 0, err
-    assert "195 of 195 cells to run" in out  # 3 datasets x 13 methods x 5 seeds
+    sweep = yaml.safe_load(Path("recipes/paper/main.yaml").read_text())
+    cells = len(sweep["datasets"]) * len(sweep["methods"]) * len(sweep["seeds"])
+    assert cells >= 3 * 23 * 5 and f"{cells} of {cells} cells to run" in out  # datasets x methods x seeds
     for name in ("cremad", "kinetics_sounds", "brats_grade", "bogc", "mmpareto", "0,1,2,3,4"):
         assert name in out
     assert not any(tmp_path.iterdir())  # nothing written
