@@ -90,12 +90,9 @@ from pydantic import Field
 from torch import nn
 
 from bogc_cli.data.loader import Batch
-from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.shared_head import SharedHeadView, feature_size_reason, shared_feature_size
 from bogc_cli.schema import StrictModel
-
-RESNET18_DIM = 512
-
 
 class MLAOptions(StrictModel):
     fusion: Literal["entropy", "fixed"] = Field(
@@ -208,31 +205,6 @@ class MLAHead(nn.Module):
         self.projector.copy_(owm_update(self.projector, x, alpha))
 
 
-class SharedHeadView(nn.Module):
-    """A unimodal head that is the shared head: ``z`` ``[B, d]`` -> ``h(z)`` ``[B, C]``.
-
-    Holds the head without registering it, so its parameters stay owned (and checkpointed)
-    once, by ``model.fusion_head``."""
-
-    def __init__(self, head: MLAHead):
-        super().__init__()
-        self._head = (head,)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self._head[0].linear(z)
-
-
-def _feature_dim_reason(model_cfg) -> str | None:
-    """Feature-size clash visible from the recipe alone (resnet18 is 512-d; mlp/cnn-small: feature_dim)."""
-    enc = model_cfg.encoders
-    names = set(enc.values()) if isinstance(enc, dict) else set()
-    if "resnet18" in names and len(names) > 1 and model_cfg.feature_dim != RESNET18_DIM:
-        return (f"method mla shares one head across modalities, so every encoder must output the same feature "
-                f"size: resnet18 gives {RESNET18_DIM}, the others model.feature_dim={model_cfg.feature_dim}; "
-                f"set model.feature_dim: {RESNET18_DIM} or use one encoder kind")
-    return None
-
-
 class MLA(Method):
     name = "mla"
     summary = ("alternating unimodal steps through one shared head (OWM projection optional); entropy-weighted sum "
@@ -254,20 +226,13 @@ class MLA(Method):
         if not m.linear_concat_head:
             return ("method mla replaces the fusion head with its shared linear head: leave model.fusion: concat "
                     f"and model.fusion_hidden: 0 (they are {m.fusion!r}, {m.fusion_hidden})")
-        return _feature_dim_reason(m)
+        return feature_size_reason("mla", m)
 
     @classmethod
     def adapt_model(cls, options: MLAOptions, model) -> None:
-        if model.slice_unimodal:
-            raise UserError("method mla needs model.unimodal_logits: heads (its unimodal logits are h(z_m))")
-        dims = {m: model.encoders[m].out_dim for m in model.modalities}
-        if len(set(dims.values())) != 1:
-            raise UserError(f"method mla shares one head across modalities, so every encoder must output the same "
-                            f"feature size; they output {dims}: set model.feature_dim to match (resnet18 is "
-                            f"{RESNET18_DIM}-d) or use one encoder kind")
-        head = MLAHead(next(iter(dims.values())), model.num_classes, options.fusion, options.entropy_over)
+        head = MLAHead(shared_feature_size("mla", model), model.num_classes, options.fusion, options.entropy_over)
         model.fusion_head = head
-        model.unimodal_heads = nn.ModuleDict({m: SharedHeadView(head) for m in model.modalities})
+        model.unimodal_heads = nn.ModuleDict({m: SharedHeadView(head.linear) for m in model.modalities})
 
     @property
     def head(self) -> MLAHead:

@@ -70,14 +70,11 @@ from pydantic import Field
 from torch import nn
 
 from bogc_cli.data.loader import Batch
-from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
-from bogc_cli.models.fusion_heads import ConcatHead
+from bogc_cli.fusion.shared_head import SharedHeadView, feature_size_reason, shared_feature_size
 from bogc_cli.fusion.warm_start import load_unimodal_encoders, template_problem
+from bogc_cli.models.fusion_heads import ConcatHead
 from bogc_cli.schema import StrictModel
-
-RESNET18_DIM = 512
-
 
 class ReconBoostOptions(StrictModel):
     epochs_per_stage: int = Field(4, ge=1, description="alternating-boosting epochs of each stage (phase 1)")
@@ -149,17 +146,6 @@ class BoostEnsemble(nn.Module):
         return self.ensemble(chosen)
 
 
-class LearnerView(nn.Module):
-    """A unimodal head that is the shared learner head ``h`` (held, not registered: ``fusion_head`` owns it)."""
-
-    def __init__(self, head: BoostEnsemble):
-        super().__init__()
-        self._head = (head,)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self._head[0].learner(z)
-
-
 class ReconBoost(Method):
     name = "reconboost"
     summary = ("modalities take turns: the active learner fits the others' residual (boosting loss, w1 - w2 q), then "
@@ -182,12 +168,9 @@ class ReconBoost(Method):
         if m.fusion != "concat":
             return ("method reconboost replaces the fusion head with its ensemble of one shared learner head "
                     f"(model.fusion_hidden sets its hidden layer): leave model.fusion: concat (it is {m.fusion!r})")
-        enc = m.encoders
-        names = set(enc.values()) if isinstance(enc, dict) else set()
-        if "resnet18" in names and len(names) > 1 and m.feature_dim != RESNET18_DIM:
-            return (f"method reconboost shares one learner head across modalities, so every encoder must output the "
-                    f"same feature size: resnet18 gives {RESNET18_DIM}, the others model.feature_dim={m.feature_dim}; "
-                    f"set model.feature_dim: {RESNET18_DIM} or use one encoder kind")
+        reason = feature_size_reason("reconboost", m)
+        if reason:
+            return reason
         for key, path in options.warm_start.items():
             problem = template_problem(path)
             if problem:
@@ -196,19 +179,12 @@ class ReconBoost(Method):
 
     @classmethod
     def adapt_model(cls, options: ReconBoostOptions, model) -> None:
-        if model.slice_unimodal:
-            raise UserError("method reconboost needs model.unimodal_logits: heads (its unimodal logits are h(z_m))")
-        dims = {m: model.encoders[m].out_dim for m in model.modalities}
-        if len(set(dims.values())) != 1:
-            raise UserError(f"method reconboost shares one learner head across modalities, so every encoder must "
-                            f"output the same feature size; they output {dims}: set model.feature_dim to match "
-                            f"(resnet18 is {RESNET18_DIM}-d) or use one encoder kind")
         built = model.fusion_head  # the recipe's concat head: its hidden layer, if any, sizes the learner head's
         hidden = built.net[0].out_features if isinstance(built, ConcatHead) and not built.is_linear else 0
-        head = BoostEnsemble(next(iter(dims.values())), model.num_classes, len(model.modalities), hidden,
-                             options.boost_rate)
+        head = BoostEnsemble(shared_feature_size("reconboost", model), model.num_classes, len(model.modalities),
+                             hidden, options.boost_rate)
         model.fusion_head = head
-        model.unimodal_heads = nn.ModuleDict({m: LearnerView(head) for m in model.modalities})
+        model.unimodal_heads = nn.ModuleDict({m: SharedHeadView(head.learner) for m in model.modalities})
 
     @classmethod
     def before_training(cls, options: ReconBoostOptions, model, recipe, classes) -> None:
