@@ -51,12 +51,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
-from bogc_cli.fusion.warm_start import finished_checkpoint, template_problem, warm_start_dir
+from bogc_cli.fusion.warm_start import (check_classes, copy_planned, finished_checkpoint, template_problem,
+                                       warm_start_dir)
 from bogc_cli.models.multimodal import FUSED, MultimodalModel
 from bogc_cli.schema import StrictModel
 
@@ -122,17 +122,9 @@ def load_warm_start(options: I2M2Options, model: MultimodalModel, seed: int, cla
         run_dir = warm_start_dir(path, seed)
         state = finished_checkpoint(f"method.warm_start.{key}", "joint (multimodal)" if key == JOINT else
                                     f"unimodal ({key})", run_dir)
-        trained_on = state.get("data", {}).get("classes")
-        if trained_on != classes:
-            raise UserError(f"method.warm_start.{key}: {run_dir} was trained on classes {trained_on}, this run's "
-                            f"data has {classes}; point it at a run on the same dataset")
+        check_classes(f"method.warm_start.{key}", run_dir, state, classes)
         plan.append((key, run_dir, state, warm_start_pairs(key, state, model, run_dir)))
-    ours = model.state_dict()
-    with torch.no_grad():
-        for _, _, state, pairs in plan:
-            for mine, source in pairs:
-                ours[mine].copy_(state["model"][source])
-    return {key: run_dir for key, run_dir, _, _ in plan}
+    return copy_planned(model, plan)
 
 
 class I2M2(Method):

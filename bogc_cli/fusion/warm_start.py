@@ -47,6 +47,25 @@ def finished_checkpoint(where: str, what: str, run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "best.pt")
 
 
+def check_classes(where: str, run_dir: Path, state: dict, classes: list[str]) -> None:
+    """``UserError`` unless the run in ``run_dir`` (its checkpoint ``state``) was trained on ``classes``."""
+    trained_on = state.get("data", {}).get("classes")
+    if trained_on != classes:
+        raise UserError(f"{where}: {run_dir} was trained on classes {trained_on}, this run's data has {classes}; "
+                        "point it at a run on the same dataset")
+
+
+def copy_planned(model: MultimodalModel, plan: list[tuple[str, Path, dict, list[tuple[str, str]]]]) -> dict[str, Path]:
+    """Copy every checked entry of ``plan`` (``(key, run_dir, state, [(name here, name there)])``) into ``model``;
+    returns ``{key: run_dir}``. Called only after every entry has been checked."""
+    ours = model.state_dict()
+    with torch.no_grad():
+        for _, _, state, pairs in plan:
+            for mine, source in pairs:
+                ours[mine].copy_(state["model"][source])
+    return {key: run_dir for key, run_dir, _, _ in plan}
+
+
 def unimodal_encoder_pairs(where: str, key: str, state: dict, model: MultimodalModel,
                            run_dir: Path) -> list[tuple[str, str]]:
     """``(name here, name in the checkpoint)`` of modality ``key``'s encoder (and its running feature mean) taken
@@ -80,14 +99,6 @@ def load_unimodal_encoders(option: str, runs: dict[str, str], model: MultimodalM
                             f"{', '.join(model.modalities)}")
         run_dir = warm_start_dir(path, seed)
         state = finished_checkpoint(where, f"unimodal ({key})", run_dir)
-        trained_on = state.get("data", {}).get("classes")
-        if trained_on != classes:
-            raise UserError(f"{where}: {run_dir} was trained on classes {trained_on}, this run's data has {classes}; "
-                            "point it at a run on the same dataset")
+        check_classes(where, run_dir, state, classes)
         plan.append((key, run_dir, state, unimodal_encoder_pairs(where, key, state, model, run_dir)))
-    ours = model.state_dict()
-    with torch.no_grad():
-        for _, _, state, pairs in plan:
-            for mine, source in pairs:
-                ours[mine].copy_(state["model"][source])
-    return {key: run_dir for key, run_dir, _, _ in plan}
+    return copy_planned(model, plan)
