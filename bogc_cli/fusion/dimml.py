@@ -83,10 +83,10 @@ from bogc_cli.data.loader import Batch, to_device
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.gblending import fresh_optimizer
+from bogc_cli.fusion.shared_head import feature_size_reason, shared_feature_size
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.schema import StrictModel
 
-RESNET18_DIM = 512
 REINIT_SEED = 2_750_159  # the stage-2 re-initialisation's generator offset from the run seed, apart from the others
 
 
@@ -196,16 +196,6 @@ class DIMMLHead(nn.Module):
         return (torch.stack([_wide(z) for z in logits], dim=1) * w.unsqueeze(-1)).sum(1)
 
 
-def _feature_dim_reason(model_cfg) -> str | None:
-    enc = model_cfg.encoders
-    names = set(enc.values()) if isinstance(enc, dict) else set()
-    if "resnet18" in names and len(names) > 1 and model_cfg.feature_dim != RESNET18_DIM:
-        return (f"method dimml shares one classifier across modalities, so every encoder must output the same "
-                f"feature size: resnet18 gives {RESNET18_DIM}, the others model.feature_dim={model_cfg.feature_dim}; "
-                f"set model.feature_dim: {RESNET18_DIM} or use one encoder kind")
-    return None
-
-
 class DIMML(Method):
     name = "dimml"
     summary = ("each modality trained by its own and a shared classifier, plus a dimension-decoupled "
@@ -224,19 +214,13 @@ class DIMML(Method):
         if recipe.model.unimodal_logits != "heads":
             return ("method dimml trains each modality's own classifier: set model.unimodal_logits: heads "
                     f"(it is {recipe.model.unimodal_logits!r})")
-        return _feature_dim_reason(recipe.model)
+        return feature_size_reason("dimml", recipe.model, "classifier")
 
     @classmethod
     def adapt_model(cls, options: DIMMLOptions, model) -> None:
-        if model.slice_unimodal:
-            raise UserError("method dimml needs model.unimodal_logits: heads (its own classifiers)")
-        dims = {m: model.encoders[m].out_dim for m in model.modalities}
-        if len(set(dims.values())) != 1:
-            raise UserError(f"method dimml shares one classifier across modalities, so every encoder must output the "
-                            f"same feature size; they output {dims}: set model.feature_dim to match (resnet18 is "
-                            f"{RESNET18_DIM}-d) or use one encoder kind")
+        dim = shared_feature_size("dimml", model, "classifier", "its own classifiers")
         like = next(model.parameters())
-        model.fusion_head = DIMMLHead(next(iter(dims.values())), len(dims), model.num_classes, model.unimodal_heads,
+        model.fusion_head = DIMMLHead(dim, len(model.modalities), model.num_classes, model.unimodal_heads,
                                       model.modalities, options.fusion_temperature).to(like.device, like.dtype)
 
     def __init__(self, options: DIMMLOptions, model, ctx):
