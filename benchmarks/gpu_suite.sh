@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 case "$part" in
 speed)
     python3 benchmarks/step_time.py --steps 10 --rounds 3 \
-        --methods joint,uniform,bogc,bogc-ema,mmpareto,ogm_ge,opm,agm,pmr,cggm,gblending,mla,i2m2,mimo,lfm,dimml,mmcosine,cml,mbsd,greedy 2>&1 | tee -a "$log"
+        --methods joint,uniform,bogc,bogc-ema,mmpareto,ogm_ge,opm,agm,pmr,cggm,gblending,mla,i2m2,mimo,lfm,dimml,mmcosine,cml,mbsd,greedy,reconboost,reconboost-rectify,relearning,inforeg,smv 2>&1 | tee -a "$log"
     python3 benchmarks/throughput.py --work "$work" --methods joint,bogc 2>&1 | tee -a "$log"
     python3 benchmarks/reference_compare.py --work "$work" 2>&1 | tee -a "$log"
     python3 benchmarks/throughput.py --work "$work" --methods joint --variants fast --compile 2>&1 | tee -a "$log"
