@@ -1,0 +1,227 @@
+"""The balance metrics of eval.json, on inputs whose answers are worked out by hand: exact Shapley
+contributions and the imbalance degree, ECE / NLL / Brier, the linear probe, and the cost figures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bogc_cli.data.cache import ModalitySpec
+from bogc_cli.engine.calibration_metrics import calibration, ece_from_bins
+from bogc_cli.engine.contribution import (MAX_MODALITIES, ShapleyTooLarge, absent_features, check_modality_count,
+                                          contributions, imbalance_degree, score_subsets, shapley_values)
+from bogc_cli.engine.cost import forward_flops_per_sample, parameter_count
+from bogc_cli.engine.linear_probe import linear_probe
+from bogc_cli.models.multimodal import MultimodalModel
+from bogc_cli.recipe import ModelBlock
+
+
+class Identity(nn.Module):
+    """An 'encoder' whose feature is its input: the subsets' logits are then sums we can add up by hand."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x):
+        return x
+
+
+def additive_model(modalities: list[str], classes: int = 2, fill: str = "zero-feature") -> MultimodalModel:
+    """Fused logits = the sum of the present modalities' inputs (a linear concat head [I I ...], no bias)."""
+    specs = {m: ModalitySpec("vector", [classes], "float32") for m in modalities}
+    model = MultimodalModel(specs, classes, {m: "mlp" for m in modalities}, ModelBlock(feature_dim=classes),
+                            fill=fill)
+    for m in modalities:
+        model.encoders[m] = Identity(classes)
+    with torch.no_grad():
+        model.fusion_head.net.weight.copy_(torch.eye(classes).repeat(1, len(modalities)))
+        model.fusion_head.net.bias.zero_()
+    return model.eval()
+
+
+def subset_shapley(model, inputs: dict[str, list], labels: list[int]) -> dict:
+    feats = {m: torch.tensor(v, dtype=torch.float32) for m, v in inputs.items()}
+    y = torch.tensor(labels)
+    absent = absent_features(model, {m: x[:1] for m, x in feats.items()})
+    scores = score_subsets(model, feats, y, absent, autocast=_no_autocast)
+    return contributions(scores, list(model.modalities), model.fill)
+
+
+def _no_autocast():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
+# ------------------------------------------------------------------ Shapley values
+def test_two_modalities_by_hand():
+    # labels 0 1 1 1; a alone predicts 0 1 0 1 (3/4 right), b alone 1 1 1 0 (2/4), a+b 0 1 1 0 (3/4);
+    # with both missing the logits are 0 0 and argmax takes class 0: 1/4 right.
+    model = additive_model(["a", "b"])
+    out = subset_shapley(model, {"a": [[2, 0], [0, 2], [2, 0], [0, 1]], "b": [[0, 1], [0, 1], [0, 3], [2, 0]]},
+                         [0, 1, 1, 1])
+    acc = out["accuracy"]
+    worth = out["subsets"]
+    assert [worth[s]["accuracy"] for s in ("", "a", "b", "a+b")] == [0.25, 0.75, 0.5, 0.75]
+    # phi_a = 1/2 (0.75 - 0.25) + 1/2 (0.75 - 0.5) = 0.375;  phi_b = 1/2 (0.5 - 0.25) + 1/2 (0.75 - 0.75) = 0.125
+    assert acc["shapley"] == pytest.approx({"a": 0.375, "b": 0.125})
+    assert sum(acc["shapley"].values()) == pytest.approx(acc["full"] - acc["empty"]) == pytest.approx(0.5)
+    assert acc["imbalance_degree"] == pytest.approx(0.25 / 0.5)  # |0.375 - 0.125| / (0.375 + 0.125)
+    # the smooth value function adds up too: v(all) - v(empty) with v = mean true-class probability
+    p = out["true_class_probability"]
+    assert sum(p["shapley"].values()) == pytest.approx(p["full"] - p["empty"])
+    assert p["empty"] == pytest.approx(0.5)  # logits 0 0: every class 1/2
+
+
+def test_three_modalities_by_hand_through_the_model():
+    # labels 0 1 1 0.  v: {} 0.5 (ties -> class 0), a 0.75, b 0.5, c 0.75, ab 0.5, ac 1.0, bc 0.75, abc 0.75
+    model = additive_model(["a", "b", "c"])
+    out = subset_shapley(model, {"a": [[1, 0], [0, 1], [1, 0], [1, 0]],
+                                 "b": [[0, 2], [0, 2], [0, 2], [0, 2]],
+                                 "c": [[3, 0], [0, 0.5], [0, 3], [0, 0.5]]}, [0, 1, 1, 0])
+    worth = {s: v["accuracy"] for s, v in out["subsets"].items()}
+    assert worth == {"": 0.5, "a": 0.75, "b": 0.5, "c": 0.75, "a+b": 0.5, "a+c": 1.0, "b+c": 0.75, "a+b+c": 0.75}
+    # weights 1/3 (|S| = 0), 1/6 (|S| = 1), 1/3 (|S| = 2):
+    # a: 1/3*.25 + 1/6*0 + 1/6*.25 + 1/3*0 = .125;  b: 0 - 1/6*.25 + 0 - 1/3*.25 = -.125;  c: .25 everywhere = .25
+    acc = out["accuracy"]
+    assert acc["shapley"] == pytest.approx({"a": 0.125, "b": -0.125, "c": 0.25})
+    assert sum(acc["shapley"].values()) == pytest.approx(0.75 - 0.5)
+    # (|.125 + .125| + |.125 - .25| + |-.125 - .25|) / (2 * .25)
+    assert acc["imbalance_degree"] == pytest.approx(0.75 / 0.5)
+
+
+def test_shapley_of_a_known_game_and_efficiency_for_more_modalities():
+    worth = {(): 0.1, ("a",): 0.5, ("b",): 0.3, ("c",): 0.2, ("a", "b"): 0.7, ("a", "c"): 0.6, ("b", "c"): 0.4,
+             ("a", "b", "c"): 0.8}
+    phi = shapley_values(worth, ["a", "b", "c"])
+    assert phi == pytest.approx({"a": 0.4, "b": 0.2, "c": 0.1})
+    assert imbalance_degree(phi) == pytest.approx((0.2 + 0.3 + 0.1) / (2 * 0.7))
+    # efficiency and symmetry on a random 5-player game: sum = v(all) - v(empty); a player that adds the
+    # same as another everywhere gets the same value; one that adds nothing gets 0
+    rng = np.random.default_rng(0)
+    mods = ["a", "b", "c", "d", "e"]
+    from itertools import combinations
+
+    base = {s: float(rng.random()) for k in range(4) for s in combinations(mods[:4], k)}
+    base[tuple(mods[:4])] = float(rng.random())
+    game = {}
+    for s, v in base.items():
+        game[s] = v
+        game[(*s, "e")] = v  # e is a null player
+    phi = shapley_values(game, mods)
+    assert sum(phi.values()) == pytest.approx(game[tuple(mods)] - game[()])
+    assert phi["e"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_imbalance_degree_bounds_and_undefined_cases():
+    assert imbalance_degree({"a": 0.3, "b": 0.3, "c": 0.3}) == 0.0
+    assert imbalance_degree({"a": 0.6, "b": 0.0, "c": 0.0}) == pytest.approx(1.0)
+    assert math.isnan(imbalance_degree({"a": 0.4}))
+    assert math.isnan(imbalance_degree({"a": 0.1, "b": -0.1}))
+
+
+def test_the_fill_decides_the_missing_modality():
+    # mean-feature: a missing modality contributes its running training mean, not zeros
+    model = additive_model(["a", "b"], fill="mean-feature")
+    model.feature_mean("b").copy_(torch.tensor([0.0, 5.0]))
+    out = subset_shapley(model, {"a": [[2, 0], [2, 0]], "b": [[3, 0], [3, 0]]}, [0, 0])
+    # a alone: logits a + mean_b = [2, 5] -> class 1, wrong; zero-feature would have said class 0
+    assert out["subsets"]["a"]["accuracy"] == 0.0 and out["fill"] == "mean-feature"
+
+
+def test_more_than_the_limit_is_refused_with_the_way_out():
+    check_modality_count([f"m{i}" for i in range(MAX_MODALITIES)])
+    with pytest.raises(ShapleyTooLarge, match=r"M = 9 .*--no-shapley"):
+        check_modality_count([f"m{i}" for i in range(MAX_MODALITIES + 1)])
+
+
+# ------------------------------------------------------------------ calibration
+def test_ece_nll_brier_by_hand():
+    # confidences .9 .85 .7 .62 each in a bin of its own (15 bins of width 1/15); right, wrong, right, wrong
+    p = np.array([[0.9, 0.1], [0.85, 0.15], [0.3, 0.7], [0.38, 0.62]])
+    y = np.array([0, 1, 1, 0])
+    out = calibration(np.log(p), y)
+    assert out["bins"] == 15
+    assert out["ece"] == pytest.approx((0.1 + 0.85 + 0.3 + 0.62) / 4, abs=1e-6)
+    assert out["nll"] == pytest.approx(-(math.log(0.9) + math.log(0.15) + math.log(0.7) + math.log(0.38)) / 4)
+    assert out["brier"] == pytest.approx((0.02 + 1.445 + 0.18 + 0.7688) / 4)
+    bins = out["reliability"]
+    assert sum(bins["count"]) == 4 and bins["count"][13] == 1 and bins["count"][9] == 1
+    assert bins["accuracy"][12] == 0.0 and bins["confidence"][13] == pytest.approx(0.9)
+    assert ece_from_bins(bins) == pytest.approx(out["ece"], abs=1e-6)
+
+
+def test_shared_bin_and_a_perfect_prediction():
+    # two rows in one bin: |accuracy 1/2 - mean confidence .95| weighs 2/3; the third row is right at .9
+    p = np.array([[0.95, 0.05], [0.95, 0.05], [0.1, 0.9]])
+    out = calibration(np.log(p), np.array([0, 1, 1]))
+    assert out["ece"] == pytest.approx(2 / 3 * 0.45 + 1 / 3 * 0.1, abs=1e-6)
+    sure = calibration(np.array([[50.0, 0.0], [0.0, 50.0]]), np.array([0, 1]))
+    assert sure["brier"] == pytest.approx(0.0, abs=1e-12) and sure["nll"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="N > 0"):
+        calibration(np.zeros((0, 3)), np.zeros(0))
+
+
+# ------------------------------------------------------------------ linear probe
+def _encoded(rng, n: int, informative: bool, classes: int = 4, dim: int = 16):
+    y = rng.integers(0, classes, n)
+    centres = np.random.default_rng(123).standard_normal((classes, dim)) * 3
+    x = rng.standard_normal((n, dim)) + (centres[y] if informative else 0)
+    return x.astype(np.float32), y
+
+
+def test_probe_of_a_random_encoder_is_at_chance_and_of_an_informative_one_well_above():
+    rng = np.random.default_rng(0)
+    good = linear_probe(*(_encoded(rng, n, True) for n in (400, 200, 1000)))
+    noise = linear_probe(*(_encoded(rng, n, False) for n in (400, 200, 1000)))
+    chance, sd = 0.25, math.sqrt(0.25 * 0.75 / 1000)
+    assert abs(noise.accuracy - chance) < 4 * sd  # about 0.055
+    assert good.accuracy > 0.9
+    assert good.C in (0.01, 0.1, 1.0, 10.0) and set(good.val_by_C) == {0.01, 0.1, 1.0, 10.0}
+    assert good.val_accuracy == max(good.val_by_C.values())
+
+
+def test_probe_through_a_trained_run_encoder(tmp_path):
+    """The whole eval path on a model: a modality of pure noise probes at chance, the informative one far
+    above, whatever the fusion learnt (here: untrained encoders, so only the inputs differ)."""
+    from bogc_cli.data.cache import SplitArrays
+    from bogc_cli.data.loader import make_loader
+    from bogc_cli.engine.balance_eval import balance_metrics
+
+    rng = np.random.default_rng(1)
+    splits = {}
+    for split, n in (("train", 600), ("val", 200), ("test", 1000)):
+        x, y = _encoded(rng, n, True)
+        noise, _ = _encoded(rng, n, False)
+        splits[split] = make_loader(SplitArrays({"signal": x, "noise": noise}, y.astype(np.int64)), 128, shuffle=False)
+    specs = {m: ModalitySpec("vector", [16], "float32") for m in ("signal", "noise")}
+    torch.manual_seed(0)
+    model = MultimodalModel(specs, 4, {m: "mlp" for m in specs}, ModelBlock(feature_dim=32, hidden_dim=64))
+    out = balance_metrics(model, splits, torch.device("cpu"), _no_autocast, run_dir=tmp_path, title="probe")
+    probe = out["linear_probe"]["accuracy"]
+    assert probe["signal"] > 0.85
+    assert abs(probe["noise"] - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 1000)
+    assert (tmp_path / "reliability.png").stat().st_size > 10_000
+    assert out["parameters"] == parameter_count(model)
+    c = out["contribution"]["accuracy"]
+    assert sum(c["shapley"].values()) == pytest.approx(c["full"] - c["empty"])
+
+
+# ------------------------------------------------------------------ cost
+def test_parameters_and_flops_of_a_known_model():
+    # two linear 'encoders' 8 -> 4 and 6 -> 4 (no bias), a linear concat head 8 -> 3 and two unimodal
+    # heads 4 -> 3: per sample 2 * (8*4 + 6*4 + 8*3 + 2*4*3) = 208 FLOPs (2 per multiply-add)
+    specs = {"a": ModalitySpec("vector", [8], "float32"), "b": ModalitySpec("vector", [6], "float32")}
+    model = MultimodalModel(specs, 3, {"a": "mlp", "b": "mlp"}, ModelBlock(feature_dim=4))
+    for m, d in (("a", 8), ("b", 6)):
+        model.encoders[m] = nn.Linear(d, 4, bias=False)
+        model.encoders[m].out_dim = 4
+    inputs = {"a": torch.randn(5, 8), "b": torch.randn(5, 6)}
+    assert forward_flops_per_sample(model, inputs) == pytest.approx(2 * (8 * 4 + 6 * 4 + 8 * 3 + 4 * 3 * 2))
+    # parameters: encoders 32 + 24, fusion head 8*3 + 3, unimodal heads 2 * (4*3 + 3)
+    assert parameter_count(model) == 32 + 24 + 27 + 30
