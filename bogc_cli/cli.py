@@ -280,8 +280,12 @@ def eval_(
     split: str = typer.Option("test", "--split", help="Split to evaluate: train, val or test."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data: Optional[Path] = _data_option(),
+    shapley: bool = typer.Option(True, "--shapley/--no-shapley", help="Exact Shapley contribution of each "
+                                 "modality (2^M subsets; refused above 8 modalities: add --no-shapley)."),
 ) -> None:
-    """Accuracy, macro-F1, per-class accuracy and each modality head's accuracy of a trained run."""
+    """Accuracy, macro-F1, per-class accuracy, each modality head's accuracy, and the balance metrics: each
+    modality's Shapley contribution and the imbalance degree, linear-probe accuracy per modality,
+    calibration (ECE, NLL, Brier; reliability.png) and cost (parameters, FLOPs)."""
     from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import evaluate_run, load_run
     from bogc_cli.writable import require_writable
@@ -290,7 +294,7 @@ def eval_(
     checkpoint = resolve_checkpoint(target)
     require_writable(checkpoint.parent, "run folder")  # eval writes its results there
     run = load_run(checkpoint, device=device, data=data)
-    result, path = evaluate_run(run, split)
+    result, path = evaluate_run(run, split, shapley=shapley)
     table = Table(title=f"{result['dataset']} / {result['method']} / seed {result['seed']}: {split} "
                         f"({run.checkpoint.name}, epoch {run.epoch}, n={result['n']})")
     table.add_column("metric")
@@ -299,10 +303,31 @@ def eval_(
     table.add_row("macro-F1", f"{result['macro_f1']:.4f}")
     for m, acc in result["unimodal_accuracy"].items():
         table.add_row(f"{m} head accuracy", f"{acc:.4f}")
+    for name, value in _balance_rows(result):
+        table.add_row(name, value)
     for c, acc in result["per_class_accuracy"].items():
         table.add_row(f"class {c} accuracy", f"{acc:.4f}")
     _show(table)
+    if "skipped" in result["contribution"]:
+        console.print(f"Shapley contributions skipped: {result['contribution']['skipped']}", highlight=False)
     console.print(f"written to {path}")
+
+
+def _balance_rows(result: dict) -> list[tuple[str, str]]:
+    """The balance metrics of an eval result as (name, value) rows."""
+    rows = []
+    contribution = result["contribution"]
+    if "accuracy" in contribution:
+        for m, phi in contribution["accuracy"]["shapley"].items():
+            rows.append((f"{m} Shapley contribution (accuracy)", f"{phi:+.4f}"))
+        rows.append(("imbalance degree (accuracy)", f"{contribution['accuracy']['imbalance_degree']:.4f}"))
+    for m, acc in result["linear_probe"]["accuracy"].items():
+        rows.append((f"{m} linear-probe accuracy", f"{acc:.4f} (C={result['linear_probe']['C'][m]:g})"))
+    cal = result["calibration"]
+    rows += [(f"ECE ({cal['bins']} bins)", f"{cal['ece']:.4f}"), ("NLL", f"{cal['nll']:.4f}"),
+             ("Brier score", f"{cal['brier']:.4f}"), ("parameters", f"{result['parameters']:,}"),
+             ("forward MFLOPs / sample", f"{result['forward_flops_per_sample'] / 1e6:.3f}")]
+    return rows
 
 
 def _device(value: str) -> str:

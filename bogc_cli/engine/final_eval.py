@@ -9,11 +9,13 @@ from pathlib import Path
 
 from bogc_cli.atomic import write_json
 from bogc_cli.data.loader import make_loader
+from bogc_cli.engine.balance_eval import run_balance_metrics
 from bogc_cli.engine.checkpoint import load_checkpoint
 from bogc_cli.engine.context import RunContext
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.run_state import RunState
 from bogc_cli.engine.setup import run_identity
+from bogc_cli.fusion import method_label
 
 
 @dataclass
@@ -38,6 +40,10 @@ def final_evaluation(ctx: RunContext, state: RunState, step_ms: list[float]) -> 
     model.load_state_dict(load_checkpoint(ctx.run_dir / "best.pt")["model"])
     test_loader = make_loader(ctx.parts.data.splits["test"], cfg.eval_batch_size, shuffle=False)
     test = evaluate_predictions(predict(model, test_loader, ctx.device, ctx.autocast), ctx.parts.data.classes)
+    recipe = ctx.recipe
+    title = f"{recipe.dataset_label()}/{method_label(recipe)}/seed{recipe.seed}"
+    test.update(run_balance_metrics(model, ctx.parts.data.splits, cfg.eval_batch_size, ctx.device, ctx.autocast,
+                                    ctx.run_dir, title))
     seconds = time.perf_counter() - ctx.started
     summary = {
         **run_identity(ctx.recipe), "split": "test", "checkpoint": "best.pt", "epoch": state.best_epoch, **test,

@@ -10,11 +10,14 @@ import torch
 from bogc_cli.atomic import write_json
 from bogc_cli.data.bundle import dataset_root
 from bogc_cli.data.loader import make_loader
+from bogc_cli.engine.balance_eval import balance_metrics
+from bogc_cli.engine.contribution import check_modality_count
 from bogc_cli.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from bogc_cli.engine.evaluate import evaluate_predictions, predict
 from bogc_cli.engine.runtime import autocast_factory, pick_device
 from bogc_cli.engine.setup import RunParts, build_parts, run_identity
 from bogc_cli.errors import UserError
+from bogc_cli.fusion import method_label
 from bogc_cli.recipe import Recipe, validate_recipe
 
 
@@ -86,13 +89,24 @@ def _require_data(recipe: Recipe, given: str | Path | None) -> None:
                     f"not copied?); pass --data DIR with the folder that holds it now")
 
 
-def evaluate_run(run: LoadedRun, split: str = "test") -> tuple[dict, Path]:
-    """Evaluate on ``split``; write eval.json (best.pt on test) or eval-<ckpt>-<split>.json; return (result, path)."""
+def evaluate_run(run: LoadedRun, split: str = "test", shapley: bool = True) -> tuple[dict, Path]:
+    """Evaluate on ``split``; write eval.json (best.pt on test) or eval-<ckpt>-<split>.json; return (result, path).
+
+    Beside accuracy, macro-F1 and the heads' accuracy, the balance metrics (engine/balance_eval.py) of
+    ``split``: modality contributions (left out with ``shapley=False``; refused with ``ShapleyTooLarge``
+    above ``MAX_MODALITIES`` modalities), linear probes (``C`` chosen on val), calibration and cost; the
+    reliability diagram goes to the run directory."""
+    if shapley:  # before any work
+        check_modality_count(list(run.model.modalities))
     result = evaluate_predictions(predict(run.model, run.loader(split), run.device, run.autocast),
                                   run.parts.data.classes)
+    title = f"{run.recipe.dataset_label()} / {method_label(run.recipe)} / seed {run.recipe.seed}: {split}"
+    loaders = {"train": run.loader("train"), "val": run.loader("val"), "test": run.loader(split)}
+    balance = balance_metrics(run.model, loaders, run.device, run.autocast, shapley=shapley, strict=True,
+                              run_dir=run.run_dir if _is_main_eval(run, split) else None, title=title)
     result = {**run_identity(run.recipe), "split": split,
-              "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result}
-    if split == "test" and run.checkpoint.name == "best.pt":
+              "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result, **balance}
+    if _is_main_eval(run, split):
         path = run.run_dir / "eval.json"
         previous = _read_json(path)
         # keep the training-time fields (timings, val accuracy) that only training knows
@@ -101,6 +115,11 @@ def evaluate_run(run: LoadedRun, split: str = "test") -> tuple[dict, Path]:
         path = run.run_dir / f"eval-{run.checkpoint.stem}-{split}.json"
     write_json(path, result)
     return result, path
+
+
+def _is_main_eval(run: LoadedRun, split: str) -> bool:
+    """best.pt on test: what eval.json and reliability.png hold."""
+    return split == "test" and run.checkpoint.name == "best.pt"
 
 
 def _read_json(path: Path) -> dict:
