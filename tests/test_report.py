@@ -286,8 +286,8 @@ def test_methods_table_puts_step_time_relative_to_joint_beside_accuracy(tmp_path
         write_run(tmp_path, "ds", "ogm_ge", seed, 0.95, step_time_ms_median=ms)
     table = {t.name: t for t in load_tables(tmp_path)}["methods"]
     cells = table.cells()
-    assert list(cells.columns) == ["ds", "ds step/joint"]
-    assert cells.loc["joint", "ds"] == "0.910 ± 0.014"
+    assert list(cells.columns) == ["ds", "ds step/joint", "ds step ms"]  # cost columns of what the runs hold
+    assert cells.loc["joint", "ds"] == "0.910 ± 0.014" and cells.loc["joint", "ds step ms"] == "11.000 ± 1.414"
     # joint's mean step is 11 ms: 16.5/11 = 1.5, 17.5/11 = 1.5909
     assert cells.loc["ogm_ge", "ds step/joint"] == format_cell(np.mean([1.5, 17.5 / 11]), np.std([1.5, 17.5 / 11], ddof=1), 2)
 

@@ -16,6 +16,7 @@ import pandas as pd
 import rich.table
 
 from .aggregate import find_missing, find_runs, mean_std
+from .balance_plots import write_balance_plots
 from .comparison_plots import write_comparison_plots
 from .plots import metrics_paths, plot_missing_modality, plot_training_curves
 from .tables import (
@@ -127,5 +128,6 @@ def run_report(
     if plots:
         result.paths += write_plots(runs, missing, Path(results_dir) / PLOTS_DIR, result.warnings)
         result.paths += write_comparison_plots(runs, missing, Path(results_dir) / PLOTS_DIR, result.warnings)
+        result.paths += write_balance_plots(runs, Path(results_dir) / PLOTS_DIR, result.warnings)
     result.warnings = list(dict.fromkeys(result.warnings))  # a file read for several figures is named once
     return result

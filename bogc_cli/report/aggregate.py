@@ -40,6 +40,15 @@ SCALARS: list[str] = [
 
 UNIMODAL_PREFIX = "unimodal_accuracy."
 
+BALANCE_PREFIXES: tuple[str, ...] = (
+    "contribution.accuracy.shapley.", "contribution.accuracy.imbalance_degree",
+    "contribution.true_class_probability.shapley.", "contribution.true_class_probability.imbalance_degree",
+    "linear_probe.accuracy.", "calibration.ece", "calibration.nll", "calibration.brier",
+    "parameters", "forward_flops_per_sample",
+)
+"""The balance metrics of eval.json (engine/balance_eval.py) kept as ``runs`` columns, flattened with dots
+(``contribution.accuracy.shapley.audio``, ``linear_probe.accuracy.image``, ``calibration.ece``, ...)."""
+
 MISSING_REQUIRED: list[str] = ["missing", "rate", "accuracy"]
 MISSING_OPTIONAL: list[str] = ["fill", "macro_f1", "n"]
 
@@ -136,15 +145,16 @@ def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None)
 
     Columns: ``experiment, dataset, method, seed``, the metric scalars in :data:`SCALARS`
     (NaN where a run did not record one), one ``unimodal_accuracy.<modality>`` column per
-    modality seen in any run, and ``run_dir``. Corrupt files are skipped and described in
+    modality seen in any run, the balance metrics (:data:`BALANCE_PREFIXES`), and ``run_dir``. Corrupt files are skipped and described in
     ``warnings`` (if given). An empty tree gives an empty frame with these columns.
     """
     warnings = [] if warnings is None else warnings
     records = _run_records(Path(results_dir), warnings)
-    flat = pd.json_normalize(records, max_level=1) if records else pd.DataFrame()
+    flat = pd.json_normalize(records) if records else pd.DataFrame()
     unimodal = sorted(c for c in flat.columns if c.startswith(UNIMODAL_PREFIX))
-    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + ["run_dir"])
-    numeric = SCALARS + unimodal
+    balance = sorted(c for c in flat.columns if c.startswith(BALANCE_PREFIXES))
+    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + balance + ["run_dir"])
+    numeric = SCALARS + unimodal + balance
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     df[["experiment", "dataset", "method"]] = df[["experiment", "dataset", "method"]].astype(str)
     df = _drop_duplicate_runs(df, warnings)

@@ -8,10 +8,13 @@ Tables built from a results tree:
   choice of defaults may look at; test must not be tuned on);
 * ``unimodal``   rows = methods, columns = ``<dataset>/<modality>``, accuracy of each modality's
   own head (the imbalance signal);
-* ``methods``    rows = methods, columns = each dataset's test accuracy and its median step time
-  relative to ``joint`` on the same dataset (``<dataset> step/joint``): the comparison table;
+* ``methods``    rows = methods, columns = each dataset's test accuracy, its median step time
+  relative to ``joint`` on the same dataset (``<dataset> step/joint``) and its cost (step ms, peak
+  GB, params M, MFLOPs/sample): the comparison table;
 * ``coefficients``  rows = ``method / coefficient``, columns = datasets: each per-step coefficient
   a method logs (OGM's k_m, G-Blending's weights, cosines, ...) averaged over epochs;
+* ``imbalance``, ``imbalance_probability``, ``probe``, ``calibration``: the balance metrics
+  (report/balance_tables.py);
 * ``robustness_<dataset>``  rows = ``method / missing modality``, columns = missing rates;
 * ``robustness_<dataset>_subsets``  rows = methods, columns = the several-modality subsets that
   were removed at rate 1.0.
@@ -138,6 +141,7 @@ class Table:
     rows: list[str]
     col: str
     best: bool = False  # mark the highest mean of each column (bold in Markdown, LaTeX and rich)
+    order: list | None = None  # column order (default: sorted); columns not in it follow, sorted
 
     @classmethod
     def from_values(
@@ -193,6 +197,8 @@ class Table:
             row_order = row_order.get_level_values(0)
         columns = sorted(self.stats[self.col].unique(), key=lambda c: (isinstance(c, str), str(c) if
                                                                        isinstance(c, str) else c))
+        if self.order:
+            columns = [c for c in self.order if c in columns] + [c for c in columns if c not in self.order]
         wide = wide.reindex(index=row_order, columns=columns)
         wide.index = [
             " / ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in wide.index
@@ -302,16 +308,22 @@ STEP_COLUMN = "step/joint"
 
 
 def methods_table(runs: pd.DataFrame) -> Table | None:
-    """Test accuracy and step time relative to joint, side by side per dataset (needs a joint run)."""
+    """Per dataset: test accuracy, median step time relative to joint (needs a joint run) and in ms, peak
+    memory, parameters and forward FLOPs per sample, side by side (see balance_tables.cost_stats)."""
+    from .balance_tables import cost_stats
+
     ratio = step_time_vs_joint(runs)
-    if ratio.isna().all():
-        return None
     accuracy = mean_std(runs, "accuracy", ["method"], ["dataset"]).rename(columns={"dataset": "column"})
     step = mean_std(runs.assign(ratio=ratio), "ratio", ["method"], ["dataset"])
     step = step.assign(column=step["dataset"] + f" {STEP_COLUMN}").drop(columns="dataset")
-    stats = pd.concat([accuracy, step], ignore_index=True)
-    title = "Test accuracy at the best-validation epoch and median step time relative to joint"
-    return Table("methods", title, _sort_stats(stats, ["method"], "column"), ["method"], "column")
+    cost, suffixes = cost_stats(runs)
+    if step.empty and cost.empty:
+        return None
+    stats = pd.concat([accuracy, step, cost], ignore_index=True)
+    order = [f"{d}{s}" for d in sorted(runs["dataset"].unique()) for s in ("", f" {STEP_COLUMN}", *suffixes)]
+    title = ("Test accuracy at the best-validation epoch, median step time relative to joint and in ms, peak "
+             "memory, parameters and forward FLOPs per sample")
+    return Table("methods", title, _sort_stats(stats, ["method"], "column"), ["method"], "column", order=order)
 
 
 def coefficients_table(runs: pd.DataFrame) -> Table | None:
@@ -379,7 +391,9 @@ def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]
         accuracy_table(runs, "accuracy"), accuracy_table(runs, "macro_f1"), accuracy_table(runs, "val_accuracy"),
         unimodal_table(runs), methods_table(runs), coefficients_table(runs),
     ]
-    return [t for t in tables if t is not None] + robustness_tables(missing)
+    from .balance_tables import balance_tables
+
+    return [t for t in tables if t is not None] + balance_tables(runs) + robustness_tables(missing)
 
 
 def build_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]:
