@@ -186,6 +186,17 @@ def test_probe_of_a_random_encoder_is_at_chance_and_of_an_informative_one_well_a
     assert good.val_accuracy == max(good.val_by_C.values())
 
 
+def test_probe_rows_are_a_stratified_seeded_sample_of_train():
+    from bogc_cli.engine.linear_probe import TRAIN_ROWS, probe_rows
+
+    labels = np.repeat(np.arange(4), [1500, 900, 450, 150])  # 3,000 rows, unequal classes
+    rows = probe_rows(labels)
+    assert len(rows) == TRAIN_ROWS == 1000 and np.array_equal(rows, np.sort(np.unique(rows)))
+    assert np.bincount(labels[rows]).tolist() == [500, 300, 150, 50]  # the class shares of train
+    assert np.array_equal(rows, probe_rows(labels))  # the same rows for every method and seed
+    assert np.array_equal(probe_rows(labels[:800]), np.arange(800))  # a small train split is used whole
+
+
 def test_probe_through_a_trained_run_encoder(tmp_path):
     """The whole eval path on a model: a modality of pure noise probes at chance, the informative one far
     above, whatever the fusion learnt (here: untrained encoders, so only the inputs differ)."""
@@ -202,7 +213,8 @@ def test_probe_through_a_trained_run_encoder(tmp_path):
     specs = {m: ModalitySpec("vector", [16], "float32") for m in ("signal", "noise")}
     torch.manual_seed(0)
     model = MultimodalModel(specs, 4, {m: "mlp" for m in specs}, ModelBlock(feature_dim=32, hidden_dim=64))
-    out = balance_metrics(model, splits, torch.device("cpu"), _no_autocast, run_dir=tmp_path, title="probe")
+    result = balance_metrics(model, splits, torch.device("cpu"), _no_autocast, run_dir=tmp_path, title="probe")
+    out = result.fields
     probe = out["linear_probe"]["accuracy"]
     assert probe["signal"] > 0.85
     assert abs(probe["noise"] - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 1000)
@@ -210,6 +222,13 @@ def test_probe_through_a_trained_run_encoder(tmp_path):
     assert out["parameters"] == parameter_count(model)
     c = out["contribution"]["accuracy"]
     assert sum(c["shapley"].values()) == pytest.approx(c["full"] - c["empty"])
+    # the pass that gave the features gave the test predictions too: exactly predict()'s
+    from bogc_cli.engine.evaluate import predict
+
+    p = predict(model, splits["test"], torch.device("cpu"), _no_autocast)
+    assert np.array_equal(p.fused, result.test.fused) and np.array_equal(p.labels, result.test.labels)
+    assert all(np.array_equal(p.unimodal[m], result.test.unimodal[m]) for m in p.unimodal)
+    assert c["full"] == pytest.approx(float((p.fused.argmax(1) == p.labels).mean()))
 
 
 # ------------------------------------------------------------------ cost

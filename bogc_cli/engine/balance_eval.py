@@ -11,18 +11,21 @@ eval.json gets (see each module for the rule and its source):
   modalities: refused (``bogc eval``) or ``{"skipped": reason}`` (end of training: a run never fails
   for it);
 - ``linear_probe`` (engine/linear_probe.py): per modality the test accuracy of a logistic regression on
-  the frozen encoder's train features, its validation accuracy and chosen ``C``;
+  the frozen encoder's features of (at most 1,000) train rows, its validation accuracy and chosen ``C``;
 - ``calibration`` (engine/calibration_metrics.py): ``ece`` (15 equal-width bins), ``nll``, ``brier`` and
   the reliability diagram's bins; ``reliability.png`` in the run directory;
 - ``parameters``, ``forward_flops_per_sample`` (engine/cost.py).
 
 Every figure comes from one pass of the frozen encoders over each split: the subsets' predictions are
-the fusion head applied to the stored test features, with the fill's feature in place of a missing one.
+the fusion head applied to the stored test features, with the fill's feature in place of a missing one,
+and the same pass gives the test predictions that accuracy, macro-F1 and the heads' accuracy are read from.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,38 +34,65 @@ from bogc_cli.data.loader import to_device
 from bogc_cli.engine.calibration_metrics import calibration
 from bogc_cli.engine.contribution import (ShapleyTooLarge, absent_features, check_modality_count, contributions,
                                           score_subsets)
+from bogc_cli.engine.evaluate import Predictions
 from bogc_cli.engine.cost import forward_flops_per_sample, parameter_count
-from bogc_cli.engine.linear_probe import linear_probe, probe_block
+from bogc_cli.engine.linear_probe import C_GRID, linear_probe, probe_block, probe_rows
 from bogc_cli.models.multimodal import MultimodalModel
 
 RELIABILITY_PNG = "reliability.png"
 
 
+@dataclass
+class SplitPass:
+    """One eval-mode pass over a split, in order: ``features[m]`` ``[N, d_m]``, ``labels`` ``[N]`` (float32 /
+    int64 on the CPU), ``example``: the first row's inputs ``{m: [1, *shape_m]}`` (on the device), and
+    ``predictions``: the model's outputs on the rows (exactly what ``predict`` returns)."""
+
+    features: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    example: dict[str, torch.Tensor]
+    predictions: Predictions
+
+
 @torch.no_grad()
-def split_features(model: MultimodalModel, loader, device: torch.device, autocast
-                   ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor]]:
-    """The encoders' features of every row of ``loader`` (eval mode, in order): ``({m: [N, d_m]}, labels [N],
-    first row's inputs {m: [1, *shape_m]})``, float32 on the CPU."""
+def split_pass(model: MultimodalModel, loader, device: torch.device, autocast) -> SplitPass:
+    """The encoders' features and the model's outputs on every row of ``loader`` (``forward`` is
+    ``heads(encode(x))``, so the outputs are those of ``predict``, bit for bit)."""
     model.eval()
     feats: dict[str, list[torch.Tensor]] = {m: [] for m in model.modalities}
-    labels, first = [], None
+    labels, fused, uni, first = [], [], {m: [] for m in model.modalities}, None
     for raw in loader:
         batch = to_device(raw, device)
         if first is None:
             first = {m: x[:1] for m, x in batch.inputs.items()}
         with autocast():
             z = model.encode(batch.inputs)
+            out = model.heads(z)
         for m in model.modalities:
             feats[m].append(z[m].float().cpu())
+        for m, logits in out.unimodal_logits.items():
+            uni[m].append(logits.float().cpu().numpy())
+        fused.append(out.fused_logits.float().cpu().numpy())
         labels.append(batch.labels.cpu())
     if first is None:
         raise ValueError("the split has no rows")
-    return {m: torch.cat(v) for m, v in feats.items()}, torch.cat(labels), first
+    y = torch.cat(labels)
+    predictions = Predictions(y.numpy(), np.concatenate(fused), {m: np.concatenate(v) for m, v in uni.items()})
+    return SplitPass({m: torch.cat(v) for m, v in feats.items()}, y, first, predictions)
+
+
+@dataclass
+class BalanceResult:
+    """``fields``: eval.json's balance fields (module docstring); ``test``: the model's predictions on the
+    evaluated split (for accuracy, macro-F1 and the heads' accuracy, without a second pass)."""
+
+    fields: dict
+    test: Predictions
 
 
 def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device, autocast, *,
                     shapley: bool = True, strict: bool = True, run_dir: Path | None = None,
-                    title: str = "") -> dict:
+                    title: str = "") -> BalanceResult:
     """The fields above for ``model`` (its best checkpoint, loaded), from ``loaders`` = ``{"train", "val",
     "test"}`` (unshuffled). ``shapley=False`` leaves the contributions out (``{"skipped": ...}``); with
     too many modalities ``strict`` raises ``ShapleyTooLarge`` (a ``UserError``), otherwise the block says
@@ -70,13 +100,14 @@ def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device,
     was_training = model.training
     model.eval()
     try:
-        test_feats, test_labels, example = split_features(model, loaders["test"], device, autocast)
+        passes = {s: split_pass(model, loaders[s], device, autocast) for s in ("test", "train", "val")}
+        test = passes["test"]
         out: dict = {}
-        out["contribution"] = _contribution(model, test_feats, test_labels, example, autocast, shapley, strict)
-        out["calibration"] = calibration(_fused_logits(model, test_feats, device, autocast), test_labels)
-        out["linear_probe"] = _probes(model, loaders, device, autocast, (test_feats, test_labels))
+        out["contribution"] = _contribution(model, test, autocast, shapley, strict)
+        out["calibration"] = calibration(test.predictions.fused, test.predictions.labels)
+        out["linear_probe"] = probes(model, passes)
         out["parameters"] = parameter_count(model)
-        out["forward_flops_per_sample"] = forward_flops_per_sample(model, example)
+        out["forward_flops_per_sample"] = forward_flops_per_sample(model, test.example)
     finally:
         model.train(was_training)
     if run_dir is not None:
@@ -84,22 +115,29 @@ def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device,
 
         plot_reliability({"": out["calibration"]}, Path(run_dir) / RELIABILITY_PNG, title or "reliability diagram",
                          pdf=False)
-    return out
+    return BalanceResult(out, test.predictions)
+
+
+def balance_loaders(splits: dict, evaluated: str, batch_size: int) -> dict:
+    """Unshuffled loaders for ``balance_metrics`` from the data's ``SplitArrays``: ``test`` over the evaluated
+    split, ``val``, and ``train`` over the linear probe's rows of the train split (``probe_rows``)."""
+    from bogc_cli.data.loader import make_loader
+
+    train = splits["train"]
+    return {"train": make_loader(train.subset(probe_rows(train.labels)), batch_size, shuffle=False),
+            "val": make_loader(splits["val"], batch_size, shuffle=False),
+            "test": make_loader(splits[evaluated], batch_size, shuffle=False)}
 
 
 def run_balance_metrics(model: MultimodalModel, splits: dict, batch_size: int, device: torch.device, autocast,
-                        run_dir: Path, title: str) -> dict:
-    """``balance_metrics`` at the end of training: the data's train, val and test splits (``SplitArrays``) in
-    order, the run's ``eval_batch_size``; too many modalities for Shapley values skip them with a note
-    instead of failing the run."""
-    from bogc_cli.data.loader import make_loader
-
-    loaders = {s: make_loader(splits[s], batch_size, shuffle=False) for s in ("train", "val", "test")}
-    return balance_metrics(model, loaders, device, autocast, shapley=True, strict=False, run_dir=run_dir,
-                           title=title)
+                        run_dir: Path, title: str) -> BalanceResult:
+    """``balance_metrics`` at the end of training, on test: too many modalities for Shapley values skip
+    them with a note instead of failing the run."""
+    return balance_metrics(model, balance_loaders(splits, "test", batch_size), device, autocast, shapley=True,
+                           strict=False, run_dir=run_dir, title=title)
 
 
-def _contribution(model, feats, labels, example, autocast, shapley: bool, strict: bool) -> dict:
+def _contribution(model, test: SplitPass, autocast, shapley: bool, strict: bool) -> dict:
     if not shapley:
         return {"skipped": "not asked for (--no-shapley)"}
     try:
@@ -108,35 +146,22 @@ def _contribution(model, feats, labels, example, autocast, shapley: bool, strict
         if strict:
             raise
         return {"skipped": str(exc)}
-    scores = score_subsets(model, feats, labels, absent_features(model, example), autocast)
+    scores = score_subsets(model, test.features, test.labels, absent_features(model, test.example), autocast)
     return contributions(scores, list(model.modalities), model.fill)
 
 
-@torch.no_grad()
-def _fused_logits(model, feats: dict[str, torch.Tensor], device, autocast, chunk: int = 1024) -> torch.Tensor:
-    """The fused logits ``[N, C]`` of the stored features (every modality present)."""
-    n = next(iter(feats.values())).shape[0]
-    parts = []
-    for start in range(0, n, chunk):
-        with autocast():
-            out = model.heads({m: z[start:start + chunk].to(device) for m, z in feats.items()})
-        parts.append(out.fused_logits.float().cpu())
-    return torch.cat(parts)
-
-
-def _probes(model, loaders, device, autocast, test) -> dict:
-    train_feats, train_labels, _ = split_features(model, loaders["train"], device, autocast)
-    val_feats, val_labels, _ = split_features(model, loaders["val"], device, autocast)
-    test_feats, test_labels = test
-    results = {}
-    for m in model.modalities:
-        results[m] = linear_probe((_np(train_feats[m]), _np(train_labels)), (_np(val_feats[m]), _np(val_labels)),
-                                  (_np(test_feats[m]), _np(test_labels)))
-    return probe_block(results)
+def probes(model, passes: dict[str, SplitPass]) -> dict:
+    """``linear_probe`` per modality from the passes over train, val and test."""
+    tr, va, te = (passes[s] for s in ("train", "val", "test"))
+    results = {m: linear_probe((_np(tr.features[m]), _np(tr.labels)), (_np(va.features[m]), _np(va.labels)),
+                               (_np(te.features[m]), _np(te.labels)))
+               for m in model.modalities}
+    return probe_block(results, int(tr.labels.shape[0]))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-__all__ = ["RELIABILITY_PNG", "balance_metrics", "run_balance_metrics", "split_features"]
+__all__ = ["BalanceResult", "C_GRID", "RELIABILITY_PNG", "SplitPass", "balance_loaders", "balance_metrics", "probes", "run_balance_metrics",
+           "split_pass"]

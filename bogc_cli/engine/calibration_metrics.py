@@ -21,7 +21,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 BINS = 15
 """Equal-width confidence bins of the ECE and the reliability diagram (Guo et al. 2017 use 15)."""
@@ -41,6 +40,8 @@ def calibration(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Te
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"calibration needs logits [N, C] and labels [N] with N > 0; got {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")
+    from torchmetrics.functional.classification import multiclass_calibration_error  # seconds to import: here only
+
     p = torch.softmax(x, dim=1)
     c = x.shape[1]
     ece = multiclass_calibration_error(p.float(), y, num_classes=c, n_bins=bins, norm="l1")

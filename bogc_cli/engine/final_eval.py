@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bogc_cli.atomic import write_json
-from bogc_cli.data.loader import make_loader
 from bogc_cli.engine.balance_eval import run_balance_metrics
 from bogc_cli.engine.checkpoint import load_checkpoint
 from bogc_cli.engine.context import RunContext
-from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.evaluate import evaluate_predictions
 from bogc_cli.engine.run_state import RunState
 from bogc_cli.engine.setup import run_identity
 from bogc_cli.fusion import method_label
@@ -33,17 +32,17 @@ class RunResult:
 def final_evaluation(ctx: RunContext, state: RunState, step_ms: list[float]) -> RunResult:
     """``Method.on_train_end`` (its end-of-run files), then best.pt's weights evaluated on the test split;
     eval.json = the run's identity, the test metrics (accuracy, macro-F1, per class, each modality's
-    head), the best epoch and its validation accuracy, timings (``step_ms``: this process's step times)
+    head), the balance metrics (contributions, linear probes, calibration, cost; reliability.png), the best epoch and its validation accuracy, timings (``step_ms``: this process's step times)
     and the rows trained on and held out."""
     method, model, cfg = state.method, state.model, ctx.recipe.train
     method.on_train_end(ctx.run_dir, state.records)
     model.load_state_dict(load_checkpoint(ctx.run_dir / "best.pt")["model"])
-    test_loader = make_loader(ctx.parts.data.splits["test"], cfg.eval_batch_size, shuffle=False)
-    test = evaluate_predictions(predict(model, test_loader, ctx.device, ctx.autocast), ctx.parts.data.classes)
     recipe = ctx.recipe
     title = f"{recipe.dataset_label()}/{method_label(recipe)}/seed{recipe.seed}"
-    test.update(run_balance_metrics(model, ctx.parts.data.splits, cfg.eval_batch_size, ctx.device, ctx.autocast,
-                                    ctx.run_dir, title))
+    # one pass over test gives the predictions and the balance metrics' features (engine/balance_eval.py)
+    balance = run_balance_metrics(model, ctx.parts.data.splits, cfg.eval_batch_size, ctx.device, ctx.autocast,
+                                  ctx.run_dir, title)
+    test = {**evaluate_predictions(balance.test, ctx.parts.data.classes), **balance.fields}
     seconds = time.perf_counter() - ctx.started
     summary = {
         **run_identity(ctx.recipe), "split": "test", "checkpoint": "best.pt", "epoch": state.best_epoch, **test,

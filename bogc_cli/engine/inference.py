@@ -10,10 +10,10 @@ import torch
 from bogc_cli.atomic import write_json
 from bogc_cli.data.bundle import dataset_root
 from bogc_cli.data.loader import make_loader
-from bogc_cli.engine.balance_eval import balance_metrics
+from bogc_cli.engine.balance_eval import balance_loaders, balance_metrics
 from bogc_cli.engine.contribution import check_modality_count
 from bogc_cli.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from bogc_cli.engine.evaluate import evaluate_predictions, predict
+from bogc_cli.engine.evaluate import evaluate_predictions
 from bogc_cli.engine.runtime import autocast_factory, pick_device
 from bogc_cli.engine.setup import RunParts, build_parts, run_identity
 from bogc_cli.errors import UserError
@@ -98,14 +98,14 @@ def evaluate_run(run: LoadedRun, split: str = "test", shapley: bool = True) -> t
     reliability diagram goes to the run directory."""
     if shapley:  # before any work
         check_modality_count(list(run.model.modalities))
-    result = evaluate_predictions(predict(run.model, run.loader(split), run.device, run.autocast),
-                                  run.parts.data.classes)
     title = f"{run.recipe.dataset_label()} / {method_label(run.recipe)} / seed {run.recipe.seed}: {split}"
-    loaders = {"train": run.loader("train"), "val": run.loader("val"), "test": run.loader(split)}
+    run.loader(split)  # refuses an unknown split
+    loaders = balance_loaders(run.parts.data.splits, split, run.recipe.train.eval_batch_size)
     balance = balance_metrics(run.model, loaders, run.device, run.autocast, shapley=shapley, strict=True,
                               run_dir=run.run_dir if _is_main_eval(run, split) else None, title=title)
+    result = evaluate_predictions(balance.test, run.parts.data.classes)
     result = {**run_identity(run.recipe), "split": split,
-              "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result, **balance}
+              "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result, **balance.fields}
     if _is_main_eval(run, split):
         path = run.run_dir / "eval.json"
         previous = _read_json(path)
