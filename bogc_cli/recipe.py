@@ -135,6 +135,9 @@ class TrainBlock(StrictModel):
     fused_optimizer: bool | Literal["auto"] = Field("auto", description="torch's fused optimizer kernels; "
                                                     "auto: on CUDA")
     deterministic: bool = True
+    conflict_every: int = Field(50, ge=0, description="sample the cosine between the fusion loss's and each "
+                                "modality loss's gradient on that modality's encoder every this many steps "
+                                "(conflict.cos.<m> in metrics.jsonl; engine/conflict.py); 0: off")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many steps in a row whose loss or gradient "
                                "is NaN/inf (each such step is skipped and counted)")
     modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] | Annotated[float, Field(ge=0, lt=1)] | None = \

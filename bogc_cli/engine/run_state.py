@@ -11,6 +11,7 @@
         records   metrics.jsonl's records so far
         best      [best validation accuracy, its epoch]
         <name>    each batch transform's generator (augment, modality_dropout)
+        conflict  the gradient-conflict sampling's sums of the epoch in progress (engine/conflict.py)
         partial   only in a checkpoint written inside an epoch (engine/mid_epoch.py)
 
 and ``load_state_dict`` puts a run back exactly there, so a resumed run ends bitwise as an
@@ -34,13 +35,14 @@ class RunState:
     saved progress (``partial``)."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, method: Method,
-                 order: torch.Generator, transforms: BatchTransforms):
+                 order: torch.Generator, transforms: BatchTransforms, conflict=None):
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.method = method
         self.order = order  # draws each epoch's batch order
         self.transforms = transforms
+        self.conflict = conflict  # GradientConflict (engine/conflict.py), or None when train.conflict_every is 0
         self.epoch = 0  # epochs complete
         self.records: list[dict] = []
         self.best_accuracy = -1.0
@@ -52,6 +54,8 @@ class RunState:
         """The checkpoint's content (see the module docstring); the global RNG state is read now."""
         resume = {"rng": rng_state(), "loader": self.order.get_state(), "records": self.records,
                   "best": [self.best_accuracy, self.best_epoch], **self.transforms.state_dict()}
+        if self.conflict is not None:
+            resume["conflict"] = self.conflict.state_dict()
         if self.partial is not None:
             resume["partial"] = self.partial
         return {"epoch": self.epoch, "val": self.val, "model": self.model.state_dict(),
@@ -70,5 +74,7 @@ class RunState:
         self.order.set_state(resume["loader"])
         set_rng_state(resume["rng"])
         self.transforms.load_state_dict(resume)
+        if self.conflict is not None and "conflict" in resume:
+            self.conflict.load_state_dict(resume["conflict"])
         self.epoch = state["epoch"]
         self.partial = resume.get("partial")

@@ -30,6 +30,7 @@ from bogc_cli.atomic import DiskFull
 from bogc_cli.data.loader import to_device
 from bogc_cli.engine.batch_transforms import BatchTransforms
 from bogc_cli.engine.callbacks import Callback, Callbacks, RunEnd, RunStart, RunStopped
+from bogc_cli.engine.conflict import GradientConflict
 from bogc_cli.engine.context import RunContext
 from bogc_cli.engine.distributed import Distributed
 from bogc_cli.engine.distributed import start as distributed_start
@@ -130,6 +131,8 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
         ctx.writer.begin(resolved.to_yaml(), {**environment(device), **fast_path_summary(cfg, device, loaders.workers),
                                               "processes": distributed.world if distributed else 1})
     state = _build_state(ctx, model)
+    if state.conflict is not None and ctx.main:  # samples after the steps, like any callback
+        ctx.callbacks.items.append(state.conflict)
     if resume:
         restore(state, run_dir, recipe_dict, console)
     try:
@@ -164,7 +167,10 @@ def _build_state(ctx: RunContext, model: torch.nn.Module) -> RunState:
                            batch_size=cfg.batch_size)
     method = parts.method_cls(parts.options, model, step_ctx)
     transforms = BatchTransforms.for_run(cfg, parts.data.modalities, parts.model.modalities, recipe.seed, ctx.device)
-    return RunState(model, optimizer, scheduler, method, ctx.loaders.train.generator, transforms)
+    conflict = None if not cfg.conflict_every else GradientConflict(
+        model, method.fused_loss, ctx.loaders.train.dataset.split, cfg.batch_size, cfg.conflict_every, ctx.device,
+        ctx.autocast)
+    return RunState(model, optimizer, scheduler, method, ctx.loaders.train.generator, transforms, conflict)
 
 
 def _fit(ctx: RunContext, state: RunState) -> list[float]:
@@ -202,6 +208,8 @@ def _run_epoch(ctx: RunContext, state: RunState, epoch: int, stop: GracefulStop,
     if record is None:  # a stop came during the steps
         _stop_mid_epoch(ctx, state, epoch, epoch_order, tally, stop)
     end_epoch(state, record, epoch, device, distributed)
+    if state.conflict is not None and ctx.main:
+        record.update(state.conflict.epoch_values())
     if ctx.main and validate_epoch(state, record, epoch, ctx.loaders.val, device, ctx.autocast,
                                    ctx.parts.data.classes):
         ctx.writer.best(state)
