@@ -103,3 +103,18 @@ def test_pooled_bins_weigh_each_run_by_its_counts() -> None:
     assert pooled["accuracy"][0] == pytest.approx((2 * 0.5 + 6 * 1.0) / 8)
     assert pooled["confidence"][0] == pytest.approx((2 * 0.05 + 6 * 0.04) / 8)
     assert pooled["accuracy"][1] == pytest.approx(0.25) and np.isnan(pooled["accuracy"][2])
+
+
+def test_report_draws_the_gradient_conflict_per_method(tree: Path) -> None:
+    for run in sorted((tree / "exp" / "avd").glob("*/seed*")):
+        lines = [{"epoch": 1, "val_accuracy": 0.5, "conflict.cos.audio": 0.2, "conflict.cos.visual": -0.1,
+                  "conflict.samples": 2},
+                 {"epoch": 2, "val_accuracy": 0.6},  # an epoch without a sample
+                 {"epoch": 3, "val_accuracy": 0.7, "conflict.cos.audio": 0.4, "conflict.cos.visual": 0.1,
+                  "conflict.samples": 1}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = run_report(tree, "md")
+    path = tree / "plots" / "compare_conflict_avd.png"
+    assert path in result.paths and path.read_bytes()[:8] == PNG_MAGIC
+    # the conflict is not a method coefficient: it stays out of the coefficients table
+    assert not (tree / "tables" / "coefficients.md").is_file()

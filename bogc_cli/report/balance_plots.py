@@ -54,10 +54,9 @@ def plot_reliability(panels: dict[str, dict], path_png: str | os.PathLike, title
         ax.bar(centers[full], (gap_hi - gap_lo)[full], bottom=gap_lo[full], width=width, facecolor="none",
                edgecolor="tab:red", hatch="///", lw=0.8, label="gap to mean confidence")
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="calibrated")
-        ax.set(xlim=(0, 1), ylim=(0, 1), title=label or None)
         text = (notes or {}).get(label, f"ECE {block['ece']:.3f}" if "ece" in block else "")
-        ax.text(0.04, 0.95, text, transform=ax.transAxes, va="top", fontsize="small",
-                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+        ax.set_title("\n".join(t for t in (label, text) if t), fontsize="medium")
         ax.grid(alpha=0.3)
         share = count / count.sum() if count.sum() else count
         hist.bar(centers, share, width=width, color="grey", edgecolor="white", lw=0.5)
@@ -87,8 +86,9 @@ def plot_contributions(stats: pd.DataFrame, imbalance: pd.DataFrame, path_png: s
     x = np.arange(len(methods))
     for j, modality in enumerate(modalities):
         part = stats[stats["modality"] == modality].set_index("method").reindex(methods)
-        ax.bar(x + (j - (len(modalities) - 1) / 2) * width, part["mean"], width, yerr=part["std"].fillna(0),
-               capsize=2, label=modality)
+        spread = part["std"] if part["std"].notna().any() else None  # one seed: no whiskers
+        ax.bar(x + (j - (len(modalities) - 1) / 2) * width, part["mean"], width, yerr=spread, capsize=2,
+               label=modality)
     top = stats["mean"].fillna(0) + stats["std"].fillna(0)
     ceiling = float(top.max()) if len(top) else 1.0
     imb = imbalance.set_index("method")

@@ -70,8 +70,8 @@ def probe_table(runs: pd.DataFrame) -> Table | None:
     modalities = _modalities(runs, PROBE)
     long = _long(runs, {f"{PROBE}{m}": f"/{m}" for m in modalities})
     order = [f"{d}/{m}" for d in sorted(runs["dataset"].unique()) for m in modalities]
-    title = ("Linear-probe test accuracy of each frozen encoder (logistic regression on its train features, "
-             "C chosen on validation; mean ± std over seeds)")
+    title = ("Linear-probe test accuracy of each frozen encoder (logistic regression on its features of at most "
+             "1,000 train rows, C chosen on validation; mean ± std over seeds)")
     return _table("probe", title, long, order, best=True)
 
 

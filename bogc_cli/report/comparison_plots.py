@@ -4,7 +4,10 @@
   line per method (and fill, where several were evaluated; mean over seeds, band = ± std);
 * ``compare_unimodal_<dataset>``: each modality head's validation accuracy over training, one panel
   per modality, one line per method -- the imbalance picture (the weak modality's head lags);
-* ``bogc_uncertainty_<dataset>``: BOGC's fused uncertainty per source over training.
+* ``bogc_uncertainty_<dataset>``: BOGC's fused uncertainty per source over training;
+* ``compare_conflict_<dataset>``: the cosine between the fusion loss's and each modality loss's gradient
+  on that modality's encoder over training (engine/conflict.py), one panel per modality, one line per
+  method.
 
 Curves over training are the mean over seeds with a ± std band, points marked, epochs on integer
 ticks. With several experiments in the tree each gets its own figures (``compare_missing_<experiment>_
@@ -23,6 +26,7 @@ from .plots import (VAL_UNIMODAL_PREFIX, epoch_axis, hollow_where_fewer, marked,
 from .tables import method_sort_key, slug
 
 UNCERTAINTY_PREFIX = "method.bogc.uncertainty."
+CONFLICT_PREFIX = "conflict.cos."  # engine/conflict.py
 
 
 def _colors(methods: list[str]) -> dict[str, str]:
@@ -139,4 +143,10 @@ def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: P
             paths += _method_panels(uncertainty, "modality", "epoch",
                                     f"{label}: BOGC's fused uncertainty per source over training", str, "epoch",
                                     "uncertainty", out_dir / f"bogc_uncertainty_{name}.png")
+        conflict = _curves(metrics, CONFLICT_PREFIX)  # epochs without a sample have no value (dropped)
+        if not conflict.empty:
+            paths += _method_panels(conflict, "modality", "epoch",
+                                    f"{label}: gradient conflict on each encoder over training", str, "epoch",
+                                    "cos(fusion-loss, modality-loss gradient)",
+                                    out_dir / f"compare_conflict_{name}.png")
     return paths
