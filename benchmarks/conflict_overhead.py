@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20, help="steps and samples timed for the per-sample ratio")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--work", type=Path, default=None, help="results folder (default: a temporary one)")
     args = parser.parse_args(argv)
     every = [int(v) for v in args.every.split(",")]
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             spent.append(time.perf_counter() - t0)
 
     conflict.GradientConflict.measure = timed
-    work = Path(tempfile.mkdtemp(prefix="conflict_overhead_"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="conflict_overhead_"))
     seconds: dict[int, list[float]] = {n: [] for n in every}
     shares: dict[int, list[float]] = {n: [] for n in every}
     steps = None

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bogc_cli.data.cache import ModalitySpec
-from bogc_cli.engine.calibration_metrics import calibration, ece_from_bins
+from bogc_cli.engine.calibration_metrics import calibration
 from bogc_cli.engine.contribution import (MAX_MODALITIES, ShapleyTooLarge, absent_features, check_modality_count,
                                           contributions, imbalance_degree, score_subsets, shapley_values)
 from bogc_cli.engine.cost import forward_flops_per_sample, parameter_count
@@ -153,7 +153,22 @@ def test_ece_nll_brier_by_hand():
     bins = out["reliability"]
     assert sum(bins["count"]) == 4 and bins["count"][13] == 1 and bins["count"][9] == 1
     assert bins["accuracy"][12] == 0.0 and bins["confidence"][13] == pytest.approx(0.9)
-    assert ece_from_bins(bins) == pytest.approx(out["ece"], abs=1e-6)
+    shares = np.array(bins["count"]) / 4  # the diagram's bins give the same ECE here (no confidence of 1)
+    gaps = np.abs(np.nan_to_num(bins["accuracy"]) - np.nan_to_num(bins["confidence"]))
+    assert float((shares * gaps).sum()) == pytest.approx(out["ece"])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_diagram_bins_imply_the_ece(seed):
+    """The reliability diagram's bins are the ECE's (torchmetrics'): without confidences of exactly 1,
+    sum_b n_b / N |acc_b - conf_b| over them is the ECE."""
+    g = torch.Generator().manual_seed(seed)
+    logits, labels = torch.randn(500, 6, generator=g) * (1 + seed), torch.randint(0, 6, (500,), generator=g)
+    out = calibration(logits, labels)
+    bins = out["reliability"]
+    shares = np.array(bins["count"]) / 500
+    gaps = np.abs(np.nan_to_num(bins["accuracy"]) - np.nan_to_num(bins["confidence"]))
+    assert sum(bins["count"]) == 500 and float((shares * gaps).sum()) == pytest.approx(out["ece"], abs=1e-6)
 
 
 def test_shared_bin_and_a_perfect_prediction():

@@ -66,3 +66,23 @@ def test_throughput_and_reference_tables(capsys, tmp_path):
     out = capsys.readouterr().out
     ratio = re.search(r"ratio \(reference / bogc\): (\d+\.\d\d)x", out)
     assert ratio and float(ratio.group(1)) > 0 and "reference style" in out
+
+
+def test_balance_cost_tables(capsys, tmp_path):
+    """benchmarks/eval_cost.py and conflict_overhead.py run real (tiny) quickstart trainings and print their
+    tables: the end-of-training parts against the run, and conflict sampling's predicted and measured share."""
+    import conflict_overhead
+    import eval_cost
+
+    tiny = ["--set", "dataset.n_train=192", "--set", "dataset.n_val=64", "--set", "dataset.n_test=64",
+            "--set", "model.cnn_channels=[8,16]"]
+    assert eval_cost.main([*tiny, "--set", "train.epochs=1", "--repeats", "1", "--work", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    added = re.search(r"added by the balance metrics .*?\s(-?\d+\.\d\d)\s+(-?\d+\.\d)%", out)
+    assert added and "linear probes (3 x 4 C)" in out and "subsets' predictions (2^3)" in out
+    assert conflict_overhead.main([*tiny, "--every", "0,2", "--epochs", "1", "--rounds", "1", "--repeats", "2",
+                                   "--work", str(tmp_path / "c")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.strip().startswith(("off", "2 "))}
+    assert rows["off"][2:4] == ["0.0%", "0.0%"]
+    assert float(rows["2"][1]) == 1.5 and float(rows["2"][3].rstrip("%")) > 0  # 3 steps an epoch, sampled

@@ -25,9 +25,11 @@ def parameter_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def _eager():
-    """Run compiled encoders eagerly while counting (the counter sees the operators one by one)."""
-    stance = getattr(torch.compiler, "set_stance", None)
+def _eager(model: torch.nn.Module):
+    """Run compiled modules (``train.compile``) eagerly while counting, so the counter sees the operators one
+    by one; a model without any needs nothing (and does not import ``torch._dynamo``, seconds)."""
+    compiled = any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+    stance = getattr(torch.compiler, "set_stance", None) if compiled else None
     return stance("force_eager") if stance is not None else nullcontext()
 
 
@@ -39,7 +41,7 @@ def forward_flops_per_sample(model: MultimodalModel, inputs: dict[str, torch.Ten
     rows = next(iter(inputs.values())).shape[0]
     counter = FlopCounterMode(display=False)
     try:
-        with _eager(), counter:
+        with _eager(model), counter:
             model(inputs)
     finally:
         model.train(was_training)
