@@ -320,7 +320,8 @@ def _balance_rows(result: dict) -> list[tuple[str, str]]:
     if "accuracy" in contribution:
         for m, phi in contribution["accuracy"]["shapley"].items():
             rows.append((f"{m} Shapley contribution (accuracy)", f"{phi:+.4f}"))
-        rows.append(("imbalance degree (accuracy)", f"{contribution['accuracy']['imbalance_degree']:.4f}"))
+        degree = contribution["accuracy"]["imbalance_degree"]
+        rows.append(("imbalance degree (accuracy)", "-" if degree is None else f"{degree:.4f}"))
     for m, acc in result["linear_probe"]["accuracy"].items():
         rows.append((f"{m} linear-probe accuracy", f"{acc:.4f} (C={result['linear_probe']['C'][m]:g})"))
     cal = result["calibration"]

@@ -153,8 +153,9 @@ def test_ece_nll_brier_by_hand():
     bins = out["reliability"]
     assert sum(bins["count"]) == 4 and bins["count"][13] == 1 and bins["count"][9] == 1
     assert bins["accuracy"][12] == 0.0 and bins["confidence"][13] == pytest.approx(0.9)
+    assert bins["accuracy"][0] is None and bins["confidence"][14] is None  # empty bins: JSON has no NaN
     shares = np.array(bins["count"]) / 4  # the diagram's bins give the same ECE here (no confidence of 1)
-    gaps = np.abs(np.nan_to_num(bins["accuracy"]) - np.nan_to_num(bins["confidence"]))
+    gaps = np.abs(np.nan_to_num(np.asarray(bins["accuracy"], float)) - np.nan_to_num(np.asarray(bins["confidence"], float)))
     assert float((shares * gaps).sum()) == pytest.approx(out["ece"])
 
 
@@ -167,7 +168,7 @@ def test_the_diagram_bins_imply_the_ece(seed):
     out = calibration(logits, labels)
     bins = out["reliability"]
     shares = np.array(bins["count"]) / 500
-    gaps = np.abs(np.nan_to_num(bins["accuracy"]) - np.nan_to_num(bins["confidence"]))
+    gaps = np.abs(np.nan_to_num(np.asarray(bins["accuracy"], float)) - np.nan_to_num(np.asarray(bins["confidence"], float)))
     assert sum(bins["count"]) == 500 and float((shares * gaps).sum()) == pytest.approx(out["ece"], abs=1e-6)
 
 

@@ -18,8 +18,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def bins(count, accuracy, confidence):
     pad = 15 - len(count)
-    nan = float("nan")
-    return {"count": count + [0] * pad, "accuracy": accuracy + [nan] * pad, "confidence": confidence + [nan] * pad}
+    return {"count": count + [0] * pad, "accuracy": accuracy + [None] * pad, "confidence": confidence + [None] * pad}
 
 
 def write_run(root: Path, dataset: str, method: str, seed: int, phi: dict, imbalance: float, probe: dict,
@@ -97,7 +96,7 @@ def test_runs_without_balance_metrics_give_no_balance_tables(tmp_path: Path) -> 
 
 
 def test_pooled_bins_weigh_each_run_by_its_counts() -> None:
-    pooled = pool_bins([bins([2, 0], [0.5, float("nan")], [0.05, float("nan")]),
+    pooled = pool_bins([bins([2, 0], [0.5, None], [0.05, None]),  # eval.json: None in an empty bin
                         bins([6, 4], [1.0, 0.25], [0.04, 0.1])])
     assert pooled["count"][:2] == [8, 4]
     assert pooled["accuracy"][0] == pytest.approx((2 * 0.5 + 6 * 1.0) / 8)

@@ -17,7 +17,7 @@ second (it imports torchvision), which ``bogc report`` and the other commands ne
 
 The reliability diagram (``reliability_bins``, drawn by ``report.balance_plots.plot_reliability``) shows
 each bin's accuracy against its mean confidence, with the same 15 bins (a confidence of exactly 1 joins
-the last; torchmetrics exposes no bins): a calibrated model lies on the diagonal. Empty bins are NaN.
+the last; torchmetrics exposes no bins): a calibrated model lies on the diagonal. Empty bins are None.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def calibration(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Te
 
 def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> dict:
     """Per equal-width confidence bin: ``count``, ``accuracy`` and mean ``confidence`` (lists of ``bins``;
-    NaN where a bin is empty). A bin is ``[lo, hi)``; a confidence of exactly 1 joins the last bin here."""
+    None where a bin is empty: JSON has no NaN). A bin is ``[lo, hi)``; a confidence of exactly 1 joins the last bin here."""
     conf, pred = probabilities.max(dim=1)
     right = (pred == labels).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype)
@@ -60,8 +60,10 @@ def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: in
     count = torch.bincount(index, minlength=bins).double()
     hits = torch.bincount(index, weights=right, minlength=bins)
     total_conf = torch.bincount(index, weights=conf.double(), minlength=bins)
-    return {"count": [int(v) for v in count.tolist()], "accuracy": (hits / count).tolist(),
-            "confidence": (total_conf / count).tolist()}
+    def per_bin(total: torch.Tensor) -> list[float | None]:
+        return [float(t / n) if n else None for t, n in zip(total.tolist(), count.tolist())]
+
+    return {"count": [int(v) for v in count.tolist()], "accuracy": per_bin(hits), "confidence": per_bin(total_conf)}
 
 
 __all__ = ["BINS", "calibration", "reliability_bins"]

@@ -160,15 +160,16 @@ def score_subsets(model: MultimodalModel, features: dict[str, torch.Tensor], lab
 
 
 def contributions(scores: SubsetScores, modalities: list[str], fill: str) -> dict:
-    """eval.json's ``contribution`` block: per value function the Shapley values, their sum, the worth of
-    the full and empty sets and the imbalance degree; the worth of every subset; the fill used."""
+    """eval.json's ``contribution`` block: per value function the Shapley values, the worth of the full and
+    empty sets and the imbalance degree (None where undefined); the worth of every subset; the fill used."""
     out: dict = {"fill": fill, "max_modalities": MAX_MODALITIES}
     full, empty = tuple(modalities), ()
     subsets = {}
     for value in VALUE_FUNCTIONS:
         worth = scores.worth(value)
         phi = shapley_values(worth, modalities)
-        out[value] = {"shapley": phi, "imbalance_degree": imbalance_degree(phi),
+        degree = imbalance_degree(phi)
+        out[value] = {"shapley": phi, "imbalance_degree": None if math.isnan(degree) else degree,
                       "full": worth[full], "empty": worth[empty]}
         for s, v in worth.items():
             subsets.setdefault(subset_name(s), {})[value] = v
