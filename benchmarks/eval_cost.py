@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     before = _median_seconds(lambda: predict(model, loaders["test"], dev, ac), args.repeats)
     rows = [
         ("test pass: predictions + features", lambda: be.split_pass(model, loaders["test"], dev, ac)),
-        (f"train ({len(loaders['train'].dataset)} probe rows) and val passes", lambda: [be.split_pass(model, loaders[s], dev, ac) for s in ("train", "val")]),
+        (f"train ({len(loaders['train'].dataset)} probe rows) and val passes",
+         lambda: [be.split_pass(model, loaders[s], dev, ac) for s in ("train", "val")]),
         (f"subsets' predictions (2^{len(mods)}) + Shapley",
          lambda: contributions(score_subsets(model, test.features, test.labels, absent, ac), mods, model.fill)),
         ("calibration (ECE, NLL, Brier)", lambda: calibration(test.predictions.fused, test.predictions.labels)),

@@ -155,7 +155,8 @@ def test_ece_nll_brier_by_hand():
     assert bins["accuracy"][12] == 0.0 and bins["confidence"][13] == pytest.approx(0.9)
     assert bins["accuracy"][0] is None and bins["confidence"][14] is None  # empty bins: JSON has no NaN
     shares = np.array(bins["count"]) / 4  # the diagram's bins give the same ECE here (no confidence of 1)
-    gaps = np.abs(np.nan_to_num(np.asarray(bins["accuracy"], float)) - np.nan_to_num(np.asarray(bins["confidence"], float)))
+    acc, conf = (np.nan_to_num(np.asarray(bins[k], float)) for k in ("accuracy", "confidence"))
+    gaps = np.abs(acc - conf)
     assert float((shares * gaps).sum()) == pytest.approx(out["ece"])
 
 
@@ -168,7 +169,8 @@ def test_the_diagram_bins_imply_the_ece(seed):
     out = calibration(logits, labels)
     bins = out["reliability"]
     shares = np.array(bins["count"]) / 500
-    gaps = np.abs(np.nan_to_num(np.asarray(bins["accuracy"], float)) - np.nan_to_num(np.asarray(bins["confidence"], float)))
+    acc, conf = (np.nan_to_num(np.asarray(bins[k], float)) for k in ("accuracy", "confidence"))
+    gaps = np.abs(acc - conf)
     assert sum(bins["count"]) == 500 and float((shares * gaps).sum()) == pytest.approx(out["ece"], abs=1e-6)
 
 

@@ -163,5 +163,5 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-__all__ = ["BalanceResult", "C_GRID", "RELIABILITY_PNG", "SplitPass", "balance_loaders", "balance_metrics", "probes", "run_balance_metrics",
-           "split_pass"]
+__all__ = ["BalanceResult", "C_GRID", "RELIABILITY_PNG", "SplitPass", "balance_loaders", "balance_metrics", "probes",
+           "run_balance_metrics", "split_pass"]

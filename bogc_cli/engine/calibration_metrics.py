@@ -52,7 +52,8 @@ def calibration(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Te
 
 def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> dict:
     """Per equal-width confidence bin: ``count``, ``accuracy`` and mean ``confidence`` (lists of ``bins``;
-    None where a bin is empty: JSON has no NaN). A bin is ``[lo, hi)``; a confidence of exactly 1 joins the last bin here."""
+    None where a bin is empty: JSON has no NaN). A bin is ``[lo, hi)``; a confidence of exactly 1 joins the
+    last bin here."""
     conf, pred = probabilities.max(dim=1)
     right = (pred == labels).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=conf.dtype)

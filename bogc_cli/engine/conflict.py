@@ -67,7 +67,8 @@ def conflict_cosines(model: MultimodalModel, fused_loss: Callable, batch: Batch,
 
 
 def _flat(grads, params) -> torch.Tensor:
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double() for g, p in zip(grads, params)])
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).double()
+                      for g, p in zip(grads, params)])
 
 
 class GradientConflict(Callback):

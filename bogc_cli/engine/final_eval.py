@@ -32,8 +32,9 @@ class RunResult:
 def final_evaluation(ctx: RunContext, state: RunState, step_ms: list[float]) -> RunResult:
     """``Method.on_train_end`` (its end-of-run files), then best.pt's weights evaluated on the test split;
     eval.json = the run's identity, the test metrics (accuracy, macro-F1, per class, each modality's
-    head), the balance metrics (contributions, linear probes, calibration, cost; reliability.png), the best epoch and its validation accuracy, timings (``step_ms``: this process's step times)
-    and the rows trained on and held out."""
+    head), the balance metrics (contributions, linear probes, calibration, cost; reliability.png), the best
+    epoch and its validation accuracy, timings (``step_ms``: this process's step times) and the rows trained
+    on and held out."""
     method, model, cfg = state.method, state.model, ctx.recipe.train
     method.on_train_end(ctx.run_dir, state.records)
     model.load_state_dict(load_checkpoint(ctx.run_dir / "best.pt")["model"])

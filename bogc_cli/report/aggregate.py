@@ -145,8 +145,8 @@ def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None)
 
     Columns: ``experiment, dataset, method, seed``, the metric scalars in :data:`SCALARS`
     (NaN where a run did not record one), one ``unimodal_accuracy.<modality>`` column per
-    modality seen in any run, the balance metrics (:data:`BALANCE_PREFIXES`), and ``run_dir``. Corrupt files are skipped and described in
-    ``warnings`` (if given). An empty tree gives an empty frame with these columns.
+    modality seen in any run, the balance metrics (:data:`BALANCE_PREFIXES`), and ``run_dir``. Corrupt
+    files are skipped and described in ``warnings`` (if given). An empty tree gives an empty frame with these columns.
     """
     warnings = [] if warnings is None else warnings
     records = _run_records(Path(results_dir), warnings)

@@ -26,7 +26,8 @@ def pool_bins(blocks: list[dict]) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         pooled = {key: np.nansum([np.nan_to_num(np.asarray(b[key], dtype=float)) * np.asarray(b["count"], dtype=float)
                                   for b in blocks], axis=0) / count for key in ("accuracy", "confidence")}
-    return {"count": count.tolist(), "accuracy": pooled["accuracy"].tolist(), "confidence": pooled["confidence"].tolist()}
+    return {"count": count.tolist(), "accuracy": pooled["accuracy"].tolist(),
+            "confidence": pooled["confidence"].tolist()}
 
 
 def plot_reliability(panels: dict[str, dict], path_png: str | os.PathLike, title: str, pdf: bool = True,
