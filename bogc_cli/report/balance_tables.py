@@ -60,7 +60,7 @@ def imbalance_table(runs: pd.DataFrame, value: str = "accuracy") -> Table | None
     order = [f"{d}{label}" for d in sorted(runs["dataset"].unique()) for label in columns.values()]
     what = "test accuracy" if value == "accuracy" else "the mean true-class probability"
     title = (f"Exact Shapley contribution of each modality to {what} (missing modalities filled as each run's "
-             "model.fill) and the imbalance degree (mean ± std over seeds)")
+             "model.fill) and the imbalance degree")
     name = "imbalance" if value == "accuracy" else "imbalance_probability"
     return _table(name, title, long, order)
 
@@ -71,7 +71,7 @@ def probe_table(runs: pd.DataFrame) -> Table | None:
     long = _long(runs, {f"{PROBE}{m}": f"/{m}" for m in modalities})
     order = [f"{d}/{m}" for d in sorted(runs["dataset"].unique()) for m in modalities]
     title = ("Linear-probe test accuracy of each frozen encoder (logistic regression on its features of at most "
-             "1,000 train rows, C chosen on validation; mean ± std over seeds)")
+             "1,000 train rows, C chosen on validation)")
     return _table("probe", title, long, order, best=True)
 
 
@@ -83,7 +83,7 @@ def calibration_table(runs: pd.DataFrame) -> Table | None:
     long = _long(runs, CALIBRATION)
     order = [f"{d}{label}" for d in sorted(runs["dataset"].unique()) for label in CALIBRATION.values()]
     title = ("Calibration of the fused test prediction: ECE (15 equal-width bins), NLL (nats) and Brier score "
-             "(lower is better; mean ± std over seeds)")
+             "(lower is better)")
     return _table("calibration", title, long, order)
 
 
