@@ -22,11 +22,11 @@ def bins(count, accuracy, confidence):
 
 
 def write_run(root: Path, dataset: str, method: str, seed: int, phi: dict, imbalance: float, probe: dict,
-              ece: float, **extra) -> Path:
-    run = root / "exp" / dataset / method / f"seed{seed}"
+              ece: float, experiment: str = "exp", **extra) -> Path:
+    run = root / experiment / dataset / method / f"seed{seed}"
     run.mkdir(parents=True)
     record = {
-        "experiment": "exp", "dataset": dataset, "method": method, "seed": seed, "accuracy": 0.8, "n": 10,
+        "experiment": experiment, "dataset": dataset, "method": method, "seed": seed, "accuracy": 0.8, "n": 10,
         "contribution": {"fill": "zero-feature",
                          "accuracy": {"shapley": phi, "imbalance_degree": imbalance, "full": 0.8, "empty": 0.1},
                          "true_class_probability": {"shapley": {m: v / 2 for m, v in phi.items()},
@@ -117,3 +117,13 @@ def test_report_draws_the_gradient_conflict_per_method(tree: Path) -> None:
     assert path in result.paths and path.read_bytes()[:8] == PNG_MAGIC
     # the conflict is not a method coefficient: it stays out of the coefficients table
     assert not (tree / "tables" / "coefficients.md").is_file()
+
+
+def test_balance_figures_of_two_experiments_are_never_pooled(tree: Path) -> None:
+    # another experiment on the same dataset (another recipe, other epochs): figures of its own, named by it
+    write_run(tree, "avd", "joint", 0, {"audio": 0.9, "visual": 0.0}, 1.0, {"audio": 0.9, "visual": 0.5},
+              ece=0.3, experiment="long")
+    plots = {p.name for p in run_report(tree, "md").paths}
+    assert {"contributions_exp_avd.png", "contributions_long_avd.png", "reliability_exp_avd.png",
+            "reliability_long_avd.png"} <= plots
+    assert "contributions_avd.png" not in plots and "reliability_avd.png" not in plots

@@ -109,8 +109,6 @@ def plot_contributions(stats: pd.DataFrame, imbalance: pd.DataFrame, path_png: s
     return save_figure(fig, path_png)
 
 
-
-
 def _read_calibration(run_dir: str, warnings: list[str]) -> dict | None:
     """The ``calibration`` block of a run's eval.json (None when it has none)."""
     import json
@@ -125,15 +123,16 @@ def _read_calibration(run_dir: str, warnings: list[str]) -> dict | None:
 
 
 def write_balance_plots(runs: pd.DataFrame, out_dir: Path, warnings: list[str]) -> list[Path]:
-    """Per dataset: ``contributions_<dataset>`` (when runs hold Shapley values) and ``reliability_<dataset>``
-    (one panel per method, its seeds' bins pooled; ECE as mean ± std over seeds)."""
+    """Per (experiment, dataset): ``contributions_<dataset>`` (when runs hold Shapley values) and
+    ``reliability_<dataset>`` (one panel per method, its seeds' bins pooled; ECE as mean ± std over seeds).
+    With several experiments in the tree the names carry the experiment, as the comparison figures'
+    (``comparison_plots.figure_groups``): runs of different experiments are never pooled."""
     from .aggregate import mean_std
-    from .tables import slug
+    from .comparison_plots import figure_groups
 
     paths: list[Path] = []
     prefix = "contribution.accuracy.shapley."
-    for dataset in sorted(runs["dataset"].unique()):
-        mine = runs[runs["dataset"] == dataset]
+    for _, _, name, label, mine in figure_groups(runs):
         shap = [c for c in mine.columns if c.startswith(prefix) and mine[c].notna().any()]
         if shap:
             long = mine[["method", "seed", *shap]].melt(id_vars=["method", "seed"], var_name="modality",
@@ -142,8 +141,8 @@ def write_balance_plots(runs: pd.DataFrame, out_dir: Path, warnings: list[str]) 
             stats = mean_std(long, "value", ["method"], ["modality"])
             imbalance = mean_std(mine, "contribution.accuracy.imbalance_degree", ["method"], []) \
                 if "contribution.accuracy.imbalance_degree" in mine else pd.DataFrame(columns=["method", "mean"])
-            paths += plot_contributions(stats, imbalance, out_dir / f"contributions_{slug(dataset)}.png",
-                                        f"{dataset}: modality contributions (exact Shapley, test accuracy)")
+            paths += plot_contributions(stats, imbalance, out_dir / f"contributions_{name}.png",
+                                        f"{label}: modality contributions (exact Shapley, test accuracy)")
         panels, notes = {}, {}
         for method in sorted(mine["method"].unique(), key=method_sort_key):
             blocks = [b for d in mine.loc[mine["method"] == method, "run_dir"]
@@ -155,8 +154,8 @@ def write_balance_plots(runs: pd.DataFrame, out_dir: Path, warnings: list[str]) 
             notes[method] = (f"ECE {np.mean(ece):.3f} ± {np.std(ece, ddof=1):.3f} ({len(ece)} seeds)" if len(ece) > 1
                              else f"ECE {ece[0]:.3f}")
         if panels:
-            paths += plot_reliability(panels, out_dir / f"reliability_{slug(dataset)}.png",
-                                      f"{dataset}: reliability of the fused test prediction "
+            paths += plot_reliability(panels, out_dir / f"reliability_{name}.png",
+                                      f"{label}: reliability of the fused test prediction "
                                       "(15 bins; seeds pooled)", notes=notes)
     return paths
 

@@ -121,14 +121,22 @@ def _curves(metrics: list[tuple[str, int, pd.DataFrame]], prefix: str) -> pd.Dat
         mean="mean", std="std", n="count")
 
 
-def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: Path, warnings: list[str]) -> list[Path]:
-    """Every comparison figure for every (experiment, dataset) in ``runs`` (those without enough data
-    are skipped). File names carry the experiment when the tree holds several."""
-    paths: list[Path] = []
+def figure_groups(runs: pd.DataFrame):
+    """``(experiment, dataset, name, label, group)`` for every (experiment, dataset) of ``runs``: ``name``
+    is the figure file's suffix, ``label`` the dataset as titles name it; both carry the experiment when
+    the tree holds several (runs of different experiments are never averaged)."""
     several = runs["experiment"].nunique() > 1
     for (experiment, dataset), group in runs.groupby(["experiment", "dataset"], sort=True):
         name = "_".join(slug(p) for p in ([experiment] if several else []) + [dataset])
         label = f"[{experiment}] {dataset}" if several else dataset
+        yield experiment, dataset, name, label, group
+
+
+def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: Path, warnings: list[str]) -> list[Path]:
+    """Every comparison figure for every (experiment, dataset) in ``runs`` (those without enough data
+    are skipped). File names carry the experiment when the tree holds several."""
+    paths: list[Path] = []
+    for experiment, dataset, name, label, group in figure_groups(runs):
         if not missing.empty:
             paths += plot_missing_comparison(missing[missing["experiment"] == experiment], dataset, out_dir, name, label)
         mine = group[~group["method"].str.startswith("unimodal-")]  # one head trained
