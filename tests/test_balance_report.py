@@ -75,13 +75,21 @@ def test_imbalance_probe_and_calibration_tables(tree: Path) -> None:
 
 
 def test_report_draws_contributions_and_side_by_side_reliability(tree: Path) -> None:
+    # another experiment on the same dataset (another recipe, other epochs): figures of its own, named by it,
+    # never pooled with the first one's
+    write_run(tree, "avd", "joint", 0, {"audio": 0.9, "visual": 0.0}, 1.0, {"audio": 0.9, "visual": 0.5},
+              ece=0.3, experiment="long")
     result = run_report(tree, "md")
     plots = {p.name for p in result.paths}
-    for name in ("contributions_avd.png", "reliability_avd.png", "contributions_avd.pdf"):
+    for name in ("contributions_exp_avd.png", "reliability_exp_avd.png", "contributions_exp_avd.pdf",
+                 "contributions_long_avd.png", "reliability_long_avd.png"):
         assert name in plots
         assert (tree / "plots" / name).stat().st_size > 5_000
-    assert (tree / "plots" / "reliability_avd.png").read_bytes()[:8] == PNG_MAGIC
-    assert (tree / "tables" / "imbalance.md").is_file() and (tree / "tables" / "probe.md").is_file()
+    assert "contributions_avd.png" not in plots and "reliability_avd.png" not in plots
+    assert (tree / "plots" / "reliability_exp_avd.png").read_bytes()[:8] == PNG_MAGIC
+    # tables per experiment too (main's rule: prefixed by the experiment)
+    for table in ("exp_imbalance", "exp_probe", "exp_calibration", "long_imbalance", "long_probe"):
+        assert (tree / "tables" / f"{table}.md").is_file()
 
 
 def test_runs_without_balance_metrics_give_no_balance_tables(tmp_path: Path) -> None:
@@ -118,12 +126,3 @@ def test_report_draws_the_gradient_conflict_per_method(tree: Path) -> None:
     # the conflict is not a method coefficient: it stays out of the coefficients table
     assert not (tree / "tables" / "coefficients.md").is_file()
 
-
-def test_balance_figures_of_two_experiments_are_never_pooled(tree: Path) -> None:
-    # another experiment on the same dataset (another recipe, other epochs): figures of its own, named by it
-    write_run(tree, "avd", "joint", 0, {"audio": 0.9, "visual": 0.0}, 1.0, {"audio": 0.9, "visual": 0.5},
-              ece=0.3, experiment="long")
-    plots = {p.name for p in run_report(tree, "md").paths}
-    assert {"contributions_exp_avd.png", "contributions_long_avd.png", "reliability_exp_avd.png",
-            "reliability_long_avd.png"} <= plots
-    assert "contributions_avd.png" not in plots and "reliability_avd.png" not in plots
