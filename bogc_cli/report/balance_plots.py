@@ -37,8 +37,13 @@ def plot_reliability(panels: dict[str, dict], path_png: str | os.PathLike, title
     shown in a panel (e.g. mean ± std over seeds). Saved as ``path_png`` (and a PDF beside it)."""
     labels = list(panels)
     n = len(labels)
-    fig, axes = plt.subplots(2, n, figsize=(3.4 * n + 0.6, 4.4), squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1]}, layout="constrained")
+    lines = max(len([t for t in (label, "ECE") if t]) for label in labels)  # panel title lines
+    width, height = 3.4 * n + 0.6, 4.1 + 0.22 * lines
+    # fixed margins (inches) instead of a layout engine: the figure is drawn at the end of every training
+    # run, and constrained layout doubled its cost (about 0.2 s of 0.4 s on a loaded 2-core machine)
+    fig, axes = plt.subplots(2, n, figsize=(width, height), squeeze=False, sharex=True, sharey="row",
+                             gridspec_kw={"height_ratios": [3, 1], "hspace": 0.12, "wspace": 0.16})
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.25 / width, bottom=0.55 / height, top=1 - (0.45 + 0.22 * lines) / height)
     for i, label in enumerate(labels):
         block = panels[label]
         bins = block["reliability"]
