@@ -5,32 +5,34 @@ note at the end of training (the run still finishes)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from cli_helpers import run_cli
+from cli_helpers import run_bogc, run_cli
 
-ROOT = Path(__file__).resolve().parents[1]
 BALANCE = ("contribution", "linear_probe", "calibration", "parameters", "forward_flops_per_sample")
 
 
 @pytest.fixture(scope="module")
 def nine(tmp_path_factory) -> Path:
-    """A tiny run with nine vector modalities (one above the Shapley limit), trained by the real entry point."""
+    """A tiny run with nine vector modalities (one above the Shapley limit), trained in-process (the eval
+    below goes through the real entry point)."""
+    from rich.console import Console
+
+    from bogc_cli.engine.trainer import train_run
+    from bogc_cli.recipe import load_recipe
+
     tmp = tmp_path_factory.mktemp("nine")
     specs = {f"v{i}": {"kind": "vector", "shape": [4], "informative": 0.5 + i / 20} for i in range(9)}
     recipe = {"experiment": "nine", "dataset": {"name": "synthetic", "modalities": list(specs), "specs": specs,
                                                 "n_train": 200, "n_val": 60, "n_test": 80, "num_classes": 3},
-              "model": {"feature_dim": 8, "hidden_dim": 16}, "train": {"epochs": 1, "batch_size": 50}}
+              "model": {"feature_dim": 8, "hidden_dim": 16}, "train": {"epochs": 1, "batch_size": 50},
+              "output": {"dir": str(tmp)}}
     path = tmp / "nine.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    proc = subprocess.run([sys.executable, "-m", "bogc_cli", "train", str(path), "--out", str(tmp)],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
+    train_run(load_recipe(path).for_seed(0), Console(quiet=True))
     return tmp / "nine" / "synthetic" / "joint" / "seed0"
 
 
@@ -43,8 +45,7 @@ def test_training_skips_shapley_above_the_limit_with_a_note(nine: Path) -> None:
 
 def test_eval_refuses_shapley_above_the_limit_and_runs_without(nine: Path, capsys) -> None:
     before = (nine / "eval.json").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "bogc_cli", "eval", str(nine)], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = run_bogc("eval", nine)  # the console script, in a new process
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "M = 9" in proc.stderr and "--no-shapley" in proc.stderr
     assert (nine / "eval.json").read_bytes() == before  # nothing written
