@@ -80,9 +80,14 @@ def test_balance_cost_tables(capsys, tmp_path):
     out = capsys.readouterr().out
     added = re.search(r"added by the balance metrics .*?\s(-?\d+\.\d\d)\s+(-?\d+\.\d)%", out)
     assert added and "linear probes (3 x 4 C)" in out and "subsets' predictions (2^3)" in out
-    assert conflict_overhead.main([*tiny, "--every", "0,2", "--epochs", "1", "--rounds", "1", "--repeats", "2",
+    assert conflict_overhead.main([*tiny, "--every", "0,2,50", "--epochs", "1", "--rounds", "1", "--repeats", "2",
                                    "--work", str(tmp_path / "c")]) == 0
-    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
-            if line.strip().startswith(("off", "2 "))}
-    assert rows["off"][2:4] == ["0.0%", "0.0%"]
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith(("off", "2 "))}
+    assert rows["off"][2:5] == ["0.0%", "0.0%", "1.000"]
     assert float(rows["2"][1]) == 1.5 and float(rows["2"][3].rstrip("%")) > 0  # 3 steps an epoch, sampled
+    assert float(rows["2"][4]) == pytest.approx(1 + float(rows["2"][3].rstrip("%")) / 100, abs=1e-3)
+    # the default (50) samples the first step of the run: its on/off ratio is the last line's verdict
+    verdict = re.search(r"conflict_every=50: joint with conflict sampling on / off = (\d\.\d{3}) \(.*limit 1\.05: "
+                        r"(within|ABOVE)\)", out)
+    assert verdict and float(verdict.group(1)) > 1
