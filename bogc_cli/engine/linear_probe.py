@@ -31,9 +31,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 """Inverse L2 regularisation strengths tried; the one with the best validation accuracy is kept."""
@@ -73,6 +70,12 @@ def linear_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np
     ``grid``, keep the best on ``val``, score it on ``test``.
 
     Raises ValueError when a split is empty or train holds a single class."""
+    # imported here, not with the module: scikit-learn takes about a second to import, which the commands
+    # that load a run without fitting probes (``bogc missing-modality``) need not pay
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, val, test
     if min(len(y_tr), len(y_va), len(y_te)) == 0:
         raise ValueError("linear probe: every split needs at least one row")
