@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     row("bogc train (the whole run)", run_seconds)
     row("evaluation before: predictions on test", before)
     row("balance metrics in the run (test predictions included)", as_run[0])
-    row("  first use of their imports (flop counter, torchmetrics, ...)", as_run[0] - warm)
+    row("  first use of their imports (scikit-learn, matplotlib, ...)", as_run[0] - warm)
     for name, seconds in timed:
         row("  " + name, seconds)
     row("added by the balance metrics (in the run - before)", as_run[0] - before)

@@ -174,6 +174,20 @@ def test_the_diagram_bins_imply_the_ece(seed):
     assert sum(bins["count"]) == 500 and float((shares * gaps).sum()) == pytest.approx(out["ece"], abs=1e-6)
 
 
+@pytest.mark.parametrize("scale", [1.0, 4.0, 60.0])
+def test_ece_is_torchmetrics_top_label_calibration_error(scale):
+    """Our ECE is torchmetrics' rule (computed here to spare every run its import): random predictions, and
+    saturated ones (scale 60: many confidences exactly 1 in float32, torchmetrics' extra bin)."""
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    g = torch.Generator().manual_seed(int(scale))
+    logits, labels = torch.randn(700, 5, generator=g, dtype=torch.float64) * scale, torch.randint(0, 5, (700,),
+                                                                                                  generator=g)
+    expected = tm.multiclass_calibration_error(torch.softmax(logits, 1), labels, num_classes=5, n_bins=15, norm="l1")
+    assert calibration(logits, labels)["ece"] == pytest.approx(float(expected), abs=1e-6)
+    if scale == 60.0:
+        assert (torch.softmax(logits, 1).max(1).values.float() == 1).sum() > 100  # the extra bin is exercised
+
+
 def test_shared_bin_and_a_perfect_prediction():
     # two rows in one bin: |accuracy 1/2 - mean confidence .95| weighs 2/3; the third row is right at .9
     p = np.array([[0.95, 0.05], [0.95, 0.05], [0.1, 0.9]])
