@@ -140,6 +140,40 @@ def test_more_than_the_limit_is_refused_with_the_way_out():
         check_modality_count([f"m{i}" for i in range(MAX_MODALITIES + 1)])
 
 
+def test_subsets_by_forward_agree_with_the_feature_path_and_cover_interacting_encoders():
+    """Running the model once per subset (needed when encoders interact) gives what the stored-feature path
+    gives on a model whose encoders do not; with I2M2's independent experts, the balance pass predicts
+    exactly what predict() does (the unimodal heads read the experts' encoders)."""
+    from bogc_cli.data.cache import SplitArrays
+    from bogc_cli.data.loader import make_loader
+    from bogc_cli.engine.balance_eval import split_pass
+    from bogc_cli.engine.contribution import interacting_encoders, score_subsets_by_forward
+    from bogc_cli.engine.evaluate import predict
+
+    rng = np.random.default_rng(3)
+    arrays = {m: rng.standard_normal((90, 5)).astype(np.float32) for m in ("a", "b", "c")}
+    loader = make_loader(SplitArrays(arrays, rng.integers(0, 3, 90).astype(np.int64)), 32, shuffle=False)
+    specs = {m: ModalitySpec("vector", [5], "float32") for m in arrays}
+    torch.manual_seed(0)
+    model = MultimodalModel(specs, 3, {m: "mlp" for m in specs}, ModelBlock(feature_dim=8, hidden_dim=16),
+                            fill="zero-input").eval()
+    test = split_pass(model, loader, torch.device("cpu"), _no_autocast)
+    fast = score_subsets(model, test.features, test.labels, absent_features(model, test.example), _no_autocast)
+    slow = score_subsets_by_forward(model, loader, torch.device("cpu"), _no_autocast)
+    assert not interacting_encoders(model)
+    for s in fast.correct:
+        assert np.array_equal(fast.correct[s], slow.correct[s])
+        np.testing.assert_allclose(fast.true_prob[s], slow.true_prob[s], rtol=1e-5)
+    model.add_expert_encoders()
+    model.prediction = "product-of-experts"
+    model.eval()
+    assert interacting_encoders(model)
+    p = predict(model, loader, torch.device("cpu"), _no_autocast)
+    again = split_pass(model, loader, torch.device("cpu"), _no_autocast).predictions
+    assert np.array_equal(p.fused, again.fused)
+    assert all(np.array_equal(p.unimodal[m], again.unimodal[m]) for m in p.unimodal)
+
+
 # ------------------------------------------------------------------ calibration
 def test_ece_nll_brier_by_hand():
     # confidences .9 .85 .7 .62 each in a bin of its own (15 bins of width 1/15); right, wrong, right, wrong

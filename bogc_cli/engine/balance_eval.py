@@ -19,6 +19,9 @@ eval.json gets (see each module for the rule and its source):
 Every figure comes from one pass of the frozen encoders over each split: the subsets' predictions are
 the fusion head applied to the stored test features, with the fill's feature in place of a missing one,
 and the same pass gives the test predictions that accuracy, macro-F1 and the heads' accuracy are read from.
+Where a modality's feature or head depends on other inputs (greedy's coupled encoders, I2M2's independent
+experts: ``contribution.interacting_encoders``), the subsets are scored by running the model once per
+subset instead (``score_subsets_by_forward``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import torch
 from bogc_cli.data.loader import to_device
 from bogc_cli.engine.calibration_metrics import calibration
 from bogc_cli.engine.contribution import (ShapleyTooLarge, absent_features, check_modality_count, contributions,
-                                          score_subsets)
+                                          interacting_encoders, score_subsets, score_subsets_by_forward)
 from bogc_cli.engine.evaluate import Predictions
 from bogc_cli.engine.cost import forward_flops_per_sample, parameter_count
 from bogc_cli.engine.linear_probe import C_GRID, linear_probe, probe_block, probe_rows
@@ -67,7 +70,9 @@ def split_pass(model: MultimodalModel, loader, device: torch.device, autocast) -
             first = {m: x[:1] for m, x in batch.inputs.items()}
         with autocast():
             z = model.encode(batch.inputs)
-            out = model.heads(z)
+            # independent experts (I2M2): the unimodal heads read the experts' own encoders, as in forward
+            experts = model.encode(batch.inputs, expert=True) if len(model.expert_encoders) else None
+            out = model.heads(z, experts)
         for m in model.modalities:
             feats[m].append(z[m].float().cpu())
         for m, logits in out.unimodal_logits.items():
@@ -103,7 +108,7 @@ def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device,
         passes = {s: split_pass(model, loaders[s], device, autocast) for s in ("test", "train", "val")}
         test = passes["test"]
         out: dict = {}
-        out["contribution"] = _contribution(model, test, autocast, shapley, strict)
+        out["contribution"] = _contribution(model, test, loaders["test"], device, autocast, shapley, strict)
         out["calibration"] = calibration(test.predictions.fused, test.predictions.labels)
         out["linear_probe"] = probes(model, passes)
         out["parameters"] = parameter_count(model)
@@ -137,7 +142,7 @@ def run_balance_metrics(model: MultimodalModel, splits: dict, batch_size: int, d
                            strict=False, run_dir=run_dir, title=title)
 
 
-def _contribution(model, test: SplitPass, autocast, shapley: bool, strict: bool) -> dict:
+def _contribution(model, test: SplitPass, loader, device, autocast, shapley: bool, strict: bool) -> dict:
     if not shapley:
         return {"skipped": "not asked for (--no-shapley)"}
     try:
@@ -146,7 +151,10 @@ def _contribution(model, test: SplitPass, autocast, shapley: bool, strict: bool)
         if strict:
             raise
         return {"skipped": str(exc)}
-    scores = score_subsets(model, test.features, test.labels, absent_features(model, test.example), autocast)
+    if interacting_encoders(model):
+        scores = score_subsets_by_forward(model, loader, device, autocast)
+    else:
+        scores = score_subsets(model, test.features, test.labels, absent_features(model, test.example), autocast)
     return contributions(scores, list(model.modalities), model.fill)
 
 

@@ -159,6 +159,38 @@ def score_subsets(model: MultimodalModel, features: dict[str, torch.Tensor], lab
     return SubsetScores(correct, true_prob)
 
 
+def interacting_encoders(model: MultimodalModel) -> bool:
+    """Whether a modality's feature or head depends on more than its own input: encoders run jointly
+    (``model.coupling``, greedy's MMTM) or unimodal heads on independent experts' encoders (I2M2). Then the
+    features of the full input cannot stand in for a subset's, and ``score_subsets_by_forward`` runs the model
+    once per subset."""
+    return model.coupling is not None or len(model.expert_encoders) > 0
+
+
+@torch.no_grad()
+def score_subsets_by_forward(model: MultimodalModel, loader, device: torch.device, autocast) -> SubsetScores:
+    """``score_subsets`` for any model: ``model(inputs, present)`` with only the subset's modalities present,
+    over every batch of ``loader`` (unshuffled), for each of the 2^M subsets (BalanceBenchmark's
+    ``val_loop(limit_modalitys=...)``). 2^M passes of the encoders instead of one."""
+    from bogc_cli.data.loader import to_device
+
+    model.eval()
+    mods = list(model.modalities)
+    hits: dict[tuple[str, ...], list] = {s: [] for s in all_subsets(mods)}
+    probs: dict[tuple[str, ...], list] = {s: [] for s in all_subsets(mods)}
+    for raw in loader:
+        batch = to_device(raw, device)
+        y = batch.labels
+        for subset in hits:
+            present = {m: torch.full_like(y, m in subset, dtype=torch.bool) for m in mods}
+            with autocast():
+                logits = model(batch.inputs, present).fused_logits.float()
+            hits[subset].append((logits.argmax(1) == y).cpu())
+            probs[subset].append(torch.softmax(logits, 1).gather(1, y.view(-1, 1)).squeeze(1).cpu())
+    return SubsetScores({s: torch.cat(v).numpy() for s, v in hits.items()},
+                        {s: torch.cat(v).double().numpy() for s, v in probs.items()})
+
+
 def contributions(scores: SubsetScores, modalities: list[str], fill: str) -> dict:
     """eval.json's ``contribution`` block: per value function the Shapley values, the worth of the full and
     empty sets and the imbalance degree (None where undefined); the worth of every subset; the fill used."""
@@ -178,4 +210,5 @@ def contributions(scores: SubsetScores, modalities: list[str], fill: str) -> dic
 
 
 __all__ = ["MAX_MODALITIES", "ShapleyTooLarge", "SubsetScores", "absent_features", "all_subsets",
-           "check_modality_count", "contributions", "imbalance_degree", "score_subsets", "shapley_values"]
+           "check_modality_count", "contributions", "imbalance_degree", "interacting_encoders", "score_subsets",
+           "score_subsets_by_forward", "shapley_values"]
