@@ -116,9 +116,10 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
     unknown ``kind``.
     """
     # posinf must be given: nan_to_num's default turns +inf into the dtype's max, which then overflows the mean
-    var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"), posinf=float("inf"))
-    finite_mask = torch.isfinite(var)
-    finite = var.where(finite_mask, 0)
+    var = torch.nan_to_num(var.clamp_min(0), nan=float("inf"), posinf=float("inf"))    # in [0, inf], no NaN
+    # Masks are avoided on [S, N] buffers: on the CPU torch.where, masked_fill and isfinite cost 15-40x a
+    # multiply (not vectorised), which made them most of a small model's step. Each replacement below is exact.
+    finite = torch.nan_to_num(var, posinf=0.0)                                      # var where finite, else 0
     ref = seg.mean(finite.mean(dim=0))                                              # [T]
     known = ref > 0                                                                 # some variance in the tensor
     ref = ref.where(known, 1)
@@ -133,8 +134,11 @@ def evidence_of(mu: torch.Tensor, var: torch.Tensor, seg: Segments, kind: str = 
         return scale * tau / seg.expand(mean_tau).clamp_min(torch.finfo(tau.dtype).tiny)
     if kind in ("snr", "precision"):
         snr = torch.nan_to_num(mu.square() / noise, posinf=torch.finfo(mu.dtype).max / 4)
-        # no variance anywhere in the tensor: no scale to measure it against, so equal evidence (as relative)
-        e = snr.where(seg.expand(known), finite_mask.to(snr.dtype))
+        # no variance anywhere in the tensor: no scale to measure it against, so equal evidence (as relative):
+        # 1 where the variance is finite, 0 where it is infinite. snr is finite and k is 0 or 1, so
+        # snr * k + [var finite] * (1 - k) selects exactly; var * 0 is NaN exactly where var is infinite.
+        k = seg.expand(known.to(snr.dtype))                                         # [N]
+        e = snr * k + torch.nan_to_num(var * 0 + (1 - k), nan=0.0)
         return e if scale == 1.0 else scale * e
     raise ValueError(f"evidence must be one of {EVIDENCE}, not {kind!r}")
 
@@ -202,9 +206,16 @@ def calibrate_segments(mu: torch.Tensor, var: torch.Tensor, seg: Segments, evide
         r, uncertainty = _sign_attribution(mu, e, seg)
     else:
         raise ValueError(f"frame must be one of {FRAMES}, not {frame!r}")
-    total = seg.expand(seg.sum(r.sum(dim=0)))                                      # [N]
-    weights = (n_src * seg.element_sizes * r / total.clamp_min(torch.finfo(r.dtype).tiny)).where(
-        total > 0, 1)                                                               # no evidence anywhere: plain sum
+    total = seg.sum(r.sum(dim=0))                                                  # [T]
+    some = total > 0                                                               # evidence somewhere in the tensor
+    inf, one = torch.full_like(total, float("inf")), torch.ones_like(total)
+    denominator, low, high = seg.expand(torch.stack([total.clamp_min(torch.finfo(r.dtype).tiny).where(some, one),
+                                                     (-inf).where(some, one), inf.where(some, one)])).unbind()
+    # no evidence anywhere in a tensor: weight 1 (the plain sum), by a clamp to [1, 1] (torch.where on [S, N] is
+    # slow on the CPU, see evidence_of). A tensor with evidence has no NaN share (its total would be NaN), so the
+    # nan_to_num changes only tensors that the clamp then sets to 1, and their shares can no longer make NaN.
+    shares = torch.nan_to_num(r, nan=0.0, posinf=float("inf"), neginf=float("-inf"))
+    weights = (n_src * seg.element_sizes * shares / denominator).clamp(low, high)   # [S, N]
     return _finish(mu, weights, uncertainty, seg, w_max, norm)
 
 
