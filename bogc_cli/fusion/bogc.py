@@ -79,7 +79,7 @@ class BOGC(Method):
         # parameters whose variance the calibration reads, and the fast chunk gradients when they are all linear
         self._needs_var = {id(p) for group in self.groups for b in group.blocks for p in b.params}
         self._pass_of = {s: group[0] for group in self.sources.passes for s in group}
-        self._zero_parts: dict[int, torch.Tensor] = {}
+        self._plans: dict[str, tuple] = {}  # per backward pass, where its chunk squares go (_square_plan)
         needed = [p for p in model.parameters() if id(p) in self._needs_var]
         self.linear_chunks = (LinearChunkMoments(model, needed)
                               if options.moments == "microbatch" and LinearChunkMoments.applicable(model, needed)
@@ -177,18 +177,20 @@ class BOGC(Method):
         dtype = self.sources.dtype
         sums, squares = [], []
         for group, flat in passes:
-            parts, done = [], {}
-            for p in (p for s in group for p in self.sources.params[s]):
-                if id(p) not in self._needs_var:
-                    parts.append(self._zeros(p))
-                    continue
-                module = fast.owner[id(p)]
-                if id(module) not in done:
-                    done[id(module)] = fast.squares(module, group[0], k, dtype)
-                sq = done[id(module)]
-                parts.append(self._zeros(p) if sq is None else (sq[0] if p is module.weight else sq[1]).reshape(-1))
-            sums.append(flat * k)                              # K chunks whose mean is the batch's gradient
-            squares.append(torch.cat(parts).mul_(k * k))      # each chunk K x its rows' share
+            # the chunk squares are written straight into one flat buffer per pass, in the pass's parameter order
+            square = torch.empty_like(flat)
+            zero_spans, layers = self._square_plan(group)
+            for start, stop in zero_spans:
+                square[start:stop].zero_()
+            for module, spans in layers:
+                views = tuple(None if span is None else square[span[0]:span[1]].view(q.shape)
+                              for span, q in zip(spans, (module.weight, module.bias)))
+                if not fast.squares(module, group[0], k, dtype, views):  # the pass did not reach the layer
+                    for v in views:
+                        if v is not None:
+                            v.zero_()
+            sums.append(flat.mul_(k))                          # K chunks whose mean is the batch's gradient
+            squares.append(square.mul_(k * k))                 # each chunk K x its rows' share
         count = torch.tensor(float(k), dtype=dtype, device=self.ctx.device)
         if self._world() > 1:
             *reduced, count = all_reduce_flat(sums + squares + [count.view(1)])
@@ -201,12 +203,27 @@ class BOGC(Method):
         parts = {s: v.detach().float() for s, v in losses.items()}
         return mu, var, out.fused_logits.detach(), sum(parts.values()), parts
 
-    def _zeros(self, p: torch.Tensor) -> torch.Tensor:
-        """A flat zero tensor of ``p``'s size, made once (read only)."""
-        z = self._zero_parts.get(id(p))
-        if z is None:
-            z = self._zero_parts[id(p)] = torch.zeros(p.numel(), dtype=self.sources.dtype, device=p.device)
-        return z
+    def _square_plan(self, group: list[str]):
+        """Where the chunk squares of a pass go in its flat buffer (made once per pass): the spans that stay
+        zero (parameters whose variance no rule reads) and, per linear layer, the spans of its weight and bias
+        (None for one that needs no variance)."""
+        plan = self._plans.get(group[0])
+        if plan is None:
+            zero_spans, spans, layers, at = [], {}, {}, 0
+            for q in (q for s in group for q in self.sources.params[s]):
+                if id(q) in self._needs_var:
+                    spans[id(q)] = (at, at + q.numel())
+                    module = self.linear_chunks.owner[id(q)]
+                    layers[id(module)] = module
+                elif zero_spans and zero_spans[-1][1] == at:
+                    zero_spans[-1] = (zero_spans[-1][0], at + q.numel())
+                else:
+                    zero_spans.append((at, at + q.numel()))
+                at += q.numel()
+            plan = self._plans[group[0]] = (zero_spans, [
+                (m, tuple(None if q is None else spans.get(id(q)) for q in (m.weight, m.bias)))
+                for m in layers.values()])
+        return plan
 
     def _ema_moments(self, batch: Batch):
         out, losses = self._forward(batch.inputs, batch.labels)
@@ -283,10 +300,12 @@ class BOGC(Method):
                                                  o.w_max, o.norm)
             for block, (start, stop) in zip(group.blocks, group.spans):
                 self.sources.assign(block, cal.update[start:stop])
-            w = cal.applied.detach()
-            sums = group.segments.sum(torch.stack([w, w * w]))                     # [2, S, T]
-            by_source = torch.zeros(2, len(self.sources.sources), dtype=w.dtype, device=w.device)
-            by_source.index_add_(1, group.source_of.flatten(), sums.flatten(1))
+            # sums of the weights and of their squares per row and block (a block lies in one source per row)
+            parts = cal.applied.detach().split(group.block_numels, dim=1)          # [S, n_block] each
+            sums = torch.stack([torch.stack([p.sum(dim=1) for p in parts], dim=1),
+                                torch.stack([(p * p).sum(dim=1) for p in parts], dim=1)])  # [2, S, blocks]
+            by_source = torch.zeros(2, len(self.sources.sources), dtype=sums.dtype, device=sums.device)
+            by_source.index_add_(1, group.block_source.flatten(), sums.flatten(1))
             moments = by_source if moments is None else moments + by_source
             c = cal.clipped.sum()
             clipped = c if clipped is None else clipped + c
@@ -322,9 +341,12 @@ class BOGC(Method):
 
 def _chunk_mean_var(sums: torch.Tensor, squares: torch.Tensor, count: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of K chunk gradients and the variance of that mean: unbiased variance over chunks, divided by K."""
-    mu = sums / count
-    return mu, ((squares - count * mu * mu) / (count - 1)).clamp_min(0) / count
+    """Mean of K chunk gradients and the variance of that mean: unbiased variance over chunks, divided by K.
+
+    In place (the buffers are the caller's scratch): ``sums`` becomes the mean, ``squares`` the variance."""
+    mu = sums.div_(count)
+    centred = torch.mul(count, mu).mul_(mu)                                       # count * mu * mu
+    return mu, squares.sub_(centred).div_(count - 1).clamp_min_(0).div_(count)
 
 
 @dataclass
@@ -333,16 +355,22 @@ class _Group:
 
     Row i of the group's ``[S, N]`` matrix holds each block's i-th source; ``spans``: where each block
     lies in it; ``source_of`` ``[S, T]``: the source (index in ``GradientSources.sources``) of each row's
-    tensor; ``encoder_mean`` ``[E, T]``: averages per-tensor values over each encoder block's tensors."""
+    tensor, ``block_source`` ``[S, blocks]`` the same per block; ``encoder_mean`` ``[E, T]``: averages per-tensor
+    values over each encoder block's tensors."""
 
     blocks: list[Block]
     spans: list[tuple[int, int]]
     segments: calibration.Segments
     source_of: torch.Tensor
+    block_source: torch.Tensor
     counts: torch.Tensor
     numel: int
     encoders: list[str]
     encoder_mean: torch.Tensor
+
+    @property
+    def block_numels(self) -> list[int]:
+        return [b.numel for b in self.blocks]
 
     @property
     def encoders_logged(self) -> list[str]:
@@ -385,7 +413,9 @@ def _groups(sources: GradientSources, single: bool, device) -> list[_Group]:
         for e, (j, _) in enumerate(encoders):
             mask = torch.tensor([t == j for t in tensor_block], device=device)
             mean[e, mask] = 1.0 / float(mask.sum())
-        groups.append(_Group(blocks, spans, segments, torch.tensor(source_of, device=device), counts,
+        block_source = torch.tensor([[index[b.sources[i]] for b in blocks] for i in range(len(blocks[0].sources))],
+                                    device=device)
+        groups.append(_Group(blocks, spans, segments, torch.tensor(source_of, device=device), block_source, counts,
                              len(blocks[0].sources) * start, [name for _, name in encoders], mean))
     return groups
 

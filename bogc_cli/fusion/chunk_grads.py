@@ -82,20 +82,24 @@ class LinearChunkMoments:
         """Name the backward pass about to run (the gradients it leaves are filed under it)."""
         self._pass = name
 
-    def squares(self, module: nn.Linear, pass_name: str, k: int, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def squares(self, module: nn.Linear, pass_name: str, k: int, dtype: torch.dtype,
+                out: tuple[torch.Tensor, torch.Tensor | None]) -> bool:
         """Sums over the k chunks of the squared chunk gradients of ``module``'s weight and bias in pass
-        ``pass_name``, each divided by k^2 (the caller scales once): ``(sum_k (G_k^T X_k)^2, sum_k (sum G_k)^2)``
-        shaped ``[out, in]`` and ``[out]`` (None without bias), or None where the pass did not reach the layer.
+        ``pass_name``, each divided by k^2 (the caller scales once): ``sum_k (G_k^T X_k)^2`` and
+        ``sum_k (sum G_k)^2``, written into ``out`` (views shaped ``[out, in]`` and ``[out]``; a None is not
+        computed), so that a caller assembling a flat buffer copies nothing. Returns False (``out``
+        untouched) where the pass did not reach the layer.
 
         Rows are split into k contiguous chunks of equal size (as ``tensor_split`` does when k divides them)."""
         g = self._grads.get((id(module), pass_name))
         if g is None:
-            return None
+            return False
         g = g if g.dtype == dtype else g.to(dtype)
         g = g.reshape(k, -1, g.shape[-1])                                              # [k, rows/k (x T), out]
         x = self._inputs[id(module)]
         x = (x if x.dtype == dtype else x.to(dtype)).reshape(k, -1, module.in_features)
-        weight = torch.bmm(g.transpose(1, 2), x).square_().sum(dim=0)                 # [out, in]
-        bias = g.sum(dim=1).square_().sum(dim=0) if module.bias is not None else None
-        return weight, bias
+        if out[0] is not None:
+            torch.sum(torch.bmm(g.transpose(1, 2), x).square_(), dim=0, out=out[0])   # [out, in]
+        if out[1] is not None:
+            torch.sum(g.sum(dim=1).square_(), dim=0, out=out[1])
+        return True
