@@ -20,7 +20,7 @@ import torch
 
 from bogc_cli.data.cache import ModalitySpec
 from bogc_cli.data.loader import Batch
-from bogc_cli.engine.runtime import autocast_factory, peak_memory_mb
+from bogc_cli.engine.runtime import autocast_factory, keep_freed_host_memory, peak_memory_mb
 from bogc_cli.fusion import METHODS, StepContext
 from bogc_cli.models.build import build_model
 from bogc_cli.recipe import ModelBlock
@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cpu":
+        keep_freed_host_memory()  # as `bogc train` on the CPU
     preset_name = args.preset or ("cremad-gpu" if device.type == "cuda" else "avdigits-cpu")
     preset = PRESETS[preset_name]
     rows = [r for r in args.methods.split(",") if r]

@@ -47,7 +47,7 @@ from bogc_cli.engine.provenance import data_info, environment
 from bogc_cli.engine.resume import check_same_recipe, restore, saved_recipe
 from bogc_cli.engine.run_lock import claim_run_dir
 from bogc_cli.engine.run_state import RunState
-from bogc_cli.engine.runtime import autocast_factory, pick_device, seed_everything
+from bogc_cli.engine.runtime import autocast_factory, keep_freed_host_memory, pick_device, seed_everything
 from bogc_cli.engine.saving import RunWriter
 from bogc_cli.engine.selection import validate_epoch
 from bogc_cli.engine.setup import RunParts, build_parts, resolved_recipe, run_dir_for
@@ -121,6 +121,8 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
     cfg = resolved.train
     main = distributed is None or distributed.is_main
     device = pick_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_host_memory()  # no page faults for each step's temporaries (runtime.keep_freed_host_memory)
     model = prepare_model(parts.model, cfg, device)
     loaders = build_loaders(parts, resolved, device, distributed)
     recipe_dict = resolved.to_dict()
