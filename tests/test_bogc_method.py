@@ -164,6 +164,26 @@ def test_linear_chunk_gradients_equal_the_chunk_loop():
     assert any((v > 0).any() for v in var.values())
 
 
+def test_linear_chunk_squares_skip_a_frozen_weight_and_keep_its_bias():
+    """A linear layer whose weight is frozen and bias trained: the chunk squares fill only the bias's span of the
+    flat buffer (the weight is in no pass), and they equal the loop's."""
+    model = build_model(ModelBlock(encoders="mlp", feature_dim=8, hidden_dim=16), SPECS, 3).double()
+    frozen = next(m for m in model.encoders.modules() if isinstance(m, torch.nn.Linear))
+    frozen.weight.requires_grad_(False)
+    bogc, _ = setup("bogc", model=model)
+    assert bogc.linear_chunks is not None and id(frozen.bias) in bogc._needs_var
+    x = batch()
+    mu, var, *_ = bogc._microbatch_moments(x)
+    bogc.linear_chunks = None
+    mu_loop, var_loop, *_ = bogc._microbatch_moments(x)
+    for s, params in bogc.sources.params.items():
+        needed = torch.cat([torch.full((p.numel(),), id(p) in bogc._needs_var) for p in params])
+        torch.testing.assert_close(mu[s], mu_loop[s], rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(var[s][needed], var_loop[s][needed], rtol=1e-9, atol=1e-18)
+    owner = [s for s, params in bogc.sources.params.items() if any(p is frozen.bias for p in params)]
+    assert owner and all(var[s].gt(0).any() for s in owner)
+
+
 def test_layers_that_couple_rows_keep_the_chunk_loop():
     from bogc_cli.fusion.chunk_grads import LinearChunkMoments
 
