@@ -36,6 +36,31 @@ def test_step_time_mfeat_preset_new_options_and_cpu_clock(capsys):
     assert all(re.search(r"\s\d+\.\d\dx\s", line) for line in rows.values())
 
 
+def test_bogc_floor_rows_apply_the_same_update_and_print_ratios(capsys):
+    """The floor rows differ in cost only: the two-backward row and the moments row apply the same plain sum of
+    the losses' gradients (the chunk mean is the batch gradient), and the table prints one ratio per row."""
+    import torch
+
+    import bogc_floor
+    from step_time import PRESETS, make_batch, make_method
+
+    preset = PRESETS["mfeat-cpu"]
+    batch = make_batch(preset, torch.device("cpu"))
+    bogc = make_method("bogc", {}, preset, torch.device("cpu"), "fp32", batch)
+    bogc.model.eval()  # no dropout: both rows see the same forward
+    for group in bogc.ctx.optimizer.param_groups:
+        group["lr"] = 0.0
+    bogc_floor.two_backward_step(bogc, batch)
+    plain = [p.grad.clone() for p in bogc.model.parameters()]
+    bogc_floor.moments_step(bogc, batch)
+    for a, p in zip(plain, bogc.model.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
+    assert bogc_floor.main(["--steps", "1", "--rounds", "1", "--warmup", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if re.search(r"\s\d+\.\d\dx$", line)]
+    assert [r.split("  ")[0] for r in rows] == ["joint", "two backward passes", "+ microbatch moments",
+                                                 "+ calibration (bogc)"]
+
+
 def test_laplace_curvature_table(capsys):
     """Our closed form always; each library where it is installed (else 'not installed'), with its difference."""
     import laplace_curvature
