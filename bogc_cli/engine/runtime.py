@@ -46,8 +46,8 @@ def keep_freed_host_memory() -> bool:
 
     A training step on the CPU allocates and frees tensors of hundreds of kB (a BOGC step on mfeat's MLPs: a
     dozen ``[S, N]`` buffers per step). glibc serves such blocks with ``mmap`` or trims the heap's free top
-    after each step, so the next step takes them back page by page: ``benchmarks/step_time.py`` measured ~500
-    minor page faults and 0.3-1.2 ms of system time per BOGC step on mfeat (the step's arithmetic is ~4 ms).
+    after each step, so the next step takes them back page by page: 100-1000 minor page faults and 0.1-1.2 ms
+    of system time per BOGC step on mfeat, measured with ``getrusage`` (the step's own work is ~3.5 ms).
     Fixed thresholds (32 MB ``mmap``, 64 MB trim: the largest that glibc's adaptive rule reaches by itself)
     keep those blocks in the heap. It changes no result; returns whether the settings were applied."""
     if not sys.platform.startswith("linux"):
