@@ -173,8 +173,23 @@ class OutputBlock(StrictModel):
         return self
 
 
+PROTOCOLS: dict[str, str] = {
+    "as-published": "each method under its reference code's own protocol (recipes/<dataset>/<method>.yaml)",
+    "common": "every method under one shared protocol, keeping only the keys its rule owns "
+              "(recipes/paper/common.yaml)",
+    "custom": "the recipe's own settings",
+}
+"""Values of the top-level ``protocol`` key: how a run's optimiser, schedule, epochs, batch and clip were chosen.
+Reports name it in every table and keep runs of different protocols in separate tables."""
+
+Protocol = Literal["as-published", "common", "custom"]
+
+
 class Recipe(StrictModel):
     experiment: PathPart = "default"
+    protocol: Protocol = Field("custom", description="how this run's training set-up was chosen, named in reports: "
+                               "as-published (its method's reference protocol), common (the shared one of "
+                               "recipes/paper/common.yaml), custom")
     seed: Seed = 0
     seeds: list[Seed] | None = Field(None, min_length=1, description="several seeds: one run each")
     dataset: DatasetBlock

@@ -38,6 +38,9 @@ LOCATION_KEYS = ("dataset.root", "output.dir")
 #: How a run is watched (output.trackers and their settings), never what it computes: a resume may add a
 #: tracker, and a recipe of a version without them resumes.
 WATCH_KEYS = tuple(f"output.{k}" for k in ("trackers", "log_every_n_steps", "mlflow_uri", "wandb_project"))
+#: Labels, not set-up: ``protocol`` names how the set-up was chosen and changes no training, so a run begun
+#: before its sweep named a protocol (or before the key existed) continues, and stays done, under the label.
+LABEL_KEYS = ("protocol",)
 
 
 def check_same_recipe(saved: dict, current: dict, run_dir: Path) -> None:
@@ -56,11 +59,12 @@ def check_same_recipe(saved: dict, current: dict, run_dir: Path) -> None:
 
 def recipe_differences(saved: dict, current: dict) -> dict[str, tuple]:
     """``{dotted key: (saved value, current value)}`` for every key on which two resolved recipes differ,
-    ``LOCATION_KEYS`` and ``WATCH_KEYS`` aside. The saved recipe is first filled in with today's defaults where it validates,
-    so an option added to bogc since the run was made (at its default) is no difference."""
+    ``LOCATION_KEYS``, ``WATCH_KEYS`` and ``LABEL_KEYS`` aside. The saved recipe is first filled in with
+    today's defaults where it validates, so an option added to bogc since the run was made (at its default)
+    is no difference."""
     a, b = _flat(_with_defaults(saved)), _flat(current)
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys())
-            if a.get(k) != b.get(k) and k not in LOCATION_KEYS and k not in WATCH_KEYS}
+            if a.get(k) != b.get(k) and k not in LOCATION_KEYS + WATCH_KEYS + LABEL_KEYS}
 
 
 def describe_differences(diff: dict[str, tuple], most: int = 4) -> str:

@@ -27,9 +27,9 @@ def run_dir_for(recipe: Recipe, seed: int | None = None) -> Path:
 
 
 def run_identity(recipe: Recipe) -> dict:
-    """The keys that identify a run in eval.json and in reports."""
+    """The keys that identify a run in eval.json and in reports, and the protocol it was trained under."""
     return {"experiment": recipe.experiment, "dataset": recipe.dataset_label(), "method": method_label(recipe),
-            "seed": recipe.seed}
+            "seed": recipe.seed, "protocol": recipe.protocol}
 
 
 def build_parts(recipe: Recipe) -> RunParts:

@@ -122,7 +122,7 @@ def run_report(
     require_runs(runs, results_dir, result.warnings)
     missing = find_missing(results_dir, result.warnings, runs=runs)
     result.n_runs = len(runs)
-    result.tables = build_tables(runs, missing)
+    result.tables = build_tables(runs, missing, result.warnings)
     result.rich_tables = [t.to_rich() for t in result.tables]
     result.paths = save_tables(result.tables, Path(results_dir) / TABLES_DIR, formats)
     if plots:

@@ -49,6 +49,10 @@ BALANCE_PREFIXES: tuple[str, ...] = (
 """The balance metrics of eval.json (engine/balance_eval.py) kept as ``runs`` columns, flattened with dots
 (``contribution.accuracy.shapley.audio``, ``linear_probe.accuracy.image``, ``calibration.ece``, ...)."""
 
+PROTOCOL = "protocol"
+"""Column naming the protocol a run was trained under (the recipe key ``protocol``)."""
+DEFAULT_PROTOCOL = "custom"
+
 MISSING_REQUIRED: list[str] = ["missing", "rate", "accuracy"]
 MISSING_OPTIONAL: list[str] = ["fill", "macro_f1", "n"]
 
@@ -128,8 +132,21 @@ def _run_records(results_dir: Path, warnings: list[str]) -> list[dict]:
             warnings.append(f"skipped {path}: {_json_problem(exc)}")
             continue
         data["run_dir"] = str(path.parent)
+        data.setdefault(PROTOCOL, _saved_protocol(path.parent))
         records.append(data)
     return records
+
+
+def _saved_protocol(run_dir: Path) -> str:
+    """The ``protocol`` of a run whose eval.json predates the key: its saved recipe.yaml's, else the default."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return DEFAULT_PROTOCOL
+    value = recipe.get(PROTOCOL) if isinstance(recipe, dict) else None
+    return value if isinstance(value, str) else DEFAULT_PROTOCOL
 
 
 def _drop_duplicate_runs(df: pd.DataFrame, warnings: list[str]) -> pd.DataFrame:
@@ -145,18 +162,20 @@ def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None)
 
     Columns: ``experiment, dataset, method, seed``, the metric scalars in :data:`SCALARS`
     (NaN where a run did not record one), one ``unimodal_accuracy.<modality>`` column per
-    modality seen in any run, the balance metrics (:data:`BALANCE_PREFIXES`), and ``run_dir``. Corrupt
-    files are skipped and described in ``warnings`` (if given). An empty tree gives an empty frame with these columns.
+    modality seen in any run, the balance metrics (:data:`BALANCE_PREFIXES`), ``protocol`` (from eval.json,
+    else the run's recipe.yaml, else ``custom``) and ``run_dir``. Corrupt files are skipped and described in
+    ``warnings`` (if given). An empty tree gives an empty frame with these columns.
     """
     warnings = [] if warnings is None else warnings
     records = _run_records(Path(results_dir), warnings)
     flat = pd.json_normalize(records) if records else pd.DataFrame()
     unimodal = sorted(c for c in flat.columns if c.startswith(UNIMODAL_PREFIX))
     balance = sorted(c for c in flat.columns if c.startswith(BALANCE_PREFIXES))
-    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + balance + ["run_dir"])
+    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + balance + [PROTOCOL, "run_dir"])
     numeric = SCALARS + unimodal + balance
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     df[["experiment", "dataset", "method"]] = df[["experiment", "dataset", "method"]].astype(str)
+    df[PROTOCOL] = df[PROTOCOL].fillna(DEFAULT_PROTOCOL).astype(str)
     df = _drop_duplicate_runs(df, warnings)
     return df.sort_values(IDENTITY, kind="stable").reset_index(drop=True)
 

@@ -24,6 +24,9 @@ Markdown, LaTeX and rich show formatted cells ("0.912 ± 0.013"; "0.912" for a s
 heading that says over how many seeds (``Table.heading``); where cells of one table have different
 numbers of seeds, those with fewer carry ``(n=2)``. CSV keeps the numbers (one line per cell with
 ``mean, std, n``) for further processing.
+The heading also names the protocol the runs were trained under (``as-published``, ``common``,
+``custom``: the recipe key ``protocol``); runs of different protocols never share a table
+(``build_tables``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from bogc_cli.errors import UserError
 
 from .aggregate import (
     IDENTITY,
+    PROTOCOL,
     UNIMODAL_PREFIX,
     find_coefficients,
     find_missing,
@@ -133,6 +137,7 @@ class Table:
             against uniform, see :mod:`significance`); one line per cell, already in display order.
         rows: the columns whose values make up a row label (joined with ``" / "``).
         col: the column whose values become the table's columns.
+        protocol: the protocol every run of the table was trained under; ``heading`` names it.
     """
 
     name: str
@@ -142,6 +147,7 @@ class Table:
     col: str
     best: bool = False  # mark the highest mean of each column (bold in Markdown, LaTeX and rich)
     order: list | None = None  # column order (default: sorted); columns not in it follow, sorted
+    protocol: str | None = None
 
     @classmethod
     def from_values(
@@ -162,10 +168,12 @@ class Table:
 
     @property
     def heading(self) -> str:
-        """The title with over how many seeds its cells are (``(mean ± std over 3 seeds)``)."""
+        """The title with over how many seeds its cells are (``(mean ± std over 3 seeds)``) and the protocol
+        its runs were trained under (``; protocol: common (...)``)."""
+        named = f"; {protocol_caption(self.protocol)}" if self.protocol else ""
         counts = self._seed_counts()
         if counts.empty:
-            return self.title
+            return self.title + named
         low, high = int(counts.min()), int(counts.max())
         if high == 1:
             spread = "one seed"
@@ -173,7 +181,7 @@ class Table:
             spread = f"mean {PLUS_MINUS} std over {high} seeds"
         else:
             spread = f"mean {PLUS_MINUS} std over {low} to {high} seeds; (n=k): a cell over k < {high} seeds"
-        return f"{self.title} ({spread})"
+        return f"{self.title} ({spread}){named}"
 
     def cells(self, emphasis: tuple[str, str] = ("", "")) -> pd.DataFrame:
         """Wide frame of formatted strings: index = row labels, columns = column labels.
@@ -396,24 +404,52 @@ def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]
     return [t for t in tables if t is not None] + balance_tables(runs) + robustness_tables(missing)
 
 
-def build_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]:
+PROTOCOL_CAPTIONS = {
+    "as-published": "protocol: as published (each method under its reference code's set-up)",
+    "common": "protocol: common (one shared set-up; each method keeps only its rule's own keys)",
+    "custom": "protocol: custom (each recipe's own set-up)",
+}
+"""How a table's title names the protocol its runs were trained under (the recipe key ``protocol``)."""
+
+
+def protocol_caption(protocol: str) -> str:
+    return PROTOCOL_CAPTIONS.get(protocol, f"protocol: {protocol}")
+
+
+def _protocol_order(protocol: str) -> tuple[int, str]:
+    names = list(PROTOCOL_CAPTIONS)
+    return (names.index(protocol) if protocol in names else len(names), protocol)
+
+
+def build_tables(runs: pd.DataFrame, missing: pd.DataFrame, warnings: list[str] | None = None) -> list[Table]:
     """Every table for a results tree (see the module docstring for the list).
 
-    ``runs`` comes from :func:`find_runs`, ``missing`` from :func:`find_missing`. With several
-    experiments in ``runs``, tables are built per experiment and their names prefixed.
+    ``runs`` comes from :func:`find_runs`, ``missing`` from :func:`find_missing`. Tables are built per
+    experiment and per protocol, and every heading names the protocol. A table never mixes protocols:
+    when an experiment holds runs of several, each gets its own tables, their names ending in
+    ``_<protocol>`` (and a line in ``warnings`` says so); with several experiments, names get the
+    prefix ``<experiment>_`` and titles ``[<experiment>]``.
     """
-    experiments = sorted(runs["experiment"].unique())
-    if len(experiments) <= 1:
-        return _experiment_tables(runs, missing)
-    tables = []
-    for experiment in experiments:
-        part = _experiment_tables(
-            runs[runs["experiment"] == experiment], missing[missing["experiment"] == experiment]
-        )
-        for table in part:
-            table.name = f"{slug(experiment)}_{table.name}"
-            table.title = f"[{experiment}] {table.title}"
-        tables.extend(part)
+    several = runs["experiment"].nunique() > 1
+    tables: list[Table] = []
+    for experiment in sorted(runs["experiment"].unique()):
+        part = runs[runs["experiment"] == experiment]
+        protocols = sorted(part[PROTOCOL].unique(), key=_protocol_order)
+        if len(protocols) > 1 and warnings is not None:
+            counts = ", ".join(f"{p} ({(part[PROTOCOL] == p).sum()} runs)" for p in protocols)
+            warnings.append(f"experiment {experiment} holds runs of {len(protocols)} protocols, {counts}: each has "
+                            f"its own tables (names ending in _{'/_'.join(slug(p) for p in protocols)})")
+        for protocol in protocols:
+            subset = part[part[PROTOCOL] == protocol]
+            rows = missing[missing["run_dir"].isin(subset["run_dir"])] if "run_dir" in missing else missing
+            for table in _experiment_tables(subset, rows):
+                if len(protocols) > 1:
+                    table.name = f"{table.name}_{slug(protocol)}"
+                if several:
+                    table.name = f"{slug(experiment)}_{table.name}"
+                    table.title = f"[{experiment}] {table.title}"
+                table.protocol = protocol
+                tables.append(table)
     return tables
 
 
@@ -436,7 +472,7 @@ def load_tables(results_dir: str | os.PathLike, warnings: list[str] | None = Non
     warnings = [] if warnings is None else warnings
     runs = find_runs(results_dir, warnings)
     require_runs(runs, results_dir, warnings)
-    return build_tables(runs, find_missing(results_dir, warnings, runs=runs))
+    return build_tables(runs, find_missing(results_dir, warnings, runs=runs), warnings)
 
 
 def save_tables(
