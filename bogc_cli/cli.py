@@ -9,6 +9,7 @@ it ends in its own traceback.
 from __future__ import annotations
 
 import statistics
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -398,18 +399,21 @@ def missing_modality(
 @app.command(cls=Command)
 def reproduce(
     sweep: Path = typer.Argument(..., help="Sweep file: datasets x methods x seeds (see recipes/paper/)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells, their state and the estimated time; "
-                                 "run nothing (needs no data)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells in run order with their protocol, what "
+                                 "each needs, their state and the estimated time; run nothing (needs no data)."),
+    show: Optional[str] = typer.Option(None, "--show", help="Print one cell's resolved recipe (as `bogc train` "
+                                       "will save it), e.g. cremad/ogm_ge/seed0; runs nothing."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Cells at a time on the CPU (their threads share the cores)."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids, one cell per GPU at a time: 0,1,2,3."),
     launcher: str = typer.Option("local", "--launcher", help="local: run here; slurm: write an sbatch job array "
-                                 "for the unfinished cells instead."),
+                                 "for the unfinished cells instead (and a submit script when cells need others)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results root (overrides the sweep's out)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Train again the cells whose run (finished or not) "
                                    "was made with another recipe than the sweep's now (refused otherwise)."),
 ) -> None:
-    """Run a sweep: every unfinished cell trains (resuming interrupted ones), gets its missing-modality
-    evaluation, and the sweep ends with `bogc report`. Rerun after an interruption: finished cells are kept."""
+    """Run a sweep: every unfinished cell trains (resuming interrupted ones; a cell that needs others after
+    them), gets its missing-modality evaluation, and the sweep ends with `bogc report`. Rerun after an
+    interruption: finished cells are kept."""
     from bogc_cli.engine.resume import describe_differences
     from bogc_cli.sweep.plan import make_plan
     from bogc_cli.sweep.runner import run_local, write_slurm
@@ -419,6 +423,9 @@ def reproduce(
         raise UserError(f"--launcher {launcher!r}: valid are local, slurm")
     gpu_list = _csv_list(gpus, "--gpus")
     plan = make_plan(sweep, out)
+    if show is not None:
+        _show_cell(plan, show)
+        return
     changed = [c for c in plan.cells if c.status == "changed"]
     for cell in changed:
         cell.overwrite = overwrite
@@ -441,13 +448,18 @@ def reproduce(
         if not todo:
             console.print("every cell is finished: no job array to write")
             return
-        script = write_slurm(plan)
-        console.print(f"wrote {script} ({len(todo)} array tasks); submit it with: sbatch {script}")
+        script, submit = write_slurm(plan)
+        if submit is None:
+            console.print(f"wrote {script} ({len(todo)} array tasks); submit it with: sbatch {script}")
+        else:
+            console.print(f"wrote {script} and {submit} ({len(todo)} tasks, some needing others); submit them "
+                          f"in order with: bash {submit}")
         return
-    failed = []
+    failed, skipped = [], []
     if todo:
         outcomes = run_local(plan, jobs, gpu_list, lambda line: console.print(line, highlight=False))
-        failed = [o for o in outcomes if o.code not in (0, 130)]
+        failed = [o for o in outcomes if o.skipped is None and o.code not in (0, 130)]
+        skipped = [o for o in outcomes if o.skipped is not None]
         if any(o.code == 130 for o in outcomes):
             raise KeyboardInterrupt
         if failed:
@@ -455,17 +467,33 @@ def reproduce(
                           "command after fixing them):")
             for o in failed:
                 console.print(f"  {o.cell.name}: exit {o.code}, log {o.log}", highlight=False)
+        if skipped:
+            console.print(f"[bold red]{len(skipped)} cell(s) skipped[/bold red]: a cell they need did not finish "
+                          "(they run on the rerun once it does):")
+            for o in skipped:
+                console.print(f"  {o.cell.name}: needs {o.skipped.name}", highlight=False)
     _report_sweep(plan)
-    if failed:
+    if failed or skipped:
         raise typer.Exit(1)
 
 
+def _show_cell(plan, name: str) -> None:
+    cells = {c.name: c for c in plan.cells}
+    if name not in cells:
+        first = ", ".join(list(cells)[:3])
+        raise UserError(f"--show {name!r}: no such cell in {plan.source}; cells are named dataset/method/seedN "
+                        f"(e.g. {first}); --dry-run lists them")
+    cell = cells[name]  # plain text, never wrapped: the output is YAML a user may save and reuse
+    typer.echo(f"# {cell.name} ({cell.protocol}): bogc {shlex.join(cell.train_args())}")
+    typer.echo(cell.resolved().to_yaml(), nl=False)
+
+
 def _print_plan(plan, parallel: int) -> None:
-    t = Table(title=f"sweep {plan.sweep.experiment}: {len(plan.cells)} cells -> {plan.root}")
-    for col in ("dataset", "method", "seeds", "done", "to run", "est. per run"):
-        t.add_column(col, justify="right" if col not in ("dataset", "method") else "left")
+    t = Table(title=f"sweep {plan.sweep.experiment}: {len(plan.cells)} cells -> {plan.root} (rows in run order)")
+    for col in ("dataset", "method", "protocol", "seeds", "after", "done", "to run", "est. per run"):
+        t.add_column(col, justify="right" if col in ("done", "to run", "est. per run") else "left")
     groups: dict[tuple[str, str], list] = {}
-    for c in plan.cells:
+    for c in plan.ordered():
         groups.setdefault((c.dataset, c.method), []).append(c)
     total, unknown = 0.0, 0
     for (dataset, method), cells in groups.items():
@@ -474,12 +502,18 @@ def _print_plan(plan, parallel: int) -> None:
         total += (est or 0) * len(left)
         unknown += 0 if est is not None else len(left)
         notes = [f"{n} {state}" for state in ("partial", "changed") if (n := sum(c.status == state for c in left))]
-        t.add_row(dataset, method, ",".join(str(c.seed) for c in cells), str(len(cells) - len(left)),
-                  str(len(left)) + (f" ({', '.join(notes)})" if notes else ""),
+        after = ", ".join(dict.fromkeys(d.method for c in cells for d in c.needs)) or "-"
+        protocols = ", ".join(dict.fromkeys(c.protocol for c in cells))
+        t.add_row(dataset, method, protocols, ",".join(str(c.seed) for c in cells), after,
+                  str(len(cells) - len(left)), str(len(left)) + (f" ({', '.join(notes)})" if notes else ""),
                   "-" if est is None else f"{est / 60:.1f} min")
     _show(t)
     left = len(plan.todo())
     console.print(f"{left} of {len(plan.cells)} cells to run; {_eta(left, total / parallel, unknown)}", highlight=False)
+    if any(c.needs for c in plan.cells):
+        console.print("a cell with an 'after' entry starts once those cells of its dataset and seed have finished "
+                      "(their run directories fill its needs); `--show dataset/method/seedN` prints a cell's "
+                      "recipe", highlight=False)
 
 
 def _eta(left: int, seconds: float, unknown: int) -> str:

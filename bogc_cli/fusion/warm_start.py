@@ -30,6 +30,20 @@ def template_problem(path: str) -> str | None:
     return None
 
 
+def recipe_modalities(recipe) -> list[str]:
+    """The modalities a recipe's run will have, known before any data is read (empty when only the data
+    knows: arrays, a synthetic set with its own specs), so a warm-start key that names no modality is
+    refused when the recipe is read, not after a sweep has trained the runs it needs."""
+    from bogc_cli.data.registry import DATASETS
+
+    if recipe.dataset.modalities:
+        return list(recipe.dataset.modalities)
+    info = DATASETS.get(recipe.dataset.name)
+    if info is None or recipe.dataset_options().get("specs"):
+        return []
+    return list(info.modalities)
+
+
 def warm_start_dir(path: str, seed: int) -> Path:
     """The run directory a ``warm_start`` entry names for this seed (``{seed}`` substituted)."""
     return Path(path.format(seed=seed)).expanduser()
