@@ -147,8 +147,9 @@ REFUSED = [
     ({"keep": {"cggm": {"optim.grad_clp": 0.8}}, "methods": ["cggm"]}, "keep.cggm.optim.grad_clp: no such recipe key"),
     ({"methods": [{"recipe": "i2m2", "needs": {"method.warm_start.joint": "joint"}}]},
      "needs 'joint' (for method.warm_start.joint), but the sweep has no such cell on cremad seed 0"),
-    ({"methods": ["joint", {"recipe": "joint", "tag": "a", "needs": {"method.tag": "joint-b"}},
-                  {"recipe": "joint", "tag": "b", "needs": {"method.tag": "joint-a"}}]}, "form a cycle"),
+    ({"methods": [{"recipe": "i2m2", "tag": "a", "needs": {"method.warm_start.joint": "i2m2-b"}},
+                  {"recipe": "i2m2", "tag": "b", "needs": {"method.warm_start.joint": "i2m2-a"}}]},
+     "form a cycle: cremad/i2m2-a/seed0 -> cremad/i2m2-b/seed0 -> cremad/i2m2-a/seed0"),
     ({"methods": [{"recipe": "joint", "datasets": ["crema"]}]}, "datasets ['crema'] are not in this sweep"),
     ({"methods": ["joint", {"recipe": "i2m2", "needs": {"method.warm_start.jont": "joint"}}]},
      "'jont' is neither 'joint' nor a modality of dataset 'cremad'; valid keys: joint, audio, visual"),
@@ -215,9 +216,8 @@ def test_report_names_the_protocol_in_every_table_and_never_mixes_two(tmp_path):
     names = {t.name for t in result.tables}
     assert {"accuracy_as-published", "accuracy_common"} <= names and "accuracy" not in names
     for table in result.tables:
-        assert "protocol: " in table.title
         protocol = table.name.rsplit("_", 1)[1]
-        assert f"protocol: {protocol.replace('as-published', 'as published')}" in table.title
+        assert f"protocol: {protocol.replace('as-published', 'as published')}" in table.heading
     published = next(t for t in result.tables if t.name == "accuracy_as-published")
     assert set(published.stats["dataset"]) == {"cremad"}  # brats_grade's common runs are not in it
     common = next(t for t in result.tables if t.name == "accuracy_common")
@@ -239,17 +239,17 @@ def test_one_protocol_keeps_the_plain_table_names_and_an_unlabelled_run_is_custo
     assert find_runs(tmp_path)["protocol"].tolist() == ["custom"]
     result = run_report(tmp_path, plots=False)
     assert "accuracy" in {t.name for t in result.tables} and not result.warnings
-    assert all(t.title.endswith("protocol: custom (each recipe's own set-up)") for t in result.tables)
+    assert all(t.heading.endswith("protocol: custom (each recipe's own set-up)") for t in result.tables)
 
 
-def test_a_checkpoint_older_than_the_protocol_key_resumes_under_a_labelled_sweep(tmp_path):
+def test_a_run_resumes_whatever_protocol_label_it_was_started_under_but_not_under_another_setup(tmp_path):
     from bogc_cli.engine.resume import check_same_recipe
     from bogc_cli.errors import UserError
 
     cell = next(c for c in make_plan(PAPER / "local.yaml", tmp_path).cells if c.method == "ogm_ge")
     current = cell.resolved().to_dict()
     assert current["protocol"] == "common"
-    older = {k: v for k, v in current.items() if k != "protocol"}  # saved before the key existed
-    check_same_recipe(older, current, cell.run_dir)
-    with pytest.raises(UserError, match="protocol"):  # a run begun under another protocol is not continued
-        check_same_recipe({**current, "protocol": "custom"}, current, cell.run_dir)
+    check_same_recipe({k: v for k, v in current.items() if k != "protocol"}, current, cell.run_dir)  # older
+    check_same_recipe({**current, "protocol": "custom"}, current, cell.run_dir)  # the same set-up, relabelled
+    with pytest.raises(UserError, match="optim.lr"):
+        check_same_recipe({**current, "optim": {**current["optim"], "lr": 0.1}}, current, cell.run_dir)
