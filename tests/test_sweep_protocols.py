@@ -212,7 +212,7 @@ def test_report_names_the_protocol_in_every_table_and_never_mixes_two(tmp_path):
         _run(tmp_path, "cremad", "joint", seed, a, "as-published")
         _run(tmp_path, "cremad", "ogm_ge", seed, b, "as-published")
         _run(tmp_path, "brats_grade", "joint", seed, a - 0.1, None, recipe_protocol="common")  # older eval.json
-    result = run_report(tmp_path)
+    result = run_report(tmp_path, plots=False)  # figures: the test below
     names = {t.name for t in result.tables}
     assert {"accuracy_as-published", "accuracy_common"} <= names and "accuracy" not in names
     for table in result.tables:
@@ -253,3 +253,45 @@ def test_a_run_resumes_whatever_protocol_label_it_was_started_under_but_not_unde
     check_same_recipe({**current, "protocol": "custom"}, current, cell.run_dir)  # the same set-up, relabelled
     with pytest.raises(UserError, match="optim.lr"):
         check_same_recipe({**current, "optim": {**current["optim"], "lr": 0.1}}, current, cell.run_dir)
+
+
+def test_robustness_tables_and_comparison_figures_never_mix_protocols_on_one_dataset(tmp_path, monkeypatch):
+    """One experiment, one dataset, two protocols (as main.yaml would be if BraTS grade shared CREMA-D's name):
+    the missing-modality tables and the method-comparison figures are drawn per protocol, each naming it."""
+    import json
+
+    import pandas as pd
+
+    from bogc_cli.report import comparison_plots, run_report
+    from bogc_cli.report.aggregate import find_missing, find_runs
+
+    figures = {}  # drawn, not written: the figures' content is what is checked
+    monkeypatch.setattr(comparison_plots, "save_figure", lambda fig, path, pdf=True: figures.setdefault(
+        Path(path).name, fig) and [])
+    want = {"as-published": {"joint", "ogm_ge"}, "common": {"uniform", "bogc"}}
+    for protocol, methods in want.items():
+        for method in methods:
+            for seed in (0, 1):
+                accuracy = 0.8 if protocol == "as-published" else 0.6  # a mixed mean would be 0.7
+                run_dir = _run(tmp_path, "cremad", method, seed, accuracy, protocol)
+                pd.DataFrame([{"missing": m, "rate": r, "fill": "zero-input", "accuracy": accuracy - r / 4}
+                              for m in ("audio", "visual") for r in (0.0, 0.5, 1.0)]).to_csv(
+                    run_dir / "missing_modality.csv", index=False)
+                (run_dir / "metrics.jsonl").write_text("".join(json.dumps(
+                    {"epoch": e, "val_accuracy": accuracy, "val_unimodal_accuracy.audio": accuracy,
+                     "val_unimodal_accuracy.visual": accuracy / 2}) + "\n" for e in (1, 2)))
+    tables = {t.name: t for t in run_report(tmp_path, "md", plots=False).tables}
+    runs = find_runs(tmp_path)
+    comparison_plots.write_comparison_plots(runs, find_missing(tmp_path, runs=runs), tmp_path / "plots", [])
+    for protocol, methods in want.items():
+        robust = tables[f"robustness_cremad_{protocol}"]
+        assert set(robust.stats["method"]) == methods and f"protocol: {protocol.replace('-', ' ')}" in robust.heading
+        mean = 0.8 if protocol == "as-published" else 0.6
+        at_zero = robust.stats[robust.stats["rate"].astype(str) == "0.0"]
+        assert at_zero["mean"].tolist() == pytest.approx([mean] * len(at_zero)) and len(at_zero) == 4
+        for kind in ("compare_missing", "compare_unimodal"):
+            fig = figures.pop(f"{kind}_cremad_{protocol}.png")
+            assert f"cremad ({protocol})" in fig._suptitle.get_text()
+            assert {line.get_label() for ax in fig.axes for line in ax.get_lines()
+                    if not line.get_label().startswith("_")} == methods
+    assert "robustness_cremad" not in tables and not [n for n in figures if n.startswith("compare_")]

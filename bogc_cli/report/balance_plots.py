@@ -131,7 +131,8 @@ def write_balance_plots(runs: pd.DataFrame, out_dir: Path, warnings: list[str]) 
     """Per (experiment, dataset): ``contributions_<dataset>`` (when runs hold Shapley values) and
     ``reliability_<dataset>`` (one panel per method, its seeds' bins pooled; ECE as mean ± std over seeds).
     With several experiments in the tree the names carry the experiment, as the comparison figures'
-    (``comparison_plots.figure_groups``): runs of different experiments are never pooled."""
+    (``comparison_plots.figure_groups``, which also parts protocols): runs of different experiments or
+    protocols are never pooled."""
     from .aggregate import mean_std
     from .comparison_plots import figure_groups
 

@@ -12,6 +12,9 @@
 Curves over training are the mean over seeds with a ± std band, points marked, epochs on integer
 ticks. With several experiments in the tree each gets its own figures (``compare_missing_<experiment>_
 <dataset>`` ...): runs of different experiments (another epoch count, another recipe) are never averaged.
+Likewise runs of different protocols (the recipe key ``protocol``, as the tables keep them apart): where
+an experiment holds several, each protocol gets its own figures (names ending in ``_<protocol>``, titles
+naming it), so no figure puts an as-published method beside a common one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from .aggregate import PROTOCOL
 from .plots import (VAL_UNIMODAL_PREFIX, epoch_axis, hollow_where_fewer, marked, missing_rate_stats, rate_axis,
                     read_metrics, save_figure, seeds_note, spread)
 from .tables import method_sort_key, slug
@@ -122,23 +126,27 @@ def _curves(metrics: list[tuple[str, int, pd.DataFrame]], prefix: str) -> pd.Dat
 
 
 def figure_groups(runs: pd.DataFrame):
-    """``(experiment, dataset, name, label, group)`` for every (experiment, dataset) of ``runs``: ``name``
-    is the figure file's suffix, ``label`` the dataset as titles name it; both carry the experiment when
-    the tree holds several (runs of different experiments are never averaged)."""
+    """``(experiment, dataset, name, label, group)`` for every (experiment, protocol, dataset) of ``runs``:
+    ``name`` is the figure file's suffix, ``label`` the dataset as titles name it; both carry the experiment
+    when the tree holds several, and the protocol when the experiment holds several (runs of different
+    experiments or protocols are never averaged or drawn side by side). ``runs`` from ``find_runs``."""
     several = runs["experiment"].nunique() > 1
-    for (experiment, dataset), group in runs.groupby(["experiment", "dataset"], sort=True):
-        name = "_".join(slug(p) for p in ([experiment] if several else []) + [dataset])
-        label = f"[{experiment}] {dataset}" if several else dataset
+    protocols = runs.groupby("experiment")[PROTOCOL].nunique()
+    for (experiment, protocol, dataset), group in runs.groupby(["experiment", PROTOCOL, "dataset"], sort=True):
+        apart = protocols[experiment] > 1  # this experiment's figures are split by protocol
+        name = "_".join(slug(p) for p in ([experiment] if several else []) + [dataset] + ([protocol] if apart else []))
+        label = (f"[{experiment}] {dataset}" if several else dataset) + (f" ({protocol})" if apart else "")
         yield experiment, dataset, name, label, group
 
 
 def write_comparison_plots(runs: pd.DataFrame, missing: pd.DataFrame, out_dir: Path, warnings: list[str]) -> list[Path]:
-    """Every comparison figure for every (experiment, dataset) in ``runs`` (those without enough data
-    are skipped). File names carry the experiment when the tree holds several."""
+    """Every comparison figure for every group of :func:`figure_groups` (those without enough data are
+    skipped)."""
     paths: list[Path] = []
     for experiment, dataset, name, label, group in figure_groups(runs):
         if not missing.empty:
-            paths += plot_missing_comparison(missing[missing["experiment"] == experiment], dataset, out_dir, name, label)
+            rows = missing[missing["run_dir"].isin(group["run_dir"])]  # this group's runs only
+            paths += plot_missing_comparison(rows, dataset, out_dir, name, label)
         mine = group[~group["method"].str.startswith("unimodal-")]  # one head trained
         metrics = _read_metrics(mine, warnings)  # once, for both figures
         heads = _curves(metrics, VAL_UNIMODAL_PREFIX)
