@@ -46,7 +46,8 @@ def test_sweep_plans(path, tmp_path):
 
     plan = make_plan(path, tmp_path)
     sweep = plan.sweep
-    assert len(plan.cells) == len(sweep.datasets) * len(sweep.methods) * len(sweep.seeds)
+    per_seed = sum(len(m.datasets) if getattr(m, "datasets", None) else len(sweep.datasets) for m in sweep.methods)
+    assert len(plan.cells) == per_seed * len(sweep.seeds)  # a method entry runs on its `datasets:` (default all)
     assert all(c.status == "todo" for c in plan.cells)
 
 
