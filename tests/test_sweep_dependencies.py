@@ -223,3 +223,35 @@ def test_slurm_chains_a_dependant_of_a_dependant_on_its_own_task(capsys, tmp_pat
     assert "job_1=$(submit --array=1 --dependency=afterok:${first}_0 " in submit
     assert "job_2=$(submit --array=2 --dependency=afterok:${job_1}_1 " in submit  # after the first i2m2's task
     assert "#SBATCH --array=0\n" in (root / "sweep.sbatch").read_text()
+
+
+def _finish(cell: Cell) -> None:
+    """Make ``cell``'s run directory look finished with the cell's recipe as it is now."""
+    cell.run_dir.mkdir(parents=True, exist_ok=True)
+    (cell.run_dir / "recipe.yaml").write_text(cell.resolved().to_yaml())
+    (cell.run_dir / "eval.json").write_text(json.dumps({"train_seconds": 1.0}))
+
+
+def test_a_finished_dependant_whose_dependency_trains_again_is_changed_not_done(capsys, tmp_path):
+    path = _sweep(tmp_path, ["joint", AUDIO, I2M2])
+    for cell in make_plan(path).cells:
+        _finish(cell)
+    assert {c.method: c.status for c in make_plan(path).cells} == {"joint": "done", "unimodal-audio": "done",
+                                                                  "i2m2": "done"}
+    joint = next(c for c in make_plan(path).cells if c.method == "joint")
+    saved = yaml.safe_load((joint.run_dir / "recipe.yaml").read_text())
+    saved["optim"]["lr"] = 0.5  # joint was made with another recipe: --overwrite would train it again
+    (joint.run_dir / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    plan = make_plan(path)
+    i2m2 = next(c for c in plan.cells if c.method == "i2m2")
+    assert i2m2.status == "changed" and list(i2m2.changed) == ["method.warm_start.joint"]  # audio is unchanged
+    code, _, err = run_cli(capsys, "reproduce", path)
+    err = " ".join(err.split())
+    assert code == 2 and "2 cell(s) hold a run made with another recipe" in err
+    assert "synthetic/i2m2/seed0: method.warm_start.joint (was 'synthetic/joint/seed0 as it was'" in err
+    assert not (tmp_path / "results" / "deps" / "logs").exists()  # the refusal ran nothing
+
+    _finish(joint)  # joint as the sweep has it again, but the audio run never finished its training
+    next(c for c in plan.cells if c.method == "unimodal-audio").run_dir.joinpath("eval.json").unlink()
+    i2m2 = next(c for c in make_plan(path).cells if c.method == "i2m2")
+    assert i2m2.status == "changed" and list(i2m2.changed) == ["method.warm_start.audio"]

@@ -49,7 +49,9 @@ file must declare ``protocol: as-published`` (its comment names the reference sc
 Dependencies: ``needs: {recipe key: method}`` names, for each key, the method (its label, as in the
 run path: ``unimodal-audio``, ``joint-moddrop``) of another cell of the same dataset and seed; the
 key gets that cell's run directory, the cell trains after it, and fails to plan when it is missing
-or the needs form a cycle. ``--dry-run`` lists cells in run order with what each needs.
+or the needs form a cycle. ``--dry-run`` lists cells in run order with what each needs. A finished (or
+started) dependant whose dependency will train again is ``changed``, naming the need: it started from
+the old run.
 
 Planning reads and validates every cell's recipe (so a mistake is found before anything runs) but
 never the data, so ``--dry-run`` works on a machine without the datasets. A cell whose run directory
@@ -384,7 +386,24 @@ def make_plan(path: Path, out: Path | None = None) -> Plan:
     _link_needs(wanted, index, path)
     for cell, _, _ in wanted:  # with the run directories they need filled in, as they will run
         _set_status(cell, sweep.missing is not None, cell.resolved())
+    _mark_stale_dependants(wanted)
     return plan
+
+
+def _mark_stale_dependants(wanted: list[tuple[Cell, str, MethodEntry]]) -> None:
+    """A dependant that started (done or partial) from a run that will train again (its cell changed, or it
+    has no finished training) would keep the old run's warm start: it is ``changed`` too, naming the need,
+    so ``reproduce`` refuses it or, with ``--overwrite``, trains it again after that run. In run order, so a
+    dependant of such a dependant follows."""
+    entry = {id(cell): method for cell, _, method in wanted}
+    for cell in run_order([cell for cell, _, _ in wanted]):
+        if cell.status not in ("done", "partial"):
+            continue
+        keys = {label: key for key, label in entry[id(cell)].needs.items()}
+        again = {keys[dep.method]: (f"{dep.name} as it was", f"{dep.name} trained again") for dep in cell.needs
+                 if dep.status == "changed" or not (dep.run_dir / "eval.json").is_file()}
+        if again:
+            cell.status, cell.changed = "changed", again
 
 
 def _link_needs(wanted: list[tuple[Cell, str, MethodEntry]], index: dict, path: Path) -> None:
