@@ -160,6 +160,10 @@ def test_recipe_checks_refuse_slices_other_heads_and_mixed_feature_sizes(tmp_pat
         bad = recipe.model_copy(update={"model": recipe.model.model_copy(update=change)})
         assert needle in CLS.check_config(options, bad)
     assert "{seed}" in CLS.check_config(CLS.Options(warm_start={"a": "runs/{epoch}"}), recipe)
+    cremad = load_recipe("recipes/cremad/reconboost.yaml")  # a key naming no modality: refused before any run
+    assert CLS.check_config(CLS.Options(warm_start={"audio": "runs/a", "visual": "runs/v"}), cremad) is None
+    assert "'audoi' is not a modality of dataset 'cremad'; valid keys: audio, visual" in CLS.check_config(
+        CLS.Options(warm_start={"audoi": "runs/a"}), cremad)
 
 
 def _unimodal_run(tmp_path, modality: str, classes: list[str]) -> torch.nn.Module:
