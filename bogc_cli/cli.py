@@ -133,9 +133,15 @@ def prepare(
                                    "parameters (refused otherwise; an interrupted prepare resumes without it)."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help="arrays: each modality's kind, e.g. "
                                         "audio=sequence,eeg=audio (default: from its per-sample rank)."),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Text: tokenise with the tokenizer of this "
+                                             "local Hugging Face model directory (use the same directory as "
+                                             "model.encoders.<m>.path); default: a word vocabulary built from the "
+                                             "train split. Never downloads."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Text: tokens per sample, padded or "
+                                             "truncated (default 128)."),
 ) -> None:
     """Turn a raw dataset download into a prepared cache that `bogc train` reads."""
-    from data_prep import PREPARERS
+    from data_prep import PREPARERS, TEXT_PREPARERS
 
     if dataset not in PREPARERS:
         from bogc_cli.data.registry import DATASETS
@@ -152,6 +158,12 @@ def prepare(
     extra = {"kinds": _kinds_option(kinds)} if dataset == "arrays" and kinds is not None else {}
     if kinds is not None and dataset != "arrays":
         raise UserError(f"--kinds is for `bogc prepare arrays`; the kinds of {dataset}'s modalities are fixed")
+    for option, value in (("--tokenizer", tokenizer), ("--max-length", max_length)):
+        if value is not None and dataset not in TEXT_PREPARERS:
+            raise UserError(f"{option} is for datasets with text ({', '.join(sorted(TEXT_PREPARERS))}); {dataset} "
+                            "has no text modality to tokenise")
+    if dataset in TEXT_PREPARERS:
+        extra.update(tokenizer=tokenizer, max_length=max_length)
     require_writable(out, "--out")
     manifest = PREPARERS[dataset](raw=raw, out=out, preset=preset, seed=seed, val_fraction=val_fraction,
                                   workers=workers, strict=strict, overwrite=overwrite,
@@ -164,7 +176,9 @@ def prepare(
         counts = manifest.class_counts.get(split, {})
         table.add_row(split, str(n), " ".join(f"{c}:{k}" for c, k in counts.items()))
     _show(table)
-    mods = ", ".join(f"{m} {s.kind} {tuple(s.shape)} {s.dtype}" for m, s in manifest.modalities.items())
+    mods = ", ".join(f"{m} {s.kind} {tuple(s.shape)} {s.dtype}" + (
+        f" ({s.tokenizer.get('kind')} tokenizer, {s.tokenizer.get('vocab_size')} tokens)" if s.tokenizer else "")
+        for m, s in manifest.modalities.items())
     console.print(f"modalities: {mods}", highlight=False)
     if manifest.skipped:
         console.print(f"[yellow]skipped {len(manifest.skipped)} file(s):[/yellow]")
@@ -646,6 +660,7 @@ def list_() -> None:
     from bogc_cli.data.registry import DATASETS
     from bogc_cli.fusion import METHODS
     from bogc_cli.models.encoders import ENCODERS
+    from bogc_cli.models.pretrained import FAMILIES as PRETRAINED
     from bogc_cli.models.fusion_heads import FUSION_HEADS
     from bogc_cli.recipe import DatasetBlock
 
@@ -665,11 +680,14 @@ def list_() -> None:
         t.add_row(info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", ", ".join(opts) or "-",
                   info.description)
     console.print(t)
-    t = Table(title="encoders (model.encoders)")
+    t = Table(title="encoders (model.encoders.<m>: a name, or {name, weights | path, freeze, pooling, normalize}; "
+              "optim.backbone_lr: learning rate of pretrained encoders)")
     t.add_column("name")
     t.add_column("inputs")
     t.add_column("about", overflow="fold")
     for name, (_, kinds, about) in ENCODERS.items():
+        t.add_row(name, ", ".join(kinds), about)
+    for name, kinds, about in PRETRAINED.values():
         t.add_row(name, ", ".join(kinds), about)
     console.print(t)
     t = Table(title="fusion heads (model.fusion)")

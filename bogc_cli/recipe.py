@@ -29,6 +29,7 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from bogc_cli.errors import UserError
+from bogc_cli.models.encoder_options import EncoderEntry
 from bogc_cli.schema import (SEED_MAX, Kind, OpenModel, PathPart, Seed, StrictModel, format_validation_error,
                              path_part_problem)
 from bogc_cli.yaml_source import Source, load_yaml, read_yaml_file, where
@@ -50,9 +51,10 @@ class DatasetBlock(OpenModel):
 
 
 class ModelBlock(StrictModel):
-    encoders: dict[str, str] | str | None = Field(
-        None, description="encoder per modality, or one name for all; default by kind "
-        "(audio/image: cnn-small, video: resnet18, vector: mlp, sequence: transformer)")
+    encoders: dict[str, EncoderEntry] | str | None = Field(
+        None, description="encoder per modality (a name, or a block {name, weights, path, freeze, pooling, "
+        "normalize} for pretrained encoders), or one name for all; default by kind (audio/image: cnn-small, "
+        "video: resnet18, vector: mlp, sequence: transformer, text: text-transformer)")
     feature_dim: int = Field(128, gt=0, description="feature size of cnn-small and mlp encoders")
     hidden_dim: int = Field(256, gt=0, description="hidden size of mlp encoders")
     mlp_layers: int = Field(2, ge=1, description="linear layers in an mlp encoder")
@@ -88,6 +90,8 @@ class OptimBlock(StrictModel):
     gamma: float = Field(0.1, gt=0, le=1, description="step schedule: decay factor")
     min_lr: float = Field(0.0, ge=0, description="cosine schedule: final learning rate")
     grad_clip: float | None = Field(None, gt=0, description="clip the global gradient norm")
+    backbone_lr: float | None = Field(None, gt=0, description="learning rate of pretrained encoders (those with "
+                                      "weights or path in model.encoders); default optim.lr")
 
 
 class AugmentBlock(StrictModel):

@@ -21,8 +21,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from bogc_cli.errors import UserError
 from bogc_cli.validation_messages import format_validation_error
 
-#: A modality's kind: decides its default encoder and augmentation.
-Kind = Literal["audio", "image", "video", "vector", "sequence"]
+#: The kinds of modality whose arrays hold numbers to learn from directly (features, pixels, spectrograms).
+FeatureKind = Literal["audio", "image", "video", "vector", "sequence"]
+#: A modality's kind: decides its default encoder and augmentation. ``text`` holds token ids and an
+#: attention mask (``data/cache.py``).
+Kind = Literal["audio", "image", "video", "vector", "sequence", "text"]
 
 #: Seeds are NumPy's legacy range (``np.random.seed`` and the data preparers' generators take no more).
 SEED_MAX = 2**32 - 1
@@ -76,5 +79,5 @@ def options_error(source, block: str, exc: ValidationError, schema: type[BaseMod
                                              extra_keys=tuple(common)))
 
 
-__all__ = ["Kind", "OpenModel", "PathPart", "SEED_MAX", "Seed", "StrictModel", "format_validation_error",
+__all__ = ["FeatureKind", "Kind", "OpenModel", "PathPart", "SEED_MAX", "Seed", "StrictModel", "format_validation_error",
            "options_error", "path_part_problem"]

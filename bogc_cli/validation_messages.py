@@ -78,12 +78,33 @@ def _members(ann: Any) -> list[Any]:
 def _block_inside(ann: Any, loc: list[str], i: int) -> tuple[type[BaseModel] | None, int]:
     """When the error at ``loc`` lies inside a block that ``ann`` allows (``ann`` is the block, or a union
     with it whose member pydantic names at ``loc[i]``): (that block, where its keys start in ``loc``)."""
+    ann = _unannotated(ann)
     if _is_model(ann):
         return ann, i
     for member in _members(ann):
         if _is_model(member) and i + 1 < len(loc) and loc[i] == member.__name__:
             return member, i + 1
     return None, i
+
+
+def _unannotated(ann: Any) -> Any:
+    """``Annotated[X, ...]`` -> ``X`` (a block with a before-validator is still a block)."""
+    return typing.get_args(ann)[0] if typing.get_origin(ann) is typing.Annotated else ann
+
+
+def _collection_member(ann: Any, tag: str) -> Any:
+    """The mapping or list member of a union that pydantic names ``tag`` (``dict[str,...]``) in an error's
+    location, or None."""
+    for member in _members(ann):
+        origin = typing.get_origin(member)
+        if origin in (dict, list) and tag.startswith(f"{origin.__name__}["):
+            return member
+    return None
+
+
+def _is_member_tag(part: str, names: set[str]) -> bool:
+    """Whether a location part is pydantic's name of a union member that holds blocks or collections."""
+    return part in names or part.startswith(("dict[", "list["))
 
 
 def _locate(schema: type[BaseModel], loc: list[str]) -> tuple[tuple[str, ...], Any, tuple, type[BaseModel]]:
@@ -111,6 +132,8 @@ def _locate(schema: type[BaseModel], loc: list[str]) -> tuple[tuple[str, ...], A
         if block is not None:
             model = block
             continue
+        if i < len(loc) and (member := _collection_member(ann, loc[i])) is not None:
+            ann, i = member, i + 1  # e.g. dict[str, Block] | str: the error lies in the mapping
         origin = typing.get_origin(ann)
         if origin in (dict, list) and i < len(loc):
             item = _strip_none(typing.get_args(ann)[-1])
@@ -149,8 +172,8 @@ def _prefer_blocks(errors: list[dict], schema: type[BaseModel]) -> list[dict]:
     only the block's errors are about the mistake: the others ("not text") are dropped."""
     names = _block_names(schema)
     through = {tuple(e["loc"][:i]) for e in errors for i, p in enumerate(e["loc"])
-               if p in names and 0 < i < len(e["loc"]) - 1}
-    return [e for e in errors if not any(tuple(e["loc"][:i]) in through and p not in names
+               if _is_member_tag(str(p), names) and 0 < i < len(e["loc"]) - 1}
+    return [e for e in errors if not any(tuple(e["loc"][:i]) in through and not _is_member_tag(str(p), names)
                                          for i, p in enumerate(e["loc"]) if i)] or errors
 
 
@@ -263,7 +286,7 @@ def describe(ann: Any, meta: Sequence[Any] = ()) -> str:
     if origin is dict:
         return f"a mapping (name: {describe(typing.get_args(ann)[1])})"
     if _is_model(ann):
-        return "a block of keys (key: value)"
+        return getattr(ann, "described_as", "a block of keys (key: value)")
     return "a value"
 
 

@@ -2,7 +2,7 @@
 
 ``PREPARERS[name](raw=..., out=..., preset=..., seed=..., val_fraction=..., workers=..., strict=...,
 overwrite=..., log=...)`` prepares dataset ``name`` and returns its ``Manifest``; ``arrays`` also takes
-``kinds``. Every preparer follows one rule for an existing cache in ``out``: the same inputs and
+``kinds``, and those in ``TEXT_PREPARERS`` ``tokenizer`` and ``max_length``. Every preparer follows one rule for an existing cache in ``out``: the same inputs and
 parameters -> nothing to do; other ones -> refused unless ``overwrite``; an interrupted run -> resumed. Modules are imported on first
 call, so listing the preparers stays cheap (torchaudio/torchvision load only for avdigits).
 """
@@ -31,6 +31,11 @@ def _lazy(module: str) -> Preparer:
     prepare.__doc__ = f"Prepare the {module} dataset (see data_prep.{module}.prepare)."
     return prepare
 
+
+#: Preparers whose data may hold text: they take ``tokenizer`` (a local model directory, ``--tokenizer``) and
+#: ``max_length`` (``--max-length``) and tokenise with ``data_prep.text``. A preparer of a text dataset adds
+#: its name here.
+TEXT_PREPARERS: set[str] = {"arrays"}
 
 PREPARERS: dict[str, Preparer] = {name: _lazy(name) for name in (
     "avdigits", "mfeat", "arrays", "cremad", "kinetics_sounds", "ave", "mosei", "mosi", "brats_grade")}

@@ -9,13 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from bogc_cli.data.cache import SPLITS, Manifest, read_manifest, summarise_skipped
+from bogc_cli.data.cache import SPLITS, TOKENIZERS_DIR, Manifest, read_manifest, summarise_skipped
 from bogc_cli.errors import UserError
 
 Log = Callable[[str], None]
 
 #: What a cache folder may hold; anything else in ``--out`` means it is not ours to overwrite.
-_CACHE_ENTRIES = {"manifest.json", *SPLITS}
+_CACHE_ENTRIES = {"manifest.json", TOKENIZERS_DIR, *SPLITS}
 
 
 def folders_below(raw: Path, depth: int) -> list[Path]:
@@ -97,7 +97,7 @@ def start_rewrite(out: Path) -> None:
     (out / "manifest.json").unlink(missing_ok=True)
     if (out / ".partial").exists():
         return
-    for split in SPLITS:
+    for split in (*SPLITS, TOKENIZERS_DIR):
         if (out / split).is_dir():
             shutil.rmtree(out / split)
 

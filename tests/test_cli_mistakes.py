@@ -41,7 +41,7 @@ def _one_message(proc, where: str, says: str) -> str:
     (["train.deterministic=no"], None),  # a yes/no value for a yes/no key is fine
     (["experiment=2024"], "experiment: expected text (not empty), got 2024 (a number: put it in quotes"),
     (["method.tag=on"], "method.tag: expected text (not empty), got true"),
-    (["model.encoders=5"], "model.encoders: expected a mapping (name: text), or text, or null, got 5"),
+    (["model.encoders=5"], "model.encoders: expected a mapping (name: an encoder name or a block of keys (name, weights, path, freeze, ...)), or text, or null, got 5"),
     (["train.modality_dropout={audio: 2}"], "train.modality_dropout: expected a mapping (name: a number >= 0 "
                                             "and < 1), or a number >= 0 and < 1, or null, got {audio: 2}"),
     (["train.augment.crop_scale=[0.5]"], "train.augment.crop_scale: expected a list of 2 numbers, got [0.5]"),

@@ -28,6 +28,13 @@ Rules, each checked across all splits (``read_arrays_folder``):
   must not be ``fused`` (the fused loss's name) or an attribute of ``torch.nn.ModuleDict`` (``keys``,
   ``float``, ``type``, ...); others are refused, naming the file to rename.
 
+Text: a modality given as strings, ``<split>/<modality>.txt`` (UTF-8, one sample per line; a text
+with line breaks goes in a ``.npy``) or a ``.npy`` / npz entry of strings ``[N]``, is of kind ``text``.
+It is tokenised after the validation carve-out (``data_prep.text``): with the tokenizer of a local
+model directory (``tokenizer``, ``bogc prepare arrays --tokenizer DIR``), else with a word vocabulary
+built from the train split; ``max_length`` tokens each (``--max-length``, default 128). The cache holds
+the ``[N, 2, L]`` int32 ids and mask.
+
 A modality's kind is inferred from its per-sample rank when not given: ``[D]`` -> vector,
 ``[F, T]`` -> audio (a channel axis is added: ``[1, F, T]``), ``[C, H, W]`` -> image,
 ``[T, C, H, W]`` -> video; ``kinds`` (``bogc prepare arrays --kinds``, or the recipe's
@@ -58,8 +65,15 @@ _FORMAT_HELP = ("expected <split>/<modality>.npy + <split>/labels.npy, or <split
 
 
 def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_fraction: float = 0.1,
-                       seed: int = 0, strict: bool = False) -> tuple[Manifest, dict[str, SplitArrays]]:
+                       seed: int = 0, strict: bool = False, tokenizer: str | Path | None = None,
+                       max_length: int | None = None, tokenizers: dict | None = None
+                       ) -> tuple[Manifest, dict[str, SplitArrays]]:
     """Read and validate an arrays folder; returns an (unwritten) manifest and the splits.
+
+    Text modalities are tokenised with ``tokenizer`` (a local model directory; default: a word vocabulary
+    of the train split) to ``max_length`` tokens; ``tokenizers``, when given, receives the tokenizer of
+    each text modality (to save it in the cache). ``UserError`` for a ``tokenizer`` without any text
+    modality to use it on.
 
     ``.npy`` arrays are memory-mapped (copied only when a split's dtype must change). Every problem is a
     ``UserError`` naming the file and the fix. What was decided for the user (a label mapping, a dtype
@@ -95,6 +109,7 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
     if strict and problems:
         raise UserError(f"{problems[0]} (--strict): fix the arrays, or drop --strict")
     splits = {s: splits[s] for s in SPLITS if s in splits}
+    described = _tokenise(root, splits, kinds, tokenizer, max_length, tokenizers)
     params = {"val": val_source, "val_fraction": val_fraction if val_source != "given" else None, "seed": seed,
               "dtype_rule": "uint8 = pixels (scaled by 1/255 in batches) in every split or none; other dtypes as "
                             "they are, float32 when the splits differ"}
@@ -106,7 +121,7 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
         dataset="arrays",
         classes=classes,
         modalities={m: ModalitySpec(kinds[m], list(splits["train"].inputs[m].shape[1:]),
-                                    str(splits["train"].inputs[m].dtype)) for m in modalities},
+                                    str(splits["train"].inputs[m].dtype), described.get(m)) for m in modalities},
         splits={s: len(a) for s, a in splits.items()},
         class_counts={s: class_counts(a.labels, classes) for s, a in splits.items()},
         params=params,
@@ -114,6 +129,28 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
         warnings=notes + problems,
     )
     return manifest, splits
+
+
+def _tokenise(root: Path, splits: dict[str, SplitArrays], kinds: dict[str, str], tokenizer: str | Path | None,
+              max_length: int | None, keep: dict | None) -> dict[str, dict]:
+    """Replace every text modality's strings by its ``[N, 2, L]`` int32 ids and mask, in place; returns each
+    text modality's tokenizer description (``ModalitySpec.tokenizer``)."""
+    from data_prep.text import check_max_length, encode_texts, make_tokenizer
+
+    texts = [m for m, k in kinds.items() if k == "text"]
+    if tokenizer is not None and not texts:
+        raise UserError(f"--tokenizer {tokenizer}: {root} has no text modality to tokenise (text is given as "
+                        "<split>/<modality>.txt or a .npy of strings); remove --tokenizer")
+    length = check_max_length(max_length)
+    described = {}
+    for m in texts:
+        tok = make_tokenizer(tokenizer, [str(t) for t in splits["train"].inputs[m]])
+        for split in splits.values():
+            split.inputs[m] = encode_texts([str(t) for t in split.inputs[m]], tok, length)
+        described[m] = tok.describe(length)
+        if keep is not None:
+            keep[m] = tok
+    return described
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,21 +228,63 @@ def _read_npy_folder(folder: Path) -> dict[str, np.ndarray]:
             arrays[path.stem] = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise UserError(f"cannot read {path} ({exc}): save it with numpy.save from a numeric array") from None
+        if arrays[path.stem].dtype.kind in "US":
+            arrays[path.stem] = _as_texts(arrays[path.stem], str(path))
+    for path in sorted(folder.glob("*.txt")):
+        if path.name == "ids.txt":  # a prepared cache's sample ids, not a modality
+            continue
+        if path.stem in arrays:
+            raise UserError(f"{folder} has both {path.stem}.npy and {path.name}: keep one file per modality")
+        arrays[path.stem] = _read_texts(path)
     return arrays
+
+
+def _read_texts(path: Path) -> np.ndarray:
+    """A text file's lines as an object array of str ``[N]`` (one sample per line, UTF-8; a final newline
+    ends the last line rather than adding an empty sample)."""
+    refuse_pointer(path)
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8, one "
+                        "sample per line") from None
+    lines = content.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return np.array([line.removesuffix("\r") for line in lines], dtype=object)
+
+
+def _as_texts(array: np.ndarray, where: str) -> np.ndarray:
+    """Strings of a ``.npy`` (numpy ``str_`` or UTF-8 ``bytes_``) as an object array of str."""
+    if array.ndim != 1:
+        raise UserError(f"{where} holds strings of shape {list(array.shape)}: a text modality is one string per "
+                        "sample, shape [N]")
+    try:
+        return np.array([v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.tolist()], dtype=object)
+    except UnicodeDecodeError:
+        raise UserError(f"{where} holds bytes that are not UTF-8 text: store str values (numpy.array(texts))") from None
+
+
+def _is_text(array: np.ndarray) -> bool:
+    return array.dtype == object
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     refuse_pointer(path)
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
+            arrays = {name: archive[name] for name in archive.files}
+            return {name: _as_texts(a, f"{path} ({name})") if a.dtype.kind in "US" else a for name, a in arrays.items()}
     except (ValueError, OSError, EOFError) as exc:
         raise UserError(f"cannot read {path} ({exc}): save it with numpy.savez(path, labels=..., "
                         "<modality>=...) from numeric arrays") from None
 
 
 def _file(root: Path, split: str, form: str, name: str) -> str:
-    return str(root / split / f"{name}.npy") if form == "npy" else f"{root / split}.npz ({name})"
+    if form != "npy":
+        return f"{root / split}.npz ({name})"
+    text = root / split / f"{name}.txt"
+    return str(text if text.is_file() else root / split / f"{name}.npy")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,9 +309,11 @@ def _check_modality_array(array: np.ndarray, labels: np.ndarray, where: str) -> 
         n = array.shape[0] if array.ndim else "no"
         raise UserError(f"{where} has {n} samples but the labels have {labels.shape[0]}: the first axis of every "
                         "modality array must index the same samples as the labels")
+    if _is_text(array):
+        return
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
         raise UserError(f"{where} has dtype {array.dtype}: modality arrays must be real numbers "
-                        "(uint8 images/frames, float spectrograms or features)")
+                        "(uint8 images/frames, float spectrograms or features) or strings (text)")
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise UserError(f"{where} contains NaN or infinite values: replace them (e.g. numpy.nan_to_num)")
 
@@ -248,6 +329,9 @@ def _check_modalities(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np
                             f"{_file(root, missing_in, layout[missing_in], name)}: every split needs the same "
                             "modalities")
         for name, array in inputs.items():
+            if _is_text(array) != _is_text(train[name]):
+                raise UserError(f"{_file(root, split, layout[split], name)} and train's {name} differ: one holds text, "
+                                "the other numbers; every split must hold the same kind of data")
             if array.shape[1:] != train[name].shape[1:]:
                 raise UserError(f"{_file(root, split, layout[split], name)} has per-sample shape "
                                 f"{list(array.shape[1:])} but train has {list(train[name].shape[1:])}: "
@@ -262,6 +346,8 @@ def _unify_dtypes(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.nda
     notes = []
     for name in modalities:
         arrays = {split: inputs[name] for split, (inputs, _) in raw.items()}
+        if _is_text(arrays["train"]):
+            continue  # strings: tokenised later
         for split, array in arrays.items():
             if np.issubdtype(array.dtype, np.floating) and array.dtype.itemsize > 4 and array.size:
                 peak = float(np.max(np.abs(array)))
@@ -297,6 +383,9 @@ def _resolve_kinds(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.nd
     for name in modalities:
         ndim = raw["train"][0][name].ndim - 1
         where = _file(root, "train", layout["train"], name)
+        if _is_text(raw["train"][0][name]) or given.get(name) == "text":
+            kinds[name] = _text_kind(raw["train"][0][name], given.get(name), where)
+            continue
         kind = given.get(name) or KIND_BY_NDIM.get(ndim)
         if kind is None:
             raise UserError(f"{where} has per-sample rank {ndim}; supported: [D] vector, [F, T] or [C, F, T] "
@@ -307,6 +396,16 @@ def _resolve_kinds(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.nd
             raise UserError(f"{where} has per-sample rank {ndim} but kind {kind!r} needs {KIND_NDIM[kind]}")
         kinds[name] = kind
     return kinds
+
+
+def _text_kind(array: np.ndarray, given: str | None, where: str) -> str:
+    """``text`` for strings; a kind given otherwise is refused either way round."""
+    if not _is_text(array):
+        raise UserError(f"{where} holds numbers, but kind text is given: text comes as strings, <split>/<modality>.txt "
+                        "(one sample per line) or a .npy of strings, and is tokenised by bogc")
+    if given not in (None, "text"):
+        raise UserError(f"{where} holds text, but kind {given!r} is given: text modalities are of kind text")
+    return "text"
 
 
 def _with_channel(array: np.ndarray, kind: str) -> np.ndarray:

@@ -6,6 +6,8 @@ Layout of a cache folder::
     <split>/<modality>.npy        one array per split and modality, first axis = samples
     <split>/labels.npy            int64 class indices, shape [N]
     <split>/ids.txt               optional: one source id per sample (file name, row number)
+    tokenizers/<modality>/        text modalities: the tokenizer their ids came from (a copy of the
+                                  pretrained one, or the word vocabulary built from train: vocab.txt)
 
 Splits are ``train``, ``val`` and ``test``. Arrays are plain ``.npy`` so they can be
 memory-mapped. Frames are stored as uint8, spectrograms as float16, feature vectors as
@@ -16,6 +18,16 @@ float32. A modality's ``kind`` tells the model what it is:
 - ``video``: frames ``[T, C, H, W]``
 - ``vector``: features ``[D]``
 - ``sequence``: a time series of feature vectors ``[T, D]`` (e.g. MOSEI word-aligned features)
+- ``text``: tokenised text ``[2, L]`` int32: row 0 the token ids, row 1 the attention mask (1 = a
+  token, 0 = padding), ``L`` the ``--max-length``. The modality's ``tokenizer`` (in the manifest)
+  says where the ids came from: ``vocab_size``, ``pad_id``, ``kind`` (``word`` or ``pretrained``)
+  and the source. One array keeps the two rows together through batching, memory-mapping and
+  data-parallel sharding; batches reach the model as float32 like every kind (ids are exact up to
+  2**24) and the text encoders read them back as integers. A missing text (``model.fill:
+  zero-input``, modality dropout) is all zeros: every position padding, mask 0.
+
+``data_prep/text.py`` tokenises (a local Hugging Face tokenizer, or a word vocabulary built from
+the train split) for every preparer with a text modality.
 """
 
 from __future__ import annotations
@@ -34,17 +46,28 @@ from bogc_cli.errors import UserError
 
 CACHE_FORMAT = "bogc-cache/1"
 SPLITS = ("train", "val", "test")
-KINDS = ("audio", "image", "video", "vector", "sequence")
-KIND_NDIM = {"audio": 3, "image": 3, "video": 4, "vector": 1, "sequence": 2}
+KINDS = ("audio", "image", "video", "vector", "sequence", "text")
+KIND_NDIM = {"audio": 3, "image": 3, "video": 4, "vector": 1, "sequence": 2, "text": 2}
+TOKENIZERS_DIR = "tokenizers"
 
 
 @dataclass
 class ModalitySpec:
-    """What one modality's arrays hold: ``kind`` (see module doc), per-sample ``shape``, ``dtype``."""
+    """What one modality's arrays hold: ``kind`` (see module doc), per-sample ``shape``, ``dtype``; for a
+    ``text`` modality, ``tokenizer``: ``vocab_size``, ``pad_id``, ``kind`` and source of its token ids."""
 
     kind: str
     shape: list[int]
     dtype: str
+    tokenizer: dict[str, Any] | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        """A text modality's number of token ids (every id is below it)."""
+        if not self.tokenizer or "vocab_size" not in self.tokenizer:
+            raise UserError("this text modality's manifest entry lacks its tokenizer's vocab_size: prepare the "
+                            "dataset again")
+        return int(self.tokenizer["vocab_size"])
 
 
 @dataclass
@@ -188,10 +211,13 @@ def write_cache(
     sources: dict[str, Any] | None = None,
     skipped: list[dict[str, str]] | None = None,
     warnings: list[str] | None = None,
+    tokenizers: dict[str, dict[str, Any]] | None = None,
 ) -> Manifest:
     """Write ``splits`` (arrays already in their storage dtype) and the manifest to ``out``.
 
-    The manifest is written last, so a folder with a manifest is a complete cache.
+    ``tokenizers``: for each ``text`` modality, its tokenizer's description (``data_prep.text``), stored
+    as the modality's ``tokenizer`` in the manifest. The manifest is written last, so a folder with a
+    manifest is a complete cache.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +230,7 @@ def write_cache(
         if split.ids is not None:
             write_text(out / split_name / "ids.txt", "\n".join(split.ids) + "\n")
     return write_manifest(out, dataset=dataset, classes=classes, kinds=kinds, splits=splits, preset=preset,
-                          params=params, sources=sources, skipped=skipped, warnings=warnings)
+                          params=params, sources=sources, skipped=skipped, warnings=warnings, tokenizers=tokenizers)
 
 
 def write_manifest(
@@ -219,17 +245,22 @@ def write_manifest(
     sources: dict[str, Any] | None = None,
     skipped: list[dict[str, str]] | None = None,
     warnings: list[str] | None = None,
+    tokenizers: dict[str, dict[str, Any]] | None = None,
 ) -> Manifest:
     """Describe ``splits`` (already written to ``out``, e.g. memory-mapped from there) in ``out/manifest.json``.
 
     Call it last: a folder with a manifest is a complete cache.
     """
     modalities: dict[str, ModalitySpec] = {}
+    tokenizers = tokenizers or {}
     for split_name, split in splits.items():
         for m, arr in split.inputs.items():
             if kinds[m] not in KINDS:
                 raise ValueError(f"unknown kind {kinds[m]!r} for modality {m!r}")
-            spec = ModalitySpec(kinds[m], list(arr.shape[1:]), str(arr.dtype))
+            if (kinds[m] == "text") != (m in tokenizers):
+                raise ValueError(f"modality {m!r}: a text modality needs its tokenizer's description, and only a "
+                                 "text modality has one")
+            spec = ModalitySpec(kinds[m], list(arr.shape[1:]), str(arr.dtype), tokenizers.get(m))
             if m in modalities and modalities[m] != spec:
                 raise ValueError(f"modality {m!r} has shape/dtype {spec} in {split_name} but {modalities[m]} elsewhere")
             modalities[m] = spec

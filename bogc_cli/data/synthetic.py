@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from bogc_cli.data.cache import Manifest, ModalitySpec, SplitArrays, class_counts
-from bogc_cli.schema import Kind, Seed, StrictModel
+from bogc_cli.schema import FeatureKind, Seed, StrictModel
 
 
 class SyntheticModality(StrictModel):
-    kind: Kind
+    kind: FeatureKind
     shape: list[int] = Field(min_length=1, description="per-sample shape, e.g. [1, 32, 32] for audio")
     informative: float = Field(ge=0, le=1, description="probability the sample shows its own class pattern")
     snr: float = Field(1.0, gt=0, description="pattern amplitude over noise std")

@@ -145,5 +145,7 @@ def end_epoch(state: RunState, record: dict, epoch: int, device: torch.device, d
         distributed.average_buffers(state.model)
     record.update(state.method.on_epoch_end(epoch))
     record["lr"] = state.scheduler.get_last_lr()[0]
+    for group, lr in zip(state.optimizer.param_groups[1:], state.scheduler.get_last_lr()[1:]):
+        record[f"lr_{group.get('name', 'group')}"] = lr  # optim.backbone_lr's group
     state.scheduler.step()
     record["peak_memory_mb"] = peak_memory_mb(device)

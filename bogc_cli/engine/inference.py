@@ -58,7 +58,7 @@ def load_run(target: str | Path, device: str = "auto", data: str | Path | None =
         saved = {**saved, "dataset": {**saved["dataset"], "root": str(Path(data).expanduser().resolve())}}
     recipe = validate_recipe(saved, f"recipe saved in {path}")
     _require_data(recipe, data)
-    parts = build_parts(recipe)
+    parts = build_parts(recipe, load_weights=False)  # the checkpoint holds every weight
     if parts.data.classes != state["data"]["classes"]:
         raise UserError(f"the data at {dataset_root(recipe)} has classes {parts.data.classes}, but {path} was "
                         f"trained on {state['data']['classes']}: pass --data DIR with the folder of the data it "

@@ -2,24 +2,41 @@
 
 Schedules are stepped once per epoch by the train loop (``scheduler.step()`` after each
 epoch), and the learning rate of each epoch is logged, so a schedule that never steps shows.
+
+Pretrained encoders (``model.encoders.<m>`` with ``weights`` or ``path``) may learn at a rate of their
+own, ``optim.backbone_lr``: their trainable parameters then form a second parameter group, named
+``backbone`` (the first, ``model``, holds the rest at ``optim.lr``). The schedule scales both alike
+(a step or cosine schedule multiplies each group's own initial rate). Frozen parameters are in no group.
 """
 
 from __future__ import annotations
 
 import torch
 
+from bogc_cli.errors import UserError
 from bogc_cli.recipe import OptimBlock
 
 
-def build_optimizer(params, cfg: OptimBlock, fused: bool = False) -> torch.optim.Optimizer:
-    """``fused``: one kernel for the whole update (CUDA) instead of a few per parameter tensor."""
+def build_optimizer(params, cfg: OptimBlock, fused: bool = False, backbone=()) -> torch.optim.Optimizer:
+    """The optimiser over the trainable ``params``; ``backbone``: those of pretrained encoders, at
+    ``cfg.backbone_lr`` when it is set. ``fused``: one kernel for the whole update (CUDA) instead of a few
+    per parameter tensor. ``UserError`` when ``backbone_lr`` is set but no pretrained parameter trains."""
     params = [p for p in params if p.requires_grad]
+    groups: list[dict] = [{"params": params, "name": "model"}]
+    if cfg.backbone_lr is not None:
+        ids = {id(p) for p in backbone if p.requires_grad}
+        if not ids:
+            raise UserError("optim.backbone_lr is set, but no pretrained encoder has a parameter to train (none has "
+                            "weights or path in model.encoders, or all are frozen): remove optim.backbone_lr")
+        groups = [{"params": [p for p in params if id(p) not in ids], "name": "model"},
+                  {"params": [p for p in params if id(p) in ids], "name": "backbone", "lr": cfg.backbone_lr}]
+        groups = [g for g in groups if g["params"]]
     kernel = {"fused": True} if fused else {}
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernel)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **kernel)
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimBlock, epochs: int):

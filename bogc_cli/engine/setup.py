@@ -9,6 +9,7 @@ from bogc_cli.data.bundle import DataBundle, dataset_root, load_data
 from bogc_cli.errors import UserError
 from bogc_cli.fusion import Method, method_class, method_label, method_options
 from bogc_cli.models.build import build_model
+from bogc_cli.models.encoder_options import with_absolute_paths
 from bogc_cli.models.multimodal import MultimodalModel
 from bogc_cli.recipe import Recipe, StrictModel
 
@@ -32,8 +33,11 @@ def run_identity(recipe: Recipe) -> dict:
             "seed": recipe.seed, "protocol": recipe.protocol}
 
 
-def build_parts(recipe: Recipe) -> RunParts:
-    """Load the data the method needs and build the model; refuse impossible combinations first."""
+def build_parts(recipe: Recipe, load_weights: bool = True) -> RunParts:
+    """Load the data the method needs and build the model; refuse impossible combinations first.
+
+    ``load_weights``: pretrained encoders read their weights files (every file checked here, before a run
+    writes anything); False when a checkpoint will fill the model (``eval``, ``missing-modality``)."""
     cls = method_class(recipe.method.name)
     options = method_options(recipe)
     data = load_data(recipe)
@@ -45,7 +49,7 @@ def build_parts(recipe: Recipe) -> RunParts:
     if used != available:
         data = load_data(recipe, use=used)
     model = build_model(recipe.model, data.modalities, data.num_classes,
-                        all_modalities=list(data.manifest.modalities))
+                        all_modalities=list(data.manifest.modalities), load_weights=load_weights)
     cls.adapt_model(options, model)
     return RunParts(data, model, cls, options)
 
@@ -59,6 +63,7 @@ def resolved_recipe(recipe: Recipe) -> Recipe:
     data["dataset"].update(ds_model.model_validate(recipe.dataset_options()).model_dump(mode="json"))
     if recipe.dataset.name != "synthetic":
         data["dataset"]["root"] = str(dataset_root(recipe).resolve())
+    data["model"]["encoders"] = with_absolute_paths(data["model"]["encoders"])  # weights files, model directories
     data["method"].update(method_options(recipe).model_dump(mode="json"))
     return Recipe.model_validate(data)
 

@@ -131,7 +131,8 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
                      Callbacks(callbacks if main else ()), started)
     if main:
         ctx.writer.begin(resolved.to_yaml(), {**environment(device), **fast_path_summary(cfg, device, loaders.workers),
-                                              "processes": distributed.world if distributed else 1})
+                                              "processes": distributed.world if distributed else 1,
+                                              "encoders": parts.model.encoder_sources()})
     state = _build_state(ctx, model)
     if state.conflict is not None and ctx.main:  # samples after the steps, like any callback
         ctx.callbacks.items.append(state.conflict)
@@ -161,7 +162,8 @@ def _run_start(ctx: RunContext, state: RunState, recipe: dict) -> RunStart:
 def _build_state(ctx: RunContext, model: torch.nn.Module) -> RunState:
     """The optimiser, schedule, method (which may add parameters of its own) and batch transforms of a fresh run."""
     recipe, cfg, parts = ctx.recipe, ctx.recipe.train, ctx.parts
-    optimizer = build_optimizer(model.parameters(), recipe.optim, fused=fused_optimizer(cfg, ctx.device))
+    optimizer = build_optimizer(model.parameters(), recipe.optim, fused=fused_optimizer(cfg, ctx.device),
+                                backbone=model.backbone_parameters())
     scheduler = build_scheduler(optimizer, recipe.optim, cfg.epochs)
     step_ctx = StepContext(device=ctx.device, optimizer=optimizer, autocast=ctx.autocast,
                            grad_clip=recipe.optim.grad_clip, holdout=ctx.loaders.holdout,

@@ -51,6 +51,7 @@ import torch
 from pydantic import Field
 
 from bogc_cli.fusion.base import Method
+from bogc_cli.models.encoder_options import encoder_names
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.schema import StrictModel
 
@@ -103,8 +104,7 @@ class OGMGE(Method):
 
     @classmethod
     def check_config(cls, options: OGMGEOptions, recipe) -> str | None:
-        encoders = recipe.model.encoders
-        named = [encoders] if isinstance(encoders, str) else list((encoders or {}).values())
+        named = encoder_names(recipe.model.encoders)
         if options.modulate == "conv" and named and all(e == "mlp" for e in named):
             return ("method.modulate 'conv' scales convolution kernels, but model.encoders is mlp (no "
                     "convolutions: nothing would be modulated); set method.modulate: weights")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from bogc_cli.errors import UserError
+from bogc_cli.models.encoder_options import encoder_names
 
 RESNET18_DIM = 512  # the feature size of the resnet18 encoder (the others: model.feature_dim)
 
@@ -23,7 +24,7 @@ def feature_size_reason(method: str, model_cfg, piece: str = "head") -> str | No
     """Why ``model_cfg`` (a recipe's model block) cannot give every modality one feature size, or None;
     ``piece`` names what the method shares (its head, its classifier) in the message."""
     enc = model_cfg.encoders
-    names = set(enc.values()) if isinstance(enc, dict) else set()
+    names = set(encoder_names(enc)) if isinstance(enc, dict) else set()  # entries may be blocks {name, weights, ...}
     if "resnet18" in names and len(names) > 1 and model_cfg.feature_dim != RESNET18_DIM:
         return (f"method {method} shares one {piece} across modalities, so every encoder must output the same "
                 f"feature size: resnet18 gives {RESNET18_DIM}, the others model.feature_dim={model_cfg.feature_dim}; "

@@ -7,6 +7,12 @@
   mean-pooled over the steps that are not all-zero padding.
 - ``resnet18``: torchvision's ResNet-18 from scratch (no downloaded weights), stem adapted
   to the input's channel count (1 for spectrograms), 512-d features, video as above.
+- ``text-transformer``: tokenised text ``[B, 2, L]`` (ids, attention mask; ``data/cache.py``): learned
+  token and position embeddings, a small Transformer encoder, the mean over the kept tokens.
+
+Pretrained encoders (``resnet18`` with ``weights``, ``torchvision:<arch>``, ``timm:<arch>``, ``hf``) are
+built by ``models/pretrained``; ``build_encoder`` dispatches on the recipe's choice
+(``models/encoder_options.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch
 from torch import nn
 
 from bogc_cli.data.cache import ModalitySpec
+from bogc_cli.errors import UserError
+from bogc_cli.models.encoder_options import EncoderSpec, as_spec
 
 
 class MLPEncoder(nn.Module):
@@ -121,6 +129,34 @@ class SequenceTransformer(nn.Module):
         return self.out((h * keep).sum(dim=1) / keep.sum(dim=1))
 
 
+class TextTransformer(nn.Module):
+    """``[B, 2, L]`` token ids (row 0) and attention mask (row 1) -> ``[B, feature_dim]``: token embeddings
+    (``vocab_size`` x ``d_model``, the padding id's row kept at zero) plus learned positions, ``layers``
+    pre-norm Transformer encoder layers (4 heads) that attend to the kept tokens only, the mean over the
+    kept tokens, LayerNorm, linear, ReLU. A text without any token (a missing modality filled by
+    zero-input) attends over its padding and pools to a zero vector, so every such text gets one
+    learned "no text" feature."""
+
+    def __init__(self, vocab_size: int, steps: int, feature_dim: int = 128, d_model: int = 64, layers: int = 2,
+                 dropout: float = 0.0, heads: int = 4, pad_id: int = 0):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.position = nn.Parameter(torch.zeros(1, steps, d_model))
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, feature_dim), nn.ReLU(inplace=True))
+        self.out_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ids, keep = x[:, 0].long(), x[:, 1] > 0.5                     # [B, L], [B, L]
+        padding = ~keep & keep.any(dim=1, keepdim=True)               # an empty text attends over every step
+        h = self.encoder(self.embed(ids) + self.position[:, : ids.shape[1]], src_key_padding_mask=padding)
+        weight = keep.unsqueeze(-1).to(h.dtype)
+        return self.out((h * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1))
+
+
 def _channels(spec: ModalitySpec) -> int:
     return spec.shape[1] if spec.kind == "video" else spec.shape[0]
 
@@ -145,6 +181,11 @@ def _build_transformer(spec: ModalitySpec, cfg) -> nn.Module:
                                layers=cfg.mlp_layers, dropout=cfg.dropout)
 
 
+def _build_text_transformer(spec: ModalitySpec, cfg) -> nn.Module:
+    return TextTransformer(spec.vocab_size, spec.shape[-1], cfg.feature_dim, d_model=cfg.hidden_dim // 4 or 16,
+                           layers=cfg.mlp_layers, dropout=cfg.dropout, pad_id=int((spec.tokenizer or {}).get("pad_id", 0)))
+
+
 ENCODERS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
     "mlp": (_build_mlp, ("vector", "sequence", "audio", "image", "video"),
             "fully connected; options model.feature_dim, model.hidden_dim, model.mlp_layers, model.dropout"),
@@ -154,21 +195,40 @@ ENCODERS: dict[str, tuple[Callable, tuple[str, ...], str]] = {
                     "small Transformer over [T, D] sequences, mean over non-padding steps; d_model = "
                     "model.hidden_dim / 4 (64), layers = model.mlp_layers (2), model.feature_dim, model.dropout"),
     "resnet18": (_build_resnet18, ("audio", "image", "video"),
-                 "torchvision ResNet-18 from scratch, 512-d, 1-channel stem for spectrograms"),
+                 "torchvision ResNet-18 from scratch, 512-d, 1-channel stem for spectrograms; with weights: FILE, "
+                 "torchvision's ResNet-18 from that state dict (see torchvision:<arch>)"),
+    "text-transformer": (_build_text_transformer, ("text",),
+                         "text from scratch: token + position embeddings, small Transformer over the kept tokens, "
+                         "masked mean; d_model = model.hidden_dim / 4 (64), layers = model.mlp_layers (2), "
+                         "model.feature_dim, model.dropout; vocabulary from the cache's tokenizer"),
 }
 
-DEFAULT_ENCODER = {"audio": "cnn-small", "image": "cnn-small", "video": "resnet18", "vector": "mlp", "sequence": "transformer"}
+DEFAULT_ENCODER = {"audio": "cnn-small", "image": "cnn-small", "video": "resnet18", "vector": "mlp",
+                   "sequence": "transformer", "text": "text-transformer"}
 
 
-def build_encoder(name: str, spec: ModalitySpec, cfg) -> nn.Module:
-    """Build encoder ``name`` for a modality; video inputs get their frames folded."""
-    builder, kinds, _ = ENCODERS[name]
+def build_encoder(choice: str | EncoderSpec, spec: ModalitySpec, cfg, load: bool = True, what: str = "model.encoders"
+                  ) -> nn.Module:
+    """Build the encoder ``choice`` (a name or a ``model.encoders.<m>`` block) for a modality; video inputs get
+    their frames folded. ``load``: read pretrained weights from their files (False when a checkpoint will
+    fill the model); ``what``: the recipe key, for messages. ``UserError`` for an encoder that cannot
+    take the modality's kind, and for every problem with a weights file (``models/pretrained``)."""
+    choice = as_spec(choice)
+    from_family = choice.family != "scratch" and (choice.pretrained or choice.name != "resnet18")
+    if not from_family and choice.name not in ENCODERS:
+        raise UserError(f"{what}: {choice.name!r} is not an encoder; valid: {', '.join(ENCODERS)}, "
+                        "torchvision:<arch>, timm:<arch>, hf")
+    if from_family:
+        from bogc_cli.models.pretrained import FAMILIES, build_pretrained
+
+        kinds = FAMILIES[choice.family][1]
+    else:
+        builder, kinds, _ = ENCODERS[choice.name]
     if spec.kind not in kinds:
-        from bogc_cli.errors import UserError
-
-        raise UserError(f"encoder {name!r} cannot encode {spec.kind} inputs; use one of "
-                        f"{[n for n, (_, k, _) in ENCODERS.items() if spec.kind in k]}")
-    if spec.kind == "video" and name != "mlp":
-        frame_spec = ModalitySpec("image", spec.shape[1:], spec.dtype)
-        return FramesFolded(builder(frame_spec, cfg))
-    return builder(spec, cfg)
+        valid = [n for n, (_, k, _) in ENCODERS.items() if spec.kind in k]
+        raise UserError(f"{what}: encoder {choice.name!r} cannot encode {spec.kind} inputs; use one of {valid}"
+                        + (" or hf (a local transformers model)" if spec.kind == "text" else ""))
+    frames = spec.kind == "video" and choice.name != "mlp"
+    inner = ModalitySpec("image", spec.shape[1:], spec.dtype) if frames else spec
+    encoder = build_pretrained(choice, inner, what, load) if from_family else builder(inner, cfg)
+    return FramesFolded(encoder) if frames else encoder

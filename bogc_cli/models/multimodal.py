@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from bogc_cli.data.cache import ModalitySpec
+from bogc_cli.models.encoder_options import EncoderSpec
 from bogc_cli.models.encoders import build_encoder
+from bogc_cli.models.pretrained.base import PretrainedEncoder
 from bogc_cli.models.fusion_heads import ConcatHead, build_fusion_head
 
 FUSED = "fused"
@@ -62,16 +64,22 @@ class MultimodalModel(nn.Module):
     is a bool ``[B]`` mask of the samples where modality m is available. Missing samples are
     filled per ``fill``: ``zero-input`` zeroes the input, ``zero-feature`` zeroes the encoder's
     feature, ``mean-feature`` substitutes the running mean of training features.
+
+    ``encoders[m]``: an encoder name or a ``model.encoders.<m>`` block (``EncoderSpec``); ``load_weights``:
+    pretrained encoders read their weights files (False: the architecture only, a checkpoint fills it).
     """
 
-    def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, encoders: dict[str, str],
-                 cfg, fusion: str = "concat", unimodal_logits: str = "heads", fill: str = "zero-feature"):
+    def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, encoders: dict[str, str | EncoderSpec],
+                 cfg, fusion: str = "concat", unimodal_logits: str = "heads", fill: str = "zero-feature",
+                 load_weights: bool = True):
         super().__init__()
         self.modalities = list(modalities)
         self.num_classes = num_classes
         self.fill = fill
-        self._encoder_recipe = (dict(encoders), dict(modalities), cfg)  # to build more encoders of the same kind
-        self.encoders = nn.ModuleDict({m: build_encoder(encoders[m], spec, cfg) for m, spec in modalities.items()})
+        # to build more encoders of the same kind (and from the same weights)
+        self._encoder_recipe = (dict(encoders), dict(modalities), cfg, load_weights)
+        self.encoders = nn.ModuleDict({m: build_encoder(encoders[m], spec, cfg, load_weights, f"model.encoders.{m}")
+                                       for m, spec in modalities.items()})
         # independent unimodal experts (I2M2): each unimodal head reads its own encoder; empty otherwise
         self.expert_encoders = nn.ModuleDict()
         dims = [self.encoders[m].out_dim for m in self.modalities]
@@ -99,9 +107,9 @@ class MultimodalModel(nn.Module):
         ``expert_feature_mean_<m>``."""
         if self.slice_unimodal:
             raise ValueError("independent experts need separate unimodal heads, not fusion-slices")
-        names, specs, cfg = self._encoder_recipe
+        names, specs, cfg, load_weights = self._encoder_recipe
         for m in self.modalities:
-            encoder = build_encoder(names[m], specs[m], cfg)
+            encoder = build_encoder(names[m], specs[m], cfg, load_weights, f"model.encoders.{m}")
             self.expert_encoders[m] = encoder
             self.register_buffer(f"expert_feature_mean_{m}", torch.zeros(encoder.out_dim))
 
@@ -119,6 +127,21 @@ class MultimodalModel(nn.Module):
         groups += [ParamGroup(f"head:{m}", "unimodal_head", m, head_sources(m), tuple(h.parameters()))
                    for m, h in self.unimodal_heads.items()]
         return groups
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of every pretrained encoder (those read from a weights file or directory,
+        experts' included): what ``optim.backbone_lr`` applies to."""
+        return [p for module in self.modules() if isinstance(module, PretrainedEncoder)
+                for p in module.backbone_parameters()]
+
+    def encoder_sources(self) -> dict[str, dict]:
+        """Where each modality's encoder came from (family, file, sha256, frozen parameters), for environment.json;
+        a from-scratch encoder: ``{"family": "scratch", "class": ...}``."""
+        out = {}
+        for m, encoder in self.encoders.items():
+            found = [e for e in encoder.modules() if isinstance(e, PretrainedEncoder)]
+            out[m] = dict(found[0].source) if found else {"family": "scratch", "class": type(encoder).__name__}
+        return out
 
     def feature_mean(self, m: str, expert: bool = False) -> torch.Tensor:
         return getattr(self, f"expert_feature_mean_{m}" if expert else f"feature_mean_{m}")
