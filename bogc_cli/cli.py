@@ -185,7 +185,7 @@ def prepare(
         for item in manifest.skipped:
             console.print(f"  {item.get('file')}: {item.get('reason')}", highlight=False)
     for warning in manifest.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}", highlight=False)
 
 
 def _kinds_option(value: str) -> dict[str, str]:
@@ -452,7 +452,7 @@ def reproduce(
                    "Pass --overwrite to train them again with this one (their earlier results are deleted), or "
                    "restore the recipe they were made with")
         if dry_run:
-            err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
             return
         raise UserError(message)
     if dry_run:
@@ -551,7 +551,7 @@ def _report_sweep(plan) -> None:
         return
     result = run_report(plan.root)
     for w in result.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(str(w))}", highlight=False)
     console.print(f"report of {result.n_runs} runs written to {plan.root / 'tables'} and {plan.root / 'plots'}")
 
 
@@ -647,7 +647,7 @@ def report(
     for table in result.rich_tables:
         _show(table)
     for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}", highlight=False)
     console.print(f"{result.n_runs} run(s); wrote {len(result.paths)} file(s) under {results_dir / 'tables'} "
                   f"and {results_dir / 'plots'}")
 

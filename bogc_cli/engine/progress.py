@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -54,7 +55,7 @@ class TrainProgress:
 
     def note(self, message: str) -> None:
         """A warning line (above the live bar on a terminal)."""
-        self.console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        self.console.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", highlight=False)
 
     def epoch_done(self, record: dict) -> None:
         self.val_acc = record["val_accuracy"]

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 from bogc_cli.atomic import DiskFull
 from bogc_cli.data.loader import to_device
@@ -87,7 +88,7 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     seed_everything(resolved.seed, resolved.train.deterministic)  # the same seed: the same initial weights
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
     for note in parts.data.notes:  # what the data loader decided for the user (carve-outs, missing classes)
-        console.print(f"[yellow]warning:[/yellow] {note}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] {rich_escape(str(note))}", highlight=False)
     parts.method_cls.before_training(parts.options, parts.model, resolved, parts.data.classes)  # e.g. a warm start
     if resolved.train.modality_dropout:
         ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
