@@ -677,7 +677,7 @@ def list_() -> None:
                 f"{k} ({(f.description or '').removeprefix('arrays: ')}; default {_default_text(f)})"
                 for k, f in DatasetBlock.model_fields.items()
                 if (f.description or "").startswith("arrays:") or k in ("val_fraction", "split_seed")] + opts
-        t.add_row(info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", ", ".join(opts) or "-",
+        _add_plain_row(t, info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", ", ".join(opts) or "-",
                   info.description)
     console.print(t)
     t = Table(title="encoders (model.encoders.<m>: a name, or {name, weights | path, freeze, pooling, normalize}; "
@@ -686,15 +686,15 @@ def list_() -> None:
     t.add_column("inputs")
     t.add_column("about", overflow="fold")
     for name, (_, kinds, about) in ENCODERS.items():
-        t.add_row(name, ", ".join(kinds), about)
+        _add_plain_row(t, name, ", ".join(kinds), about)
     for name, kinds, about in PRETRAINED.values():
-        t.add_row(name, ", ".join(kinds), about)
+        _add_plain_row(t, name, ", ".join(kinds), about)
     console.print(t)
     t = Table(title="fusion heads (model.fusion)")
     t.add_column("name")
     t.add_column("about", overflow="fold")
     for name, about in FUSION_HEADS.items():
-        t.add_row(name, about)
+        _add_plain_row(t, name, about)
     console.print(t)
     t = Table(title="methods (method.name); docs/fidelity.md compares each with its reference code")
     for col in ("name", "options", "modalities", "about"):
@@ -704,8 +704,13 @@ def list_() -> None:
         mods = f">= {cls.min_modalities}" + (f", <= {cls.max_modalities}" if cls.max_modalities else "")
         mods += f"; {cls.modality_note}" if cls.modality_note else ""
         about = f"{cls.summary}\nfidelity: {cls.fidelity}" if cls.fidelity else cls.summary
-        t.add_row(name, opts or "-", mods, about)
+        _add_plain_row(t, name, opts or "-", mods, about)
     console.print(t)
+
+
+def _add_plain_row(table: Table, *cells: str) -> None:
+    """A row whose text is shown as written: brackets in it (`.[pretrained]`, `[CLS]`) are not rich markup."""
+    table.add_row(*(escape(str(c)) for c in cells))
 
 
 def _default_text(field) -> str:

@@ -28,6 +28,7 @@ from pretrained_helpers import text_arrays_folder, tiny_bert
 
 @pytest.fixture(scope="module")
 def bert(tmp_path_factory) -> Path:
+    pytest.importorskip("transformers")  # the optional extra `pretrained` (in `dev`, so CI runs these)
     return tiny_bert(tmp_path_factory.mktemp("models") / "bert")
 
 
@@ -177,13 +178,14 @@ def test_the_text_transformer_ignores_padding_and_gives_missing_text_one_feature
 
 
 def test_the_default_encoder_of_text_learns_from_a_word_vocabulary(tmp_path, capsys):
-    raw = text_arrays_folder(tmp_path / "raw", 96, 40, with_image=False)
+    """Text + image (noise) prepared without a pretrained model, trained by the real `bogc` entry point."""
+    raw = text_arrays_folder(tmp_path / "raw", 96, 40)
     code, out, err = run_cli(capsys, "prepare", "arrays", "--raw", raw, "--out", tmp_path / "cache", "--max-length", "8")
     assert code == 0, out + err
     assert (tmp_path / "cache" / "tokenizers" / "text" / "vocab.txt").read_text().split()[:2] == ["[PAD]", "[UNK]"]
-    code, out, err = run_cli(capsys, "train", _recipe(tmp_path, tmp_path / "cache", extra="optim: {lr: 0.005}\n",
-                                                      epochs=12))
-    assert code == 0, out + err
+    recipe = _recipe(tmp_path, tmp_path / "cache", ", cnn_channels: [4]", "optim: {lr: 0.005}\n", epochs=12)
+    proc = run_bogc("train", recipe)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     run = next((tmp_path / "out").rglob("eval.json")).parent
     assert json.loads((run / "eval.json").read_text())["accuracy"] >= 0.85  # one sentiment word decides the label
     env = json.loads((run / "environment.json").read_text())["encoders"]["text"]
@@ -199,6 +201,11 @@ def test_a_tiny_bert_tokenises_at_prepare_time_and_trains_as_the_text_encoder(tm
     assert spec.kind == "text" and spec.shape == [2, 12] and spec.tokenizer["kind"] == "pretrained"
     ids = np.load(tmp_path / "cache" / "train" / "text.npy")
     assert (ids[:, 0, 0] == 2).all() and (ids[:, 1, 0] == 1).all()  # [CLS] first, kept by the mask
+    # the cache round-trips: test's rows are the model's tokenizer on the raw lines, and so is the copy kept in the cache
+    lines = (raw / "test" / "text.txt").read_text().splitlines()
+    cached = np.load(tmp_path / "cache" / "test" / "text.npy")
+    assert np.array_equal(cached, encode_texts(lines, PretrainedTokenizer(bert), 12))
+    assert np.array_equal(cached, encode_texts(lines, PretrainedTokenizer(tmp_path / "cache" / "tokenizers" / "text"), 12))
     state = {k: v.clone() for k, v in __import__("transformers").AutoModel.from_pretrained(bert).state_dict().items()}
     encoders = f", encoders: {{text: {{name: hf, path: {bert}, freeze: 2}}, image: cnn-small}}, cnn_channels: [4]"
     recipe = _recipe(tmp_path, tmp_path / "cache", encoders, "optim: {backbone_lr: 0.0001}\n")
@@ -281,7 +288,8 @@ def test_a_wrong_model_directory_stops_training_with_exit_2_and_writes_nothing(t
 
 
 def test_a_tiny_hf_vision_model_encodes_images(tmp_path):
-    from transformers import ViTConfig, ViTModel
+    transformers = pytest.importorskip("transformers")
+    ViTConfig, ViTModel = transformers.ViTConfig, transformers.ViTModel
 
     torch.manual_seed(0)
     ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
