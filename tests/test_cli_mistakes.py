@@ -42,8 +42,8 @@ def _one_message(proc, where: str, says: str) -> str:
     (["experiment=2024"], "experiment: expected text (not empty), got 2024 (a number: put it in quotes"),
     (["method.tag=on"], "method.tag: expected text (not empty), got true"),
     (["model.encoders=5"], "model.encoders: expected a mapping (name: an encoder name or a block of keys (name, weights, path, freeze, ...)), or text, or null, got 5"),
-    (["train.modality_dropout={audio: 2}"], "train.modality_dropout: expected a mapping (name: a number >= 0 "
-                                            "and < 1), or a number >= 0 and < 1, or null, got {audio: 2}"),
+    # a mapping of the union holds the mistake: the message names the entry (as for model.encoders.<m>.freeze)
+    (["train.modality_dropout={audio: 2}"], "train.modality_dropout.audio: expected a number >= 0 and < 1, got 2"),
     (["train.augment.crop_scale=[0.5]"], "train.augment.crop_scale: expected a list of 2 numbers, got [0.5]"),
     (["model.fuson=sum"], "unknown key 'model.fuson' (did you mean model.fusion?)"),
     (["method.name=ogm_ge", "method.alpha=true"], "method.alpha for method 'ogm_ge': expected a number > 0"),
