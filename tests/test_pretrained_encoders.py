@@ -124,6 +124,15 @@ def test_backbone_lr_puts_the_pretrained_parameters_in_a_group_of_their_own(tmp_
     assert not any(id(p) in backbone for p in named["model"]["params"])
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert frozen and not any(p is q for g in opt.param_groups for p in g["params"] for q in frozen)
+    # G-Blending's estimation copies train with the same groups: the backbone at its own rate, frozen blocks out
+    from bogc_cli.fusion.gblending import fresh_optimizer
+
+    twin = __import__("copy").deepcopy(model)
+    copy_opt = fresh_optimizer(opt, model, twin)
+    assert [g["lr"] for g in copy_opt.param_groups] == [1e-3, 1e-5]
+    twin_backbone = {id(p) for p in twin.encoders["image"].backbone.parameters() if p.requires_grad}
+    assert {id(p) for p in copy_opt.param_groups[1]["params"]} == twin_backbone
+    assert sum(len(g["params"]) for g in copy_opt.param_groups) == sum(p.requires_grad for p in twin.parameters())
     scratch = MultimodalModel(specs, 3, {"image": "cnn-small", "vector": "mlp"}, CFG)
     with pytest.raises(UserError, match="optim.backbone_lr is set, but no pretrained encoder"):
         build_optimizer(scratch.parameters(), OptimBlock(backbone_lr=1e-5), backbone=scratch.backbone_parameters())
