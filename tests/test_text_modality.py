@@ -251,12 +251,24 @@ def test_wrong_model_directories_and_mismatched_text_are_refused(tmp_path, bert)
     shutil.copy(bert / "model.safetensors", three / "model.safetensors")  # 2 layers of weights for a 3-layer config
     wide = tiny_bert(tmp_path / "wide", hidden=24, tokenizer=False)
     shutil.copy(bert / "model.safetensors", wide / "model.safetensors")
+    corrupt, truncated, pickle_dir, pointer = (tmp_path / n for n in ("corrupt", "truncated", "pickle", "pointer"))
+    for folder in (corrupt, truncated, pickle_dir, pointer):
+        folder.mkdir()
+        shutil.copy(bert / "config.json", folder)
+    (corrupt / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 8)
+    (truncated / "model.safetensors").write_bytes((bert / "model.safetensors").read_bytes()[:2000])
+    (pickle_dir / "pytorch_model.bin").write_bytes(b"\x00not a pickle" * 8)
+    (pointer / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n")
     cases = [
         (EncoderSpec(name="hf", path=str(tmp_path / "nope")), spec, "does not exist"),
         (EncoderSpec(name="hf", path=str(tmp_path / "no_config")), spec, "has no config.json"),
         (EncoderSpec(name="hf", path=str(tmp_path / "no_weights")), spec, "has config.json but no weights"),
         (EncoderSpec(name="hf", path=str(three)), spec, "encoder.layer.2."),
-        (EncoderSpec(name="hf", path=str(wide)), spec, "do not fit its config.json"),
+        (EncoderSpec(name="hf", path=str(wide)), spec, "cannot be loaded as its config.json describes"),
+        (EncoderSpec(name="hf", path=str(corrupt)), spec, "SafetensorError"),
+        (EncoderSpec(name="hf", path=str(truncated)), spec, "a weights file there is corrupt, truncated"),
+        (EncoderSpec(name="hf", path=str(pickle_dir)), spec, "cannot be loaded as its config.json describes"),
+        (EncoderSpec(name="hf", path=str(pointer)), spec, "git lfs pull"),
         (EncoderSpec(name="hf", path=str(bert)), ModalitySpec("text", [2, 8], "int32", {"kind": "word", "vocab_size": 9}),
          "tokenised with the word vocabulary"),
         (EncoderSpec(name="hf", path=str(bert)), ModalitySpec("text", [2, 8], "int32", {"kind": "pretrained",

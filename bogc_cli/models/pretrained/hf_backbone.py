@@ -37,7 +37,7 @@ import torch
 from bogc_cli.data.cache import ModalitySpec
 from bogc_cli.errors import UserError
 from bogc_cli.models.pretrained.base import PretrainedEncoder
-from bogc_cli.models.pretrained.weights import file_sha256
+from bogc_cli.models.pretrained.weights import READ_ERRORS, file_sha256, refuse_lfs_pointer
 from bogc_cli.optional import require
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -129,13 +129,19 @@ def _check_dir(directory: Path, what: str, load: bool) -> None:
 
 
 def _load(transformers, directory: Path, what: str, pooling: str):
-    """``AutoModel.from_pretrained`` with every key of the model found in the file (pooler aside when unused)."""
+    """``AutoModel.from_pretrained`` with every key of the model found in the file (pooler aside when unused).
+    ``UserError`` for a Git LFS pointer, a corrupt, truncated or empty weights file, and weights of another
+    configuration."""
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.suffix in (".safetensors", ".bin"):
+            refuse_lfs_pointer(path, what)
     try:
         net, info = transformers.AutoModel.from_pretrained(str(directory), local_files_only=True,
                                                            output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-        raise UserError(f"{what}: the weights in {directory} do not fit its config.json ({type(exc).__name__}: "
-                        f"{_first_line(exc)}); save config and weights together with save_pretrained") from None
+    except READ_ERRORS as exc:
+        raise UserError(f"{what}: the weights in {directory} cannot be loaded as its config.json describes "
+                        f"({type(exc).__name__}: {_first_line(exc)}): a weights file there is corrupt, truncated or "
+                        "of another configuration; save config and weights together with save_pretrained") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if pooling == "pooler" or ".pooler." not in f".{k}")
     mismatched = list(info.get("mismatched_keys", ()))
     if missing or mismatched:

@@ -17,10 +17,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bogc_cli.data.lfs import refuse_pointer
+from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.errors import UserError
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading an unreadable weights file raises: torch.load's errors, and safetensors' own
+    ``SafetensorError`` (no subclass of the others) when safetensors is installed."""
+    errors: tuple[type[BaseException], ...] = (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+                                               AttributeError, KeyError, TypeError)
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return errors
+    return (*errors, SafetensorError)
+
+
+#: Every exception an unreadable (corrupt, truncated, empty, foreign) weights file raises when read.
+READ_ERRORS = _read_errors()
 SHOWN = 3  # keys quoted per kind of mismatch
 
 
@@ -42,7 +58,7 @@ def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, tor
                         "(torch.save(model.state_dict(), PATH)); nothing is downloaded")
     if not path.is_file():
         raise UserError(f"{what}: {path} is a folder, not a weights file: give the file with {expected}")
-    refuse_pointer(path)
+    refuse_lfs_pointer(path, what)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -52,12 +68,17 @@ def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, tor
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except ImportError:
         raise UserError(f"{what}: reading {path} needs the package safetensors: pip install safetensors") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError, KeyError,
-            TypeError) as exc:
+    except READ_ERRORS as exc:
         raise UserError(f"{what}: {path} is not a readable weights file ({type(exc).__name__}: "
                         f"{_first_line(exc)}); expected {expected}, saved with torch.save(model.state_dict(), PATH) "
                         "or as .safetensors") from None
     return _unwrap(obj, path, what, expected)
+
+
+def refuse_lfs_pointer(path: Path, what: str) -> None:
+    """``UserError`` naming the setting ``what`` and ``path`` when the file is a Git LFS pointer, not weights."""
+    if is_lfs_pointer(path):
+        raise UserError(f"{what}: {path} is a {POINTER_REASON}")
 
 
 def _unwrap(obj, path: Path, what: str, expected: str) -> dict[str, torch.Tensor]:
@@ -126,4 +147,4 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
-__all__ = ["adapt_input_conv", "file_sha256", "load_checked", "read_state_dict"]
+__all__ = ["READ_ERRORS", "adapt_input_conv", "refuse_lfs_pointer", "file_sha256", "load_checked", "read_state_dict"]
