@@ -105,6 +105,17 @@ class ResNet18Encoder(nn.Module):
         return self.net(x)
 
 
+def _transformer_body(d_model: int, heads: int, layers: int, dropout: float, feature_dim: int
+                      ) -> tuple[nn.TransformerEncoder, nn.Sequential]:
+    """The sequence and text encoders' shared parts: ``layers`` pre-norm Transformer encoder layers
+    (``heads`` heads, feed-forward 2 x ``d_model``, batch first) and the output block applied to the pooled
+    ``[B, d_model]``: LayerNorm, linear to ``feature_dim``, ReLU."""
+    layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
+                                       batch_first=True, norm_first=True)
+    encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+    return encoder, nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, feature_dim), nn.ReLU(inplace=True))
+
+
 class SequenceTransformer(nn.Module):
     """``[B, T, D]`` -> ``[B, feature_dim]``: linear projection to ``d_model``, learned positions,
     ``layers`` pre-norm Transformer encoder layers (4 heads), mean over the non-padding steps
@@ -115,10 +126,7 @@ class SequenceTransformer(nn.Module):
         super().__init__()
         self.proj = nn.Linear(in_dim, d_model)
         self.position = nn.Parameter(torch.zeros(1, steps, d_model))
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, feature_dim), nn.ReLU(inplace=True))
+        self.encoder, self.out = _transformer_body(d_model, heads, layers, dropout, feature_dim)
         self.out_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,10 +151,7 @@ class TextTransformer(nn.Module):
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
         self.position = nn.Parameter(torch.zeros(1, steps, d_model))
         nn.init.normal_(self.position, std=0.02)
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=2 * d_model, dropout=dropout,
-                                           batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.out = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, feature_dim), nn.ReLU(inplace=True))
+        self.encoder, self.out = _transformer_body(d_model, heads, layers, dropout, feature_dim)
         self.out_dim = feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

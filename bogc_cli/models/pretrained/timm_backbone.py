@@ -13,11 +13,9 @@ inputs are standardised with the checkpoint's ``pretrained_cfg`` mean and std (`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bogc_cli.errors import UserError
 from bogc_cli.models.pretrained.base import PretrainedEncoder
-from bogc_cli.models.pretrained.weights import file_sha256, load_checked, read_state_dict
+from bogc_cli.models.pretrained.weights import load_weights_file
 from bogc_cli.optional import require
 
 
@@ -37,16 +35,9 @@ def build_timm(arch: str, in_channels: int, weights: str | None, freeze: bool | 
     net = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels)
     cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
     source = {"family": "timm", "arch": arch, "timm": timm.__version__, "freeze": freeze}
-    expected = f"weights of timm's {arch}"
-    if weights is not None:
-        path = Path(weights)
-        source["weights"] = str(path)
-        if load:
-            state = read_state_dict(path, what, expected)
-            first = _names(cfg.get("first_conv"))
-            load_checked(net, state, path, what, expected, ignore=_names(cfg.get("classifier")),
-                         first_conv=f"{first[0]}.weight" if first else None)
-            source["sha256"] = file_sha256(path)
+    first = _names(cfg.get("first_conv"))
+    load_weights_file(net, weights, load, source, what, f"weights of timm's {arch}",
+                      ignore=_names(cfg.get("classifier")), first_conv=f"{first[0]}.weight" if first else None)
     standardise = (weights is not None and in_channels == 3) if normalize is None else normalize
     if standardise and (in_channels != 3 or "mean" not in cfg):
         raise UserError(f"{what}: normalize standardises RGB inputs with the weights' mean and std; this input has "

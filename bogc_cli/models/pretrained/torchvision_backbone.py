@@ -13,13 +13,11 @@ with the ImageNet mean and std that torchvision's weights expect (``normalize``;
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch import nn
 
 from bogc_cli.errors import UserError
 from bogc_cli.models.pretrained.base import PretrainedEncoder, units_by_prefix
-from bogc_cli.models.pretrained.weights import file_sha256, load_checked, read_state_dict
+from bogc_cli.models.pretrained.weights import load_weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,14 +52,8 @@ def build_torchvision(arch: str, in_channels: int, weights: str | None, freeze: 
     if in_channels != 3:
         _replace(net, first_conv, _conv_like(net.get_submodule(first_conv), in_channels))
     source = {"family": "torchvision", "arch": arch, "torchvision": torchvision.__version__, "freeze": freeze}
-    expected = f"weights of torchvision's {arch}"
-    if weights is not None:
-        path = Path(weights)
-        source["weights"] = str(path)
-        if load:
-            state = read_state_dict(path, what, expected)
-            load_checked(net, state, path, what, expected, ignore=(head,), first_conv=f"{first_conv}.weight")
-            source["sha256"] = file_sha256(path)
+    load_weights_file(net, weights, load, source, what, f"weights of torchvision's {arch}", ignore=(head,),
+                      first_conv=f"{first_conv}.weight")
     standardise = (weights is not None and in_channels == 3) if normalize is None else normalize
     if standardise and in_channels != 3:
         raise UserError(f"{what}: normalize standardises RGB inputs with ImageNet's mean and std, but the input has "

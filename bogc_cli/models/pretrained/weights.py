@@ -10,7 +10,6 @@ dict wrapped in a training checkpoint (``{"state_dict": ...}``, ``{"model": ...}
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
+from bogc_cli.engine.checkpoint import file_sha256  # sha256 (hex) of a file, for environment.json
 from bogc_cli.errors import UserError
 
 WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
@@ -38,15 +38,6 @@ def _read_errors() -> tuple[type[BaseException], ...]:
 #: Every exception an unreadable (corrupt, truncated, empty, foreign) weights file raises when read.
 READ_ERRORS = _read_errors()
 SHOWN = 3  # keys quoted per kind of mismatch
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 (hex) of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_state_dict(path: str | Path, what: str, expected: str) -> dict[str, torch.Tensor]:
@@ -139,6 +130,21 @@ def load_checked(model: nn.Module, state: dict[str, torch.Tensor], path: Path, w
     model.load_state_dict(state, strict=True)
 
 
+def load_weights_file(model: nn.Module, weights: str | None, load: bool, source: dict, what: str, expected: str,
+                      ignore: tuple[str, ...] = (), first_conv: str | None = None) -> None:
+    """Fill ``model`` from the file ``weights`` when one is given and ``load`` (``read_state_dict`` then
+    ``load_checked``), and note the file in ``source`` (environment.json): its path, and its sha256 once read.
+    ``load`` False (a checkpoint will fill the model) reads nothing."""
+    if weights is None:
+        return
+    path = Path(weights)
+    source["weights"] = str(path)
+    if load:
+        load_checked(model, read_state_dict(path, what, expected), path, what, expected, ignore=ignore,
+                     first_conv=first_conv)
+        source["sha256"] = file_sha256(path)
+
+
 def _some(keys: list[str]) -> str:
     return ", ".join(keys[:SHOWN]) + (", ..." if len(keys) > SHOWN else "")
 
@@ -147,4 +153,4 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
-__all__ = ["READ_ERRORS", "adapt_input_conv", "refuse_lfs_pointer", "file_sha256", "load_checked", "read_state_dict"]
+__all__ = ["READ_ERRORS", "adapt_input_conv", "refuse_lfs_pointer", "file_sha256", "load_checked", "load_weights_file", "read_state_dict"]
