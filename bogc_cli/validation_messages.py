@@ -200,7 +200,9 @@ def _value_at(data: Any, path: tuple[str, ...]) -> Any:
 def _message(schema, path, full, errs, ann, meta, block, context, extra_keys, given=_ABSENT) -> str:
     key = ".".join(full)
     first = min(errs, key=lambda e: len(e["loc"]))
-    kinds = {e["type"] for e in errs if e["type"] != "missing" or [str(p) for p in e["loc"]] == list(path)}
+    names = _block_names(schema)  # a missing key is this key's own when its location, union members aside, is path
+    kinds = {e["type"] for e in errs if e["type"] != "missing"
+             or [str(p) for p in e["loc"] if not _is_member_tag(str(p), names)] == list(path)}
     if "extra_forbidden" in kinds:
         valid = (list(extra_keys) if len(path) == 1 else []) + list(block.model_fields)
         hint = difflib.get_close_matches(path[-1], valid, n=1)

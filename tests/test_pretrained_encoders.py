@@ -91,7 +91,7 @@ def test_freeze_n_counts_the_stem_and_the_four_stages_of_a_resnet(tmp_path):
         assert sorted(enc.frozen_modules) == sorted(frozen)
     enc = _build(IMAGE, name="resnet18", weights=str(tmp_path / "r18.pt"), freeze=True)
     assert not any(p.requires_grad for p in enc.parameters()) and enc.frozen_modules == [""]
-    with pytest.raises(UserError, match="freeze: 6, but torchvision's resnet18 has 5 blocks"):
+    with pytest.raises(UserError, match="model.encoders.image.freeze: 6, but torchvision's resnet18 has 5 blocks"):
         _build(IMAGE, name="resnet18", weights=str(tmp_path / "r18.pt"), freeze=6)
 
 
@@ -295,6 +295,7 @@ def test_the_encoder_block_is_checked_at_recipe_validation():
         "freeze keeps pretrained weights fixed, but this encoder has none": {"audio": {"name": "resnet18",
                                                                                         "freeze": True}},
         "did you mean model.encoders.audio.weights?": {"audio": {"name": "resnet18", "wieghts": "w.pt"}},
+        "missing required key 'model.encoders.audio.name'": {"audio": {"weights": "w.pt"}},
         "model.encoders.audio.freeze: expected true or false or an integer >= 0": {
             "audio": {"name": "resnet18", "weights": "w.pt", "freeze": -1}},
     }

@@ -27,19 +27,21 @@ class PretrainedEncoder(nn.Module):
     """A backbone ``[B, *shape] -> [B, out_dim]`` with frozen blocks, optional standardisation of its input
     (``mean``/``std`` per channel) and a ``source`` (family, file, sha256) for environment.json.
 
-    ``pretrained``: whether the backbone's weights were (or, when the model is rebuilt to load a
+    ``what``: the recipe key of the encoder (``model.encoders.image``), for messages. ``pretrained``: whether
+    the backbone's weights were (or, when the model is rebuilt to load a
     checkpoint, will be) read from a file: its parameters are the ones ``optim.backbone_lr`` applies to.
     """
 
     def __init__(self, backbone: nn.Module, out_dim: int, units: list[list[str]] | None, freeze: bool | int,
                  source: dict[str, Any], pretrained: bool, describe: str,
-                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                 what: str = "model.encoders"):
         super().__init__()
         self.backbone = backbone
         self.out_dim = int(out_dim)
         self.source = dict(source)
         self.pretrained = pretrained
-        frozen = frozen_parameter_names(backbone, units, freeze, describe)
+        frozen = frozen_parameter_names(backbone, units, freeze, describe, what)
         for name, p in backbone.named_parameters():
             if name in frozen:
                 p.requires_grad_(False)
@@ -73,7 +75,7 @@ class PretrainedEncoder(nn.Module):
 
 
 def frozen_parameter_names(backbone: nn.Module, units: list[list[str]] | None, freeze: bool | int,
-                           describe: str) -> set[str]:
+                           describe: str, what: str = "model.encoders") -> set[str]:
     """The parameter names ``freeze`` covers: all of them (``True``), none (``False``/0), or those of the first
     ``freeze`` ``units`` (lists of parameter names). ``UserError`` when N exceeds the blocks there are, or
     when the architecture has no block definition (``units`` None)."""
@@ -83,12 +85,12 @@ def frozen_parameter_names(backbone: nn.Module, units: list[list[str]] | None, f
     if freeze is False or freeze == 0:
         return set()
     if units is None:
-        raise UserError(f"freeze: {freeze} counts blocks, which are defined for ResNets, ViTs, models with "
+        raise UserError(f"{what}.freeze: {freeze} counts blocks, which are defined for ResNets, ViTs, models with "
                         f"`features`, timm and Hugging Face models, not for {describe}: use freeze: true (all) or "
                         "false")
     units = [u for u in units if u]
     if freeze > len(units):
-        raise UserError(f"freeze: {freeze}, but {describe} has {len(units)} blocks (the first holds {_first(units[0])}, "
+        raise UserError(f"{what}.freeze: {freeze}, but {describe} has {len(units)} blocks (the first holds {_first(units[0])}, "
                         f"the last {_first(units[-1])}): give at most {len(units)}, or true for the whole backbone")
     return {n for unit in units[:freeze] for n in unit}
 

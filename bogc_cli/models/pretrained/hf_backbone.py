@@ -112,7 +112,7 @@ def build_hf(path: str, spec: ModalitySpec, freeze: bool | int, pooling: str | N
         _check_pixels(spec, net.config, interpolate, directory, what)
     return HFEncoder(net, _width(net.config, directory, what), _units(net), freeze, source, True,
                      f"the {config.model_type} model in {directory}", *stats, text=text, pooling=pooling,
-                     interpolate=interpolate)
+                     interpolate=interpolate, what=what)
 
 
 def _check_dir(directory: Path, what: str, load: bool) -> None:

@@ -48,7 +48,8 @@ def build_timm(arch: str, in_channels: int, weights: str | None, freeze: bool | 
     groups = group_parameters(net, net.group_matcher(coarse=True))
     units = [list(names) for _, names in sorted(groups.items())]
     stats = (tuple(cfg["mean"]), tuple(cfg["std"])) if standardise else ()
-    return TimmEncoder(net, net.num_features, units, freeze, source, weights is not None, f"timm's {arch}", *stats)
+    return TimmEncoder(net, net.num_features, units, freeze, source, weights is not None, f"timm's {arch}", *stats,
+                       what=what)
 
 
 def _names(value) -> tuple[str, ...]:

@@ -59,7 +59,8 @@ def build_torchvision(arch: str, in_channels: int, weights: str | None, freeze: 
         raise UserError(f"{what}: normalize standardises RGB inputs with ImageNet's mean and std, but the input has "
                         f"{in_channels} channel(s): remove normalize")
     return TorchvisionEncoder(net, out_dim, torchvision_units(net), freeze, source, weights is not None,
-                              f"torchvision's {arch}", *((IMAGENET_MEAN, IMAGENET_STD) if standardise else ()))
+                              f"torchvision's {arch}", *((IMAGENET_MEAN, IMAGENET_STD) if standardise else ()),
+                              what=what)
 
 
 def torchvision_units(net: nn.Module) -> list[list[str]] | None:
