@@ -125,10 +125,10 @@ def test_backbone_lr_puts_the_pretrained_parameters_in_a_group_of_their_own(tmp_
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert frozen and not any(p is q for g in opt.param_groups for p in g["params"] for q in frozen)
     # G-Blending's estimation copies train with the same groups: the backbone at its own rate, frozen blocks out
-    from bogc_cli.fusion.gblending import fresh_optimizer
+    from bogc_cli.fusion.gblending import twin_optimizer
 
     twin = __import__("copy").deepcopy(model)
-    copy_opt = fresh_optimizer(opt, model, twin)
+    copy_opt = twin_optimizer(opt, model, twin)
     assert [g["lr"] for g in copy_opt.param_groups] == [1e-3, 1e-5]
     twin_backbone = {id(p) for p in twin.encoders["image"].backbone.parameters() if p.requires_grad}
     assert {id(p) for p in copy_opt.param_groups[1]["params"]} == twin_backbone
@@ -321,3 +321,20 @@ def test_bogc_list_shows_the_encoders_with_their_options(capsys):
 
 def test_pretrained_encoder_is_a_module_with_its_source():
     assert issubclass(type(_build(IMAGE, name="torchvision:resnet18")), PretrainedEncoder)
+
+
+def test_every_method_reads_encoder_blocks_in_its_recipe_checks():
+    """Methods' recipe checks read model.encoders as names and blocks alike (dimml hashed the entries, greedy
+    compared them with names): each one validates or gives a UserError, never another exception."""
+    from bogc_cli.fusion import METHODS
+    from bogc_cli.recipe import validate_recipe
+
+    encoders = {"audio": {"name": "transformer"}, "image": {"name": "resnet18", "weights": "w.pt"}, "vector": "mlp"}
+    refused = {}
+    for name in METHODS:
+        try:
+            validate_recipe({"dataset": {"name": "synthetic"}, "method": {"name": name}, "model": {"encoders": encoders}})
+        except UserError as exc:
+            refused[name] = str(exc)
+    assert "transformer encoders do not have" in refused["greedy"]  # the block's name is read
+    assert "resnet18 gives 512" in refused["dimml"] and "resnet18" in refused["mla"]

@@ -103,17 +103,21 @@ def blend_weights(train_start: dict[str, float], holdout_start: dict[str, float]
     return {k: v / z for k, v in raw.items()}, gain, growth
 
 
-def fresh_optimizer(like: torch.optim.Optimizer, model: nn.Module, twin: nn.Module) -> torch.optim.Optimizer:
+def fresh_optimizer(like: torch.optim.Optimizer, params) -> torch.optim.Optimizer:
     """A new optimiser of ``like``'s kind and constructor settings (its initial lr, not a scheduled one),
-    with no state, over ``twin`` (a deep copy of ``model``): the reference's ``temp_optimizer`` reset to
-    ``temp_optimizer_origin``. Each of ``like``'s parameter groups becomes a group of the copies of its
-    parameters at that group's initial lr (``optim.backbone_lr``'s group keeps its rate); parameters in no
-    group (frozen pretrained blocks) stay out."""
+    with no state: the reference's ``temp_optimizer`` reset to ``temp_optimizer_origin``. ``params``:
+    parameters, or parameter groups (dicts, e.g. with an ``lr`` of their own)."""
     accepted = inspect.signature(type(like).__init__).parameters
+    return type(like)(params, **{k: v for k, v in like.defaults.items() if k in accepted and k != "params"})
+
+
+def twin_optimizer(like: torch.optim.Optimizer, model: nn.Module, twin: nn.Module) -> torch.optim.Optimizer:
+    """``fresh_optimizer`` for ``twin``, a deep copy of ``model``, with ``like``'s parameter groups: each group
+    holds the copies of its parameters at that group's initial lr (``optim.backbone_lr``'s group keeps its
+    rate); parameters in no group (frozen pretrained blocks) stay out."""
     copies = dict(zip((id(p) for p in model.parameters()), twin.parameters()))
-    groups = [{"params": [copies[id(p)] for p in g["params"]], "lr": g.get("initial_lr", g["lr"])}
-              for g in like.param_groups]
-    return type(like)(groups, **{k: v for k, v in like.defaults.items() if k in accepted and k != "params"})
+    return fresh_optimizer(like, [{"params": [copies[id(p)] for p in g["params"]], "lr": g.get("initial_lr", g["lr"])}
+                                  for g in like.param_groups])
 
 
 def head_inputs(inputs: dict[str, torch.Tensor], head: str) -> dict[str, torch.Tensor]:
@@ -187,7 +191,7 @@ class GBlending(Method):
         batches, held-out loss after it. The run's own model, optimiser and RNG are untouched."""
         ctx, d = self.ctx, self.ctx.distributed
         twin = copy.deepcopy(self.model)
-        opt = fresh_optimizer(ctx.optimizer, self.model, twin)
+        opt = twin_optimizer(ctx.optimizer, self.model, twin)
         split = ctx.train_eval.dataset.split
         batch_size = ctx.batch_size or ctx.train_eval.batch_sampler.batch_size
         seed = (self.seed + 7919 * epoch + 104729 * self.heads.index(head)) % (2 ** 31 - 1)

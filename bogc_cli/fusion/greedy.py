@@ -58,6 +58,7 @@ from pydantic import Field
 from bogc_cli.data.loader import Batch
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.models.encoder_options import encoder_names
 from bogc_cli.models.late_fusion import UnimodalMean
 from bogc_cli.models.mmtm import MMTMCoupling
 from bogc_cli.schema import StrictModel
@@ -126,7 +127,7 @@ class Greedy(Method):
         if m.unimodal_logits != "heads":
             return ("method greedy trains a classifier per branch and predicts with their mean: set "
                     f"model.unimodal_logits: heads (it is {m.unimodal_logits!r})")
-        named = [m.encoders] if isinstance(m.encoders, str) else list((m.encoders or {}).values())
+        named = encoder_names(m.encoders)  # entries may be blocks {name, weights, ...}
         if "transformer" in named:
             return ("method greedy places MMTMs between encoder stages, which transformer encoders do not have: use "
                     "resnet18, cnn-small or mlp encoders")
