@@ -338,3 +338,12 @@ def test_every_method_reads_encoder_blocks_in_its_recipe_checks():
             refused[name] = str(exc)
     assert "transformer encoders do not have" in refused["greedy"]  # the block's name is read
     assert "resnet18 gives 512" in refused["dimml"] and "resnet18" in refused["mla"]
+
+
+def test_backbone_lr_without_a_pretrained_encoder_stops_train_before_anything_is_written(tmp_path, capsys):
+    data = _image_folder(tmp_path / "images", 8, 4)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "train", "recipes/quickstart.yaml", "--set", "dataset.name=arrays", "--set",
+                           f"dataset.root={data}", "--set", "optim.backbone_lr=0.001", "--out", out)
+    assert code == 2 and "optim.backbone_lr is set, but no pretrained encoder" in " ".join(err.split())
+    assert not out.exists()  # no half-begun run to --overwrite

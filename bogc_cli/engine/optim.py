@@ -24,10 +24,8 @@ def build_optimizer(params, cfg: OptimBlock, fused: bool = False, backbone=()) -
     params = [p for p in params if p.requires_grad]
     groups: list[dict] = [{"params": params, "name": "model"}]
     if cfg.backbone_lr is not None:
+        check_backbone_lr(cfg, backbone)
         ids = {id(p) for p in backbone if p.requires_grad}
-        if not ids:
-            raise UserError("optim.backbone_lr is set, but no pretrained encoder has a parameter to train (none has "
-                            "weights or path in model.encoders, or all are frozen): remove optim.backbone_lr")
         groups = [{"params": [p for p in params if id(p) not in ids], "name": "model"},
                   {"params": [p for p in params if id(p) in ids], "name": "backbone", "lr": cfg.backbone_lr}]
         groups = [g for g in groups if g["params"]]
@@ -37,6 +35,14 @@ def build_optimizer(params, cfg: OptimBlock, fused: bool = False, backbone=()) -
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **kernel)
+
+
+def check_backbone_lr(cfg: OptimBlock, backbone) -> None:
+    """``UserError`` when ``optim.backbone_lr`` is set but no parameter of ``backbone`` (those of the pretrained
+    encoders) trains; checked when the run's parts are built, before anything is written."""
+    if cfg.backbone_lr is not None and not any(p.requires_grad for p in backbone):
+        raise UserError("optim.backbone_lr is set, but no pretrained encoder has a parameter to train (none has "
+                        "weights or path in model.encoders, or all are frozen): remove optim.backbone_lr")
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimBlock, epochs: int):

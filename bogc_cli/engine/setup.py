@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bogc_cli.data.bundle import DataBundle, dataset_root, load_data
+from bogc_cli.engine.optim import check_backbone_lr
 from bogc_cli.errors import UserError
 from bogc_cli.fusion import Method, method_class, method_label, method_options
 from bogc_cli.models.build import build_model
@@ -51,6 +52,7 @@ def build_parts(recipe: Recipe, load_weights: bool = True) -> RunParts:
     model = build_model(recipe.model, data.modalities, data.num_classes,
                         all_modalities=list(data.manifest.modalities), load_weights=load_weights)
     cls.adapt_model(options, model)
+    check_backbone_lr(recipe.optim, model.backbone_parameters())
     return RunParts(data, model, cls, options)
 
 
