@@ -181,7 +181,7 @@ class MMTMCoupling(nn.Module):
         unstageable = [m for m, v in views.items() if v is None]
         if unstageable:
             raise ValueError(f"cannot place MMTMs in the encoders of {unstageable}: only resnet18, cnn-small and mlp "
-                             "encoders have stages")
+                             "encoders trained from scratch have stages (pretrained and text encoders do not)")
         self.modalities = list(modalities)
         self.positions = min(len(v.stages) for v in views.values()) - 1
         if self.positions < 1:
