@@ -221,15 +221,23 @@ def test_every_wrong_weights_file_is_one_error_naming_it_and_what_was_expected(t
         assert message.startswith("model.encoders.image:"), (case, message)
 
 
-def test_a_wrong_weights_file_stops_bogc_train_with_exit_2_before_anything_is_written(tmp_path):
+@pytest.mark.parametrize("process", ["in-process", pytest.param("new process", marks=pytest.mark.slow)])
+def test_a_wrong_weights_file_stops_bogc_train_with_exit_2_before_anything_is_written(tmp_path, capsys, process):
+    """Through the CLI in this process, and (under -m slow: a new process imports torch, ~4 s of CPU) through the
+    installed console script's entry point."""
     _resnet34_stem(tmp_path / "resnet34.pt")
     data = _image_folder(tmp_path / "images", 8, 4)
     out = tmp_path / "out"
-    proc = run_bogc("train", "recipes/quickstart.yaml", "--set", "dataset.name=arrays", "--set",
-                    f"dataset.root={data}", "--set", f"model.encoders={{image: {{name: resnet18, weights: "
-                    f"{tmp_path / 'resnet34.pt'}}}}}", "--set", "train.epochs=1", "--out", out)
-    message = " ".join(proc.stderr.split())
-    assert proc.returncode == 2, proc.stdout[-500:] + proc.stderr
+    args = ("train", "recipes/quickstart.yaml", "--set", "dataset.name=arrays", "--set", f"dataset.root={data}",
+            "--set", f"model.encoders={{image: {{name: resnet18, weights: {tmp_path / 'resnet34.pt'}}}}}",
+            "--set", "train.epochs=1", "--out", out)
+    if process == "new process":
+        proc = run_bogc(*args)
+        code, err = proc.returncode, proc.stderr
+    else:
+        code, _, err = run_cli(capsys, *args)
+    message = " ".join(err.split())
+    assert code == 2, err
     assert f"model.encoders.image: {tmp_path / 'resnet34.pt'} does not hold weights of torchvision's resnet18" in message
     assert not out.exists()
 
