@@ -355,3 +355,23 @@ def test_backbone_lr_without_a_pretrained_encoder_stops_train_before_anything_is
                            f"dataset.root={data}", "--set", "optim.backbone_lr=0.001", "--out", out)
     assert code == 2 and "optim.backbone_lr is set, but no pretrained encoder" in " ".join(err.split())
     assert not out.exists()  # no half-begun run to --overwrite
+
+
+def test_relearning_soft_reinit_leaves_frozen_blocks_bit_identical(tmp_path):
+    """relearning writes w * initial + (1 - w) * p into encoders; for a frozen p (p == initial) that mix is not
+    bit-identical in floating point (0.3 a + 0.7 a != a), so frozen parameters are skipped."""
+    from bogc_cli.fusion.relearning import soft_reinit
+
+    _resnet18_file(tmp_path / "r18.pt")
+    enc = _build(IMAGE, name="resnet18", weights=str(tmp_path / "r18.pt"), freeze=1)
+    initial = {k: v.detach().clone() for k, v in enc.named_parameters()}
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.5)  # training moved every weight (the frozen ones only here, to show they are skipped)
+    before = {k: v.detach().clone() for k, v in enc.named_parameters()}
+    soft_reinit(enc, initial, 0.3)
+    for name, p in enc.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p, 0.3 * initial[name] + 0.7 * before[name])
+        else:
+            assert torch.equal(p, before[name]), name

@@ -88,8 +88,11 @@ def relearn_weight(purity_train: float, purity_held_out: float, move_lambda: flo
 
 @torch.no_grad()
 def soft_reinit(module: torch.nn.Module, initial: dict[str, torch.Tensor], weight: float) -> None:
-    """Every parameter ``p`` of ``module`` becomes ``weight * initial + (1 - weight) * p``, in place."""
+    """Every trainable parameter ``p`` of ``module`` becomes ``weight * initial + (1 - weight) * p``, in place;
+    frozen ones (``model.encoders.<m>.freeze``) are left bit-identical, not rounded through the mix."""
     for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
         p.copy_(weight * initial[name].to(p) + (1 - weight) * p)
 
 
