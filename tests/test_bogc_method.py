@@ -212,3 +212,20 @@ def test_fusion_slices_calibrate_the_fusion_head_across_every_loss(moments):
             if n.startswith("fusion_head.")]
     assert max(head) > 1e-8  # reweighted across the fusion loss and both modality losses
     assert 0 < logs["bogc.weight_mean.a"] <= 3 and torch.isfinite(logs["bogc.uncertainty.a"])
+
+
+def test_a_small_batch_never_gives_batchnorm_a_one_sample_chunk():
+    """A last batch of 6 rows in 4 chunks made chunks of 1 row; a 1x1 feature map then crashed BatchNorm."""
+    from bogc_cli.data.cache import ModalitySpec as Spec
+
+    specs = {"a": Spec("image", [1, 2, 2], "uint8"), "b": Spec("vector", [5], "float32")}
+    model = build_model(ModelBlock(encoders={"a": "cnn-small", "b": "mlp"}, cnn_channels=[4, 4], feature_dim=8,
+                                   hidden_dim=8), specs, 3)
+    bogc, model = setup("bogc", {"chunks": 4}, model=model)
+    g = torch.Generator().manual_seed(0)
+    for n in (6, 3, 2, 8):
+        inputs = {"a": torch.rand(n, 1, 2, 2, generator=g), "b": torch.randn(n, 5, generator=g)}
+        before = [p.detach().clone() for p in model.parameters()]
+        result = bogc.step(Batch(inputs, torch.randint(0, 3, (n,), generator=g), torch.arange(n)))
+        assert torch.isfinite(result.loss).all()
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -38,7 +38,8 @@ class BOGCOptions(StrictModel):
         "microbatch", description="how gradient mean/variance are estimated: microbatch (variance over chunks of the "
         "batch), ema (over steps), laplace (over samples of a diagonal Laplace posterior of each loss's last layer)")
     chunks: int = Field(4, ge=2, description="microbatch: chunks per (global) batch; data-parallel, each of W "
-                        "processes takes chunks / W of them")
+                        "processes takes chunks / W of them; a model with BatchNorm gets at most len(batch) // 2 chunks, so a "
+                        "small last batch never has a one-sample chunk")
     beta: float = Field(0.9, gt=0, lt=1, description="ema: decay of the moving moments; laplace: decay of the "
                         "moving curvature (diagonal GGN)")
     samples: int = Field(4, ge=2, description="laplace: Monte Carlo samples of the last layers per step")
@@ -84,6 +85,7 @@ class BOGC(Method):
         self.linear_chunks = (LinearChunkMoments(model, needed)
                               if options.moments == "microbatch" and LinearChunkMoments.applicable(model, needed)
                               else None)
+        self._batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
         self.laplace, self._rows = None, None
         if options.moments == "laplace":
             # the same seed on every process (they seed torch alike), so every process draws the same samples
@@ -127,6 +129,10 @@ class BOGC(Method):
     def _microbatch_moments(self, batch: Batch):
         """Per-source sums of chunk gradients and their squares; all-reduced across processes."""
         k = max(1, min(self.options.chunks // self._world(), len(batch)))
+        if self._batchnorm and self.model.training:
+            # BatchNorm cannot normalise a chunk of one sample whose feature map is 1x1 (torch: "Expected more
+            # than 1 value per channel when training"): a small last batch keeps at least two samples per chunk
+            k = max(1, min(k, len(batch) // 2))
         if self.linear_chunks is not None and k > 1 and len(batch) % k == 0:
             found = self._linear_chunk_moments(batch, k)
             if found is not None:
