@@ -38,8 +38,8 @@ class BOGCOptions(StrictModel):
         "microbatch", description="how gradient mean/variance are estimated: microbatch (variance over chunks of the "
         "batch), ema (over steps), laplace (over samples of a diagonal Laplace posterior of each loss's last layer)")
     chunks: int = Field(4, ge=2, description="microbatch: chunks per (global) batch; data-parallel, each of W "
-                        "processes takes chunks / W of them; a model with BatchNorm gets at most len(batch) // 2 chunks, so a "
-                        "small last batch never has a one-sample chunk")
+                        "processes takes chunks / W of them; a model with BatchNorm gets at most len(batch) // 2 "
+                        "chunks, so a small last batch never has a one-sample chunk")
     beta: float = Field(0.9, gt=0, lt=1, description="ema: decay of the moving moments; laplace: decay of the "
                         "moving curvature (diagonal GGN)")
     samples: int = Field(4, ge=2, description="laplace: Monte Carlo samples of the last layers per step")
