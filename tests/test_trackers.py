@@ -116,7 +116,9 @@ def test_mlflow_has_the_recipe_as_parameters_the_epochs_and_the_artifacts_in_a_l
     test = json.loads((run / "eval.json").read_text())
     assert found.data.metrics["test.accuracy"] == pytest.approx(test["accuracy"])
     assert {a.path for a in client.list_artifacts(run_id)} >= {"eval.json", "recipe.yaml", "metrics.jsonl", "figures"}
-    assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/bogc_diagnostics.png"]
+    # every figure of the run directory: BOGC's diagnostics and the reliability diagram of the test predictions
+    assert sorted(a.path for a in client.list_artifacts(run_id, "figures")) == \
+        ["figures/bogc_diagnostics.png", "figures/reliability.png"]
     local = Path(client.download_artifacts(run_id, "eval.json", str(tmp_path / "dl")))
     assert json.loads(local.read_text()) == test
 
