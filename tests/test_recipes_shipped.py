@@ -64,6 +64,8 @@ PROTOCOL = {  # the reference file each "as published" recipe names, and where i
     "reconboost": ("ReconBoost train.py", {}), "relearning": ("Diagnosing_Relearning_ECCV2024 code/ours.py", {}),
     "inforeg": ("InfoReg_CVPR2025 main.py", {}), "smv": ("Valuate-and-Enhance-Multimodal-Cooperation code/sample_level.py", {}),
     "uniform": ("MMPareto_ICML2024 code/uniform_baseline.py", {}),
+    # issue 20's unimodal-model methods
+    "ume": ("BalanceBenchmark balancemm/trainer/unimodal_trainer.py", {}),
 }
 KS_OGM = ("BML_TPAMI2024 code/scripts/train_ogm.sh", {"start_epoch": 6, "end_epoch": 60})  # its KS script
 

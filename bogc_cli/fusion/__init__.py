@@ -21,7 +21,9 @@ METHOD_MODULES = ("joint", "uniform", "unimodal", "bogc", "ogm_ge", "opm", "agm"
                   # issue 20, methods acting within a training step
                   "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
                   # issue 20, methods acting at epoch starts (turns, re-initialisation, windows, re-sampling)
-                  "reconboost", "relearning", "inforeg", "smv")
+                  "reconboost", "relearning", "inforeg", "smv",
+                  # issue 20, unimodal models: ensembled
+                  "ume")
 
 
 def _load_methods() -> dict[str, type[Method]]:
