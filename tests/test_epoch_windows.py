@@ -6,6 +6,8 @@ The references count: OGM-GE, OPM, PMR and G-Blending's super-epochs from 0 (``f
 1 (``range(1, E + 1)``). ``Method.epoch_base`` states it, ``Method.in_epoch_window`` applies it.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -26,12 +28,16 @@ def loader(n: int, seed: int):
     return make_loader(split, batch_size=16, shuffle=False)
 
 
-def modulated_epochs(name: str, epochs: int, detect, model_block: dict | None = None, **options) -> list[int]:
-    """Our epochs (from 1) in which ``detect(logs, method)`` says the method modulated its step."""
+def modulated_epochs(name: str, epochs: int, detect, model_block: dict | None = None, prepare=None,
+                     **options) -> list[int]:
+    """Our epochs (from 1) in which ``detect(logs, method)`` says the method modulated its step; ``prepare(model)``:
+    what ``before_training`` would do (e.g. lend UMT its teachers)."""
     torch.manual_seed(0)
     model = build_model(ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=8, **(model_block or {})), SPECS, 3)
     cls = METHODS[name]
     cls.adapt_model(cls.Options(**options), model)  # as the engine does: some methods change the model's heads
+    if prepare is not None:
+        prepare(model)
     ctx = StepContext(torch.device("cpu"), torch.optim.SGD(model.parameters(), lr=0.01),
                       train_eval=loader(32, 1), holdout=loader(16, 2))
     method = cls(cls.Options(**options), model, ctx)
@@ -91,6 +97,17 @@ def test_cml_and_mbsd_act_in_81_epochs_as_balancebenchmarks_0_to_80():
     assert modulated_epochs("mbsd", 83, lambda logs, _: "mbsd.kl" in logs) == list(range(1, 82))
 
 
+def test_umt_distils_in_81_epochs_as_balancebenchmarks_0_to_80():
+    from bogc_cli.fusion.umt import UnimodalTeachers, attach_teachers
+
+    def lend_teacher(model):
+        attach_teachers(model, UnimodalTeachers({"a": copy.deepcopy(model.encoders["a"])}))
+
+    found = modulated_epochs("umt", 83, lambda logs, _: "umt.distill" in logs, prepare=lend_teacher,
+                             teachers={"a": "runs/seed{seed}"})
+    assert found == list(range(1, 82))
+
+
 def test_dimml_contrasts_from_the_references_epoch_and_then_trains_stage_two():
     contrast = modulated_epochs("dimml", 7, lambda logs, _: "loss.contrast" in logs, contrast_start_epoch=2,
                                 stage1_epochs=5)
@@ -123,6 +140,7 @@ def test_inforeg_opens_its_window_in_the_first_epoch():
 
 @pytest.mark.parametrize("name, base", [("ogm_ge", 0), ("opm", 0), ("pmr", 0), ("gblending", 0), ("agm", 1),
                                         ("lfm", 0), ("dimml", 0), ("cml", 0), ("mbsd", 0), ("greedy", 1),
-                                        ("reconboost", 0), ("relearning", 0), ("inforeg", 0), ("smv", 0)])
+                                        ("reconboost", 0), ("relearning", 0), ("inforeg", 0), ("smv", 0),
+                                        ("umt", 0)])
 def test_each_windowed_method_states_its_references_count(name, base):
     assert METHODS[name].epoch_base == base

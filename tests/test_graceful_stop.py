@@ -26,8 +26,19 @@ def _train(capsys, out: Path, method: str, *extra: str):
     if method == "gblending":  # estimated at epochs 1 and 3: the stop in epoch 2 resumes estimated weights
         args += ["--set", "method.super_epoch=2"]
     args += EPOCH_HOOKS.get(method, [])
+    if method == "umt":  # distils from a finished unimodal run, trained once per test next to the runs
+        args += ["--set", f"method.teachers.audio={_teacher_run(capsys, out.parent / 'teacher')}"]
     code, stdout, stderr = run_cli(capsys, "train", "recipes/quickstart.yaml", "--out", out, *args)
     return code, " ".join(stdout.split()), " ".join(stderr.split())
+
+
+def _teacher_run(capsys, out: Path) -> Path:
+    """A finished one-epoch `unimodal` audio run on the tests' data (UMT's teacher), trained on first use."""
+    if not out.exists():
+        code, _, err = run_cli(capsys, "train", "recipes/quickstart.yaml", "--out", out, "--set", "method.name=unimodal",
+                               "--set", "method.modality=audio", *FAST, "--set", "train.epochs=1")
+        assert code == 0, err
+    return next(out.rglob("eval.json")).parent
 
 
 # methods whose epoch start acts, set to act within three epochs: the stop in epoch 2 falls in the middle of a turn

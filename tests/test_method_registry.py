@@ -9,7 +9,7 @@ from cli_helpers import run_cli
 
 BASELINES = ["ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo",
              "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
-             "reconboost", "relearning", "inforeg", "smv", "ume"]
+             "reconboost", "relearning", "inforeg", "smv", "ume", "umt"]
 
 
 def test_all_methods_registered():
@@ -40,15 +40,16 @@ def test_list_shows_every_method_with_its_modality_rule(capsys):
 def test_a_run_with_too_few_modalities_is_refused_before_anything_is_written(name, tmp_path, capsys):
     if METHODS[name].min_modalities < 2:
         pytest.skip(f"{name} runs on one modality")
+    required = ["--set", "method.teachers.audio=runs/seed{seed}"] if name == "umt" else []  # no default teachers
     code, out, err = run_cli(capsys, "train", "recipes/quickstart.yaml", "--set", f"method.name={name}",
-                             "--set", "dataset.modalities=[audio]", "--out", tmp_path)
+                             "--set", "dataset.modalities=[audio]", "--out", tmp_path, *required)
     assert code == 2 and f"method {name!r} needs at least 2 modalities" in out + err
     assert "Traceback" not in out + err and not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("name", ["joint", "uniform", "unimodal", "ogm_ge", "opm", "agm", "pmr", "mmpareto",
                                   "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
-                                  "reconboost", "relearning", "inforeg", "smv", "ume"])
+                                  "reconboost", "relearning", "inforeg", "smv", "ume", "umt"])
 def test_list_names_the_reference_each_method_follows_and_its_deviations(name, capsys):
     """`bogc list` says which reference code a method's defaults follow; each deviation is in its docstring."""
     fidelity = METHODS[name].fidelity

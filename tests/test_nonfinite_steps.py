@@ -118,6 +118,10 @@ def test_every_method_survives_nan_batches(capsys, tmp_path, monkeypatch, reliab
         if name == "unimodal":
             extra += ["--set", "method.modality=img"]
         extra += ACTING_EARLY.get(name, [])
+        if name == "umt":  # its teacher: a unimodal run of img on the same data, trained with the same poisoned batches
+            teacher = ["--set", "method.name=unimodal", "--set", "method.modality=img", "--set", "train.epochs=1"]
+            assert _train(capsys, data, tmp_path / "teacher", *teacher)[0] == 0
+            extra += ["--set", f"method.teachers.img={next((tmp_path / 'teacher').rglob('eval.json')).parent}"]
         code, out, err = _train(capsys, data, tmp_path / "r", *extra)
         if code != 0:
             failed[name] = (out + err)[-300:]

@@ -22,8 +22,8 @@ METHOD_MODULES = ("joint", "uniform", "unimodal", "bogc", "ogm_ge", "opm", "agm"
                   "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
                   # issue 20, methods acting at epoch starts (turns, re-initialisation, windows, re-sampling)
                   "reconboost", "relearning", "inforeg", "smv",
-                  # issue 20, unimodal models: ensembled
-                  "ume")
+                  # issue 20, unimodal models: ensembled (ume) or teaching a joint model (umt)
+                  "ume", "umt")
 
 
 def _load_methods() -> dict[str, type[Method]]:

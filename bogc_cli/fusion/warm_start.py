@@ -49,12 +49,14 @@ def warm_start_dir(path: str, seed: int) -> Path:
     return Path(path.format(seed=seed)).expanduser()
 
 
-def finished_checkpoint(where: str, what: str, run_dir: Path) -> dict:
+def finished_checkpoint(where: str, what: str, run_dir: Path,
+                        otherwise: str = "or remove the key to start from scratch") -> dict:
     """``best.pt`` of a finished run directory, or a ``UserError`` naming ``where`` (the option), the path and
-    the fix; ``what`` names the run it should be (e.g. ``"unimodal (audio)"``)."""
+    the fix; ``what`` names the run it should be (e.g. ``"unimodal (audio)"``), ``otherwise`` the alternative to
+    training it."""
     if not run_dir.is_dir():
         raise UserError(f"{where}: {run_dir} is not a run directory (it does not exist); train the {what} run "
-                        "first, or remove the key to start from scratch")
+                        f"first, {otherwise}")
     if not (run_dir / "best.pt").is_file() or not (run_dir / "eval.json").is_file():
         raise UserError(f"{where}: {run_dir} is not a finished run (no best.pt or eval.json); finish it with "
                         "`bogc train <its recipe> --resume` first")
@@ -101,10 +103,13 @@ def unimodal_encoder_pairs(where: str, key: str, state: dict, model: MultimodalM
     return pairs
 
 
-def load_unimodal_encoders(option: str, runs: dict[str, str], model: MultimodalModel, seed: int,
-                           classes: list[str]) -> dict[str, Path]:
-    """Start each named modality's encoder from a ``unimodal`` run of it: ``runs`` = ``{modality: RUN_DIR}`` (the
-    option ``option``, e.g. ``method.warm_start``). Checks every entry, then copies; returns ``{modality: run}``."""
+def plan_unimodal_runs(option: str, runs: dict[str, str], model: MultimodalModel, seed: int, classes: list[str],
+                       otherwise: str = "or remove the key to start from scratch"
+                       ) -> list[tuple[str, Path, dict, list[tuple[str, str]]]]:
+    """Check every entry of ``runs`` = ``{modality: RUN_DIR}`` (the option ``option``, e.g. ``method.warm_start``) as
+    a finished ``unimodal`` run of that modality whose encoder fits ``model``'s; returns the plan ``copy_planned``
+    takes, ``(modality, run_dir, state, [(name here, name there)])``. ``otherwise``: the fix besides training a
+    missing run."""
     plan = []
     for key, path in runs.items():
         where = f"{option}.{key}"
@@ -112,7 +117,14 @@ def load_unimodal_encoders(option: str, runs: dict[str, str], model: MultimodalM
             raise UserError(f"{option}: {key!r} is not a modality of this run; valid keys: "
                             f"{', '.join(model.modalities)}")
         run_dir = warm_start_dir(path, seed)
-        state = finished_checkpoint(where, f"unimodal ({key})", run_dir)
+        state = finished_checkpoint(where, f"unimodal ({key})", run_dir, otherwise)
         check_classes(where, run_dir, state, classes)
         plan.append((key, run_dir, state, unimodal_encoder_pairs(where, key, state, model, run_dir)))
-    return copy_planned(model, plan)
+    return plan
+
+
+def load_unimodal_encoders(option: str, runs: dict[str, str], model: MultimodalModel, seed: int,
+                           classes: list[str]) -> dict[str, Path]:
+    """Start each named modality's encoder from a ``unimodal`` run of it: ``runs`` = ``{modality: RUN_DIR}`` (the
+    option ``option``, e.g. ``method.warm_start``). Checks every entry, then copies; returns ``{modality: run}``."""
+    return copy_planned(model, plan_unimodal_runs(option, runs, model, seed, classes))
