@@ -55,8 +55,8 @@ from pydantic import Field
 
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
-from bogc_cli.fusion.warm_start import (check_classes, copy_planned, finished_checkpoint, recipe_modalities,
-                                       template_problem, warm_start_dir)
+from bogc_cli.fusion.warm_start import (check_classes, copy_planned, finished_checkpoint, runs_problem,
+                                       warm_start_dir)
 from bogc_cli.models.multimodal import FUSED, MultimodalModel
 from bogc_cli.schema import StrictModel
 
@@ -144,14 +144,10 @@ class I2M2(Method):
         if recipe.model.unimodal_logits != "heads":
             return ("method i2m2 needs one expert head per modality: set model.unimodal_logits: heads "
                     f"(it is {recipe.model.unimodal_logits!r})")
-        known = recipe_modalities(recipe)
-        for key, path in options.warm_start.items():
-            problem = template_problem(path)
-            if problem:
-                return f"method.warm_start.{key}: {path!r} {problem}"
-            if known and key not in (JOINT, *known):
-                return (f"method.warm_start: {key!r} is neither 'joint' nor a modality of dataset "
-                        f"{recipe.dataset.name!r}; valid keys: {', '.join([JOINT, *known])}")
+        problem = runs_problem("method.warm_start", options.warm_start, recipe, also=(JOINT,))
+        if problem:
+            return problem
+        for key in options.warm_start:
             if options.experts == "shared" and key != JOINT:
                 return (f"method.warm_start.{key}: with experts: shared the unimodal experts read the joint "
                         "encoders, so only 'joint' can be warm-started; set method.experts: independent")

@@ -72,7 +72,7 @@ from torch import nn
 from bogc_cli.data.loader import Batch
 from bogc_cli.fusion.base import Method, StepResult
 from bogc_cli.fusion.shared_head import SharedHeadView, feature_size_reason, shared_feature_size
-from bogc_cli.fusion.warm_start import load_unimodal_encoders, recipe_modalities, template_problem
+from bogc_cli.fusion.warm_start import load_unimodal_encoders, runs_problem
 from bogc_cli.models.fusion_heads import ConcatHead
 from bogc_cli.schema import StrictModel
 
@@ -171,15 +171,7 @@ class ReconBoost(Method):
         reason = feature_size_reason("reconboost", m)
         if reason:
             return reason
-        known = recipe_modalities(recipe)
-        for key, path in options.warm_start.items():
-            problem = template_problem(path)
-            if problem:
-                return f"method.warm_start.{key}: {path!r} {problem}"
-            if known and key not in known:  # refused when the recipe is read, not after a sweep's unimodal runs
-                return (f"method.warm_start: {key!r} is not a modality of dataset {recipe.dataset.name!r}; valid "
-                        f"keys: {', '.join(known)}")
-        return None
+        return runs_problem("method.warm_start", options.warm_start, recipe)
 
     @classmethod
     def adapt_model(cls, options: ReconBoostOptions, model) -> None:

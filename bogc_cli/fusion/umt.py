@@ -55,7 +55,7 @@ from torch import nn
 
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
-from bogc_cli.fusion.warm_start import plan_unimodal_runs, template_problem
+from bogc_cli.fusion.warm_start import plan_unimodal_runs, runs_problem
 from bogc_cli.models.multimodal import FUSED, MultimodalModel
 from bogc_cli.schema import StrictModel
 
@@ -125,11 +125,7 @@ class UMT(Method):
             return (f"method umt distils from unimodal teachers: set {OPTION}: {{<modality>: RUN_DIR}} to finished "
                     "unimodal runs (train them first, e.g. `bogc train <recipe> --set method.name=unimodal --set "
                     "method.modality=<modality>`)")
-        for key, path in options.teachers.items():
-            problem = template_problem(path)
-            if problem:
-                return f"{OPTION}.{key}: {path!r} {problem}"
-        return None
+        return runs_problem(OPTION, options.teachers, recipe)
 
     @classmethod
     def before_training(cls, options: UMTOptions, model, recipe, classes) -> None:

@@ -44,6 +44,23 @@ def recipe_modalities(recipe) -> list[str]:
     return list(info.modalities)
 
 
+def runs_problem(option: str, runs: dict[str, str], recipe, also: tuple[str, ...] = ()) -> str | None:
+    """Why an option naming runs (``{key: path template}``, e.g. ``method.warm_start``) is unusable, naming the
+    entry, or None: a path that is no usable ``{seed}`` template, or a key that is neither one of ``also`` (e.g.
+    I2M2's ``joint``) nor a modality of ``recipe``'s dataset (checked when the recipe is read, so a sweep does
+    not train the runs it needs first)."""
+    known = recipe_modalities(recipe)
+    for key, path in runs.items():
+        problem = template_problem(path)
+        if problem:
+            return f"{option}.{key}: {path!r} {problem}"
+        if known and key not in (*also, *known):
+            what = " nor ".join([*(repr(a) for a in also), f"a modality of dataset {recipe.dataset.name!r}"])
+            return (f"{option}: {key!r} is {'neither ' if also else 'not '}{what}; valid keys: "
+                    f"{', '.join([*also, *known])}")
+    return None
+
+
 def warm_start_dir(path: str, seed: int) -> Path:
     """The run directory a ``warm_start`` entry names for this seed (``{seed}`` substituted)."""
     return Path(path.format(seed=seed)).expanduser()
