@@ -61,6 +61,9 @@ def test_every_cell_of_main_and_common_records_its_protocol_in_its_resolved_reci
     assert {c.resolved().protocol for c in _one_per_method(common)} == {"common"}
 
 
+FILLED_BY_NEEDS = {"warm_start", "teachers"}  # method keys a cell's needs fill: I2M2/ReconBoost warm starts, UMT teachers
+
+
 def test_as_published_cells_are_each_methods_own_recipe_unchanged(tmp_path):
     plan = make_plan(PAPER / "main.yaml", tmp_path)
     for cell in _one_per_method(plan):
@@ -72,7 +75,7 @@ def test_as_published_cells_are_each_methods_own_recipe_unchanged(tmp_path):
         for block in ("dataset", "model", "optim", "train"):
             assert mine[block] == own[block], (cell.name, block)
         extra = {k: v for k, v in mine["method"].items() if own["method"].get(k) != v}
-        assert set(extra) <= {"warm_start"}, (cell.name, extra)  # only I2M2's needs fill a key
+        assert set(extra) <= FILLED_BY_NEEDS, (cell.name, extra)  # only needs fill a key
 
 
 def _cells(plan, dataset):
@@ -88,8 +91,8 @@ def test_common_cells_are_the_shared_base_with_the_methods_block_and_only_its_ke
         assert mine["dataset"] == base["dataset"], method
         own = ROOT / "recipes" / "cremad" / f"{method}.yaml"
         if own.is_file():  # its hyper-parameters as its own recipe sets them
-            assert {k: v for k, v in mine["method"].items() if k != "warm_start"} == \
-                {k: v for k, v in load_recipe(own).to_dict()["method"].items() if k != "warm_start"}, method
+            assert {k: v for k, v in mine["method"].items() if k not in FILLED_BY_NEEDS} == \
+                {k: v for k, v in load_recipe(own).to_dict()["method"].items() if k not in FILLED_BY_NEEDS}, method
     # the shared protocol: OGM-GE's set-up, whatever the method's reference uses
     recipe = {m: load_recipe(c.recipe, c.overrides) for m, c in cells.items()}
     for method in ("mmpareto", "opm", "cggm", "i2m2", "gblending", "pmr", "agm"):
@@ -306,3 +309,15 @@ def test_robustness_tables_and_comparison_figures_never_mix_protocols_on_one_dat
             assert {line.get_label() for ax in fig.axes for line in ax.get_lines()
                     if not line.get_label().startswith("_")} == methods
     assert "robustness_cremad" not in tables and not [n for n in figures if n.startswith("compare_")]
+
+
+@pytest.mark.parametrize("sweep", ["main.yaml", "common.yaml"])
+def test_umt_cells_distil_from_the_unimodal_cells_of_their_dataset_and_seed(sweep, tmp_path):
+    plan = make_plan(PAPER / sweep, tmp_path)
+    umt = [c for c in plan.cells if c.method == "umt"]
+    assert {c.dataset for c in umt} == set(AV)  # brats_grade has no umt recipe naming its teachers (see the sweep)
+    for cell in umt:
+        runs = {c.method: c.run_dir for c in plan.cells if c.dataset == cell.dataset and c.seed == cell.seed}
+        teachers = cell.resolved().method_options()["teachers"]
+        assert teachers == {m: str(runs[f"unimodal-{m}"]) for m in ("audio", "visual")}, cell.name
+        assert {d.method for d in cell.needs} == {"unimodal-audio", "unimodal-visual"}
