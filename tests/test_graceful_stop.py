@@ -132,3 +132,43 @@ def test_stop_handlers_are_restored_after_training(capsys, tmp_path):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert _train(capsys, tmp_path / "r", "joint", "--set", "train.epochs=1")[0] == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_final_evaluation_stops_with_a_message_and_resume_evaluates(capsys, tmp_path,
+                                                                                       monkeypatch, sig,
+                                                                                       reliability):
+    """Training is over and checkpointed, the end-of-run evaluation (test pass, balance metrics) is running: a
+    scheduler's SIGTERM there killed the process without a word (exit -15, its default action)."""
+    import os
+
+    from bogc_cli.engine import trainer
+
+    assert _train(capsys, tmp_path / "straight", "joint")[0] == 0
+    expected = run_results(tmp_path / "straight")
+    real = trainer.final_evaluation
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)  # delivered at the next bytecode, inside the evaluation
+        return real(*args, **kwargs)
+
+    def unhandled(signum, frame):  # what the process had during the evaluation before: death, or a traceback
+        raise RuntimeError(f"{signal.Signals(signum).name} reached the handler outside training")
+
+    previous = signal.signal(sig, unhandled)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(trainer, "final_evaluation", signalled)
+            code, out, err = _train(capsys, tmp_path / "cut", "joint")
+    finally:
+        signal.signal(sig, previous)
+    name = signal.Signals(sig).name
+    assert code == 130 and f"{name}: stopped during the final evaluation" in out + err, out + err
+    assert "checkpoint saved" in out + err
+    assert not list((tmp_path / "cut").rglob("eval.json"))  # nothing half-evaluated is left as a result
+    assert _train(capsys, tmp_path / "cut", "joint", "--resume")[0] == 0
+    records, ev, model = run_results(tmp_path / "cut")
+    assert (records, ev) == expected[:2]
+    assert all(torch.equal(model[k], expected[2][k]) for k in model)
+    reliability("Ctrl-C/SIGTERM signals delivered during the end-of-run evaluation (stopped, resumed to the same "
+                "result)")

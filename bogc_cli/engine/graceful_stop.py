@@ -23,8 +23,9 @@ class GracefulStop:
     interrupting; the previous handlers come back on exit. Outside the main thread (where Python
     cannot install handlers) it does nothing and signals behave as usual."""
 
-    def __init__(self) -> None:
+    def __init__(self, at_once: bool = False) -> None:
         self.requested: str | None = None
+        self.at_once = at_once  # raise StopRequested from the first signal (nothing half-done to protect)
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> "GracefulStop":
@@ -46,6 +47,9 @@ class GracefulStop:
             self._restore()
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        if self.at_once:
+            self._restore()
+            raise StopRequested(self.requested)
 
 
 def signal_on_parent_death(sig: int) -> bool:

@@ -142,12 +142,26 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
     try:
         ctx.callbacks.on_run_start(_run_start(ctx, state, recipe_dict))
         step_ms = _fit(ctx, state)
-        result = final_evaluation(ctx, state, step_ms) if main else None
+        result = _evaluate_after_training(ctx, state, step_ms) if main else None
     except BaseException as exc:
         ctx.callbacks.on_run_end(_ending(exc, state.epoch))
         raise
     ctx.callbacks.on_run_end(RunEnd("finished", state.epoch, result=result))
     return result
+
+
+def _evaluate_after_training(ctx: RunContext, state: RunState, step_ms: list[float]) -> RunResult:
+    """``final_evaluation`` under Ctrl-C/SIGTERM. Training is complete and ``last.pt`` holds its last epoch,
+    so a signal abandons the evaluation at once (``eval.json`` is written last, atomically) and says so: the
+    same command with ``--resume`` evaluates the finished run. Without this, SIGTERM kept its default action
+    here and the process died without a word (exit -15)."""
+    try:
+        with GracefulStop(at_once=True):
+            return final_evaluation(ctx, state, step_ms)
+    except StopRequested as stop:
+        ctx.console.print(f"{stop}: stopped during the final evaluation; training is complete, checkpoint saved in "
+                          f"{ctx.run_dir / 'last.pt'}")
+        raise
 
 
 def _run_start(ctx: RunContext, state: RunState, recipe: dict) -> RunStart:
