@@ -81,19 +81,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 @contextmanager
 def _sqlite_creation_lock(url: str):
-    """Holds ``<database>.lock`` (``flock``) for a ``sqlite:///`` URL, creating the database's folder; no lock
-    for a server URL (the server serialises its clients)."""
+    """Holds ``<database>.lock`` for a ``sqlite:///`` URL, creating the database's folder; no lock for a server
+    URL (the server serialises its clients)."""
     if not url.startswith("sqlite:///"):
         yield
         return
     database = Path(url.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with open(database.with_name(database.name + ".lock"), "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    with _flock(database.with_name(database.name + ".lock")):
+        yield
 
 
 def slot_of(trial: FrozenTrial) -> int:
@@ -132,8 +127,15 @@ def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
 @contextmanager
 def folder_lock(root: Path):
     """Hold ``<root>/.tune.lock`` (``flock``): one process at a time recovers trials of this folder's studies."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".tune.lock", "a+") as handle:
+    with _flock(root / ".tune.lock"):
+        yield
+
+
+@contextmanager
+def _flock(path: Path):
+    """Hold an exclusive ``flock`` on ``path`` (created, with its folder, when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
