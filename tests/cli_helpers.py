@@ -142,3 +142,16 @@ def stopped_and_resumed(capsys, monkeypatch, tmp_path: Path, args: list[str], st
     expected, got = run_results(tmp_path / "straight"), run_results(tmp_path / "cut")
     assert got[:2] == expected[:2] and all(torch.equal(got[2][k], expected[2][k]) for k in got[2])
     return expected
+
+
+def write_unimodal_run(root: Path, modality: str, model, classes: list[str]) -> Path:
+    """A finished `unimodal` run directory of ``modality`` under ``root`` (best.pt of ``model`` + eval.json), as
+    warm starts and teachers read it; returns the run directory."""
+    from bogc_cli.engine.checkpoint import save_checkpoint
+
+    run = root / f"uni-{modality}" / "seed0"
+    run.mkdir(parents=True)
+    save_checkpoint(run / "best.pt", model=model, recipe={"method": {"name": "unimodal", "modality": modality}},
+                    epoch=1, val={}, data={"classes": classes})
+    (run / "eval.json").write_text("{}")
+    return run

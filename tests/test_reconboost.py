@@ -10,13 +10,12 @@ import torch.nn.functional as F
 
 from bogc_cli.data.cache import ModalitySpec
 from bogc_cli.data.loader import Batch
-from bogc_cli.engine.checkpoint import save_checkpoint
 from bogc_cli.errors import UserError
 from bogc_cli.fusion import METHODS, StepContext
 from bogc_cli.fusion.reconboost import BoostEnsemble, boosting_loss, turn_of
 from bogc_cli.models.build import build_model
 from bogc_cli.recipe import ModelBlock, load_recipe
-from cli_helpers import run_cli, run_results
+from cli_helpers import run_cli, run_results, write_unimodal_run
 
 SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
 CLS = METHODS["reconboost"]
@@ -171,11 +170,7 @@ def _unimodal_run(tmp_path, modality: str, classes: list[str]) -> torch.nn.Modul
     torch.manual_seed(7)
     solo = build_model(ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=8, dropout=0.0),
                        {modality: SPECS[modality]}, 3)
-    run = tmp_path / f"uni-{modality}" / "seed0"
-    run.mkdir(parents=True)
-    save_checkpoint(run / "best.pt", model=solo, recipe={"method": {"name": "unimodal", "modality": modality}},
-                    epoch=1, val={}, data={"classes": classes})
-    (run / "eval.json").write_text("{}")
+    write_unimodal_run(tmp_path, modality, solo, classes)
     return solo
 
 

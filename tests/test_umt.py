@@ -18,7 +18,7 @@ from bogc_cli.fusion import METHODS, StepContext
 from bogc_cli.fusion.umt import UMT, attach_teachers, distillation_loss, load_teachers
 from bogc_cli.models.build import build_model
 from bogc_cli.recipe import ModelBlock, load_recipe
-from cli_helpers import run_bogc, run_cli, run_results
+from cli_helpers import run_bogc, run_cli, run_results, write_unimodal_run
 
 SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
 BLOCK = ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=8, dropout=0.0)
@@ -43,11 +43,7 @@ def _unimodal_run(tmp_path, modality: str, classes=CLASSES, block=BLOCK) -> torc
     """A finished `unimodal` run directory of ``modality`` (best.pt + eval.json) with a recognisable encoder."""
     torch.manual_seed(7)
     solo = build_model(block, {modality: SPECS[modality]}, 3).double()
-    run = tmp_path / f"uni-{modality}" / "seed0"
-    run.mkdir(parents=True)
-    save_checkpoint(run / "best.pt", model=solo, recipe={"method": {"name": "unimodal", "modality": modality}},
-                    epoch=1, val={}, data={"classes": classes})
-    (run / "eval.json").write_text("{}")
+    write_unimodal_run(tmp_path, modality, solo, classes)
     return solo
 
 
