@@ -4,7 +4,10 @@ Layout of a cache folder::
 
     manifest.json                 see ``Manifest``
     <split>/<modality>.npy        one array per split and modality, first axis = samples
-    <split>/labels.npy            int64 class indices, shape [N]
+    <split>/labels.npy            the targets; their form follows the manifest's ``task``:
+                                  classification: int64 class indices [N];
+                                  multilabel: uint8 multi-hot [N, C] (1 = the label applies);
+                                  regression: float32 values [N] (one target, named by ``classes[0]``)
     <split>/ids.txt               optional: one source id per sample (file name, row number)
     tokenizers/<modality>/        text modalities: the tokenizer their ids came from (a copy of the
                                   pretrained one, or the word vocabulary built from train: vocab.txt)
@@ -46,6 +49,8 @@ from bogc_cli.errors import UserError
 
 CACHE_FORMAT = "bogc-cache/1"
 SPLITS = ("train", "val", "test")
+#: What a dataset's targets are (``Manifest.task``); a recipe may override it (``dataset.task``).
+TASKS = ("classification", "multilabel", "regression")
 KINDS = ("audio", "image", "video", "vector", "sequence", "text")
 KIND_NDIM = {"audio": 3, "image": 3, "video": 4, "vector": 1, "sequence": 2, "text": 2}
 TOKENIZERS_DIR = "tokenizers"
@@ -72,7 +77,13 @@ class ModalitySpec:
 
 @dataclass
 class Manifest:
-    """Everything needed to read a cache back and to know where it came from."""
+    """Everything needed to read a cache back and to know where it came from.
+
+    ``task`` (one of ``TASKS``) says what ``labels.npy`` holds; ``classes`` are the class names
+    (classification), the label names (multilabel: one per column) or the target's name (regression,
+    one entry). ``class_counts`` per split: samples per class, positives per label (multilabel), or
+    nothing (regression). Caches written before task types existed read back as classification.
+    """
 
     dataset: str
     classes: list[str]
@@ -87,6 +98,7 @@ class Manifest:
     format: str = CACHE_FORMAT
     tool_version: str = __version__
     created: str = ""
+    task: str = "classification"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,7 +113,8 @@ class Manifest:
 
 @dataclass
 class SplitArrays:
-    """One split in memory (or memory-mapped): ``inputs[modality]`` is ``[N, *shape]``, ``labels`` is ``[N]``."""
+    """One split in memory (or memory-mapped): ``inputs[modality]`` is ``[N, *shape]``; ``labels`` is ``[N]``
+    (classification, regression) or ``[N, C]`` (multilabel), see ``label_array``."""
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray
@@ -115,9 +128,45 @@ class SplitArrays:
         return SplitArrays({m: a[index] for m, a in self.inputs.items()}, self.labels[index], ids)
 
 
-def class_counts(labels: np.ndarray, classes: list[str]) -> dict[str, int]:
-    counts = np.bincount(labels.astype(np.int64), minlength=len(classes))
+def class_counts(labels: np.ndarray, classes: list[str], task: str = "classification") -> dict[str, int]:
+    """Samples per class (classification), positives per label (multilabel, ``labels`` ``[N, C]``), or ``{}``
+    (regression)."""
+    if task == "regression":
+        return {}
+    if task == "multilabel":
+        counts = np.asarray(labels).reshape(len(labels), -1).sum(axis=0)
+    else:
+        counts = np.bincount(labels.astype(np.int64), minlength=len(classes))
     return {c: int(n) for c, n in zip(classes, counts)}
+
+
+def label_array(labels: np.ndarray, task: str, classes: list[str], where: str = "labels") -> np.ndarray:
+    """``labels`` in the storage form of ``task``: int64 ``[N]``, uint8 multi-hot ``[N, C]`` or float32 ``[N]``.
+
+    Raises ``UserError`` naming ``where`` when the shape or values do not fit the task (a multilabel array
+    that is not ``[N, len(classes)]`` of 0/1, class indices outside ``[0, len(classes))``, a non-finite
+    regression target)."""
+    labels = np.asarray(labels)
+    if task not in TASKS:
+        raise UserError(f"{where}: unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if task == "multilabel":
+        if labels.ndim != 2 or labels.shape[1] != len(classes):
+            raise UserError(f"{where}: multilabel targets must be [N, {len(classes)}] (one column per label), "
+                            f"got shape {list(labels.shape)}")
+        if labels.size and not np.isin(labels, (0, 1)).all():
+            raise UserError(f"{where}: multilabel targets must be 0 or 1")
+        return labels.astype(np.uint8)
+    if labels.ndim != 1:
+        raise UserError(f"{where}: {task} targets must be one value per sample [N], got shape {list(labels.shape)}")
+    if task == "regression":
+        out = labels.astype(np.float32)
+        if out.size and not np.isfinite(out).all():
+            raise UserError(f"{where}: a regression target is NaN or infinite")
+        return out
+    out = labels.astype(np.int64)
+    if out.size and (out.min() < 0 or out.max() >= len(classes)):
+        raise UserError(f"{where}: class index outside [0, {len(classes)})")
+    return out
 
 
 def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +261,7 @@ def write_cache(
     skipped: list[dict[str, str]] | None = None,
     warnings: list[str] | None = None,
     tokenizers: dict[str, dict[str, Any]] | None = None,
+    task: str = "classification",
 ) -> Manifest:
     """Write ``splits`` (arrays already in their storage dtype) and the manifest to ``out``.
 
@@ -226,11 +276,13 @@ def write_cache(
             raise ValueError(f"unknown split {split_name!r}")
         for m, arr in split.inputs.items():
             save_numpy(out / split_name / f"{m}.npy", np.ascontiguousarray(arr))
-        save_numpy(out / split_name / "labels.npy", split.labels.astype(np.int64))
+        save_numpy(out / split_name / "labels.npy",
+                   label_array(split.labels, task, classes, f"{dataset} {split_name} labels"))
         if split.ids is not None:
             write_text(out / split_name / "ids.txt", "\n".join(split.ids) + "\n")
     return write_manifest(out, dataset=dataset, classes=classes, kinds=kinds, splits=splits, preset=preset,
-                          params=params, sources=sources, skipped=skipped, warnings=warnings, tokenizers=tokenizers)
+                          params=params, sources=sources, skipped=skipped, warnings=warnings, tokenizers=tokenizers,
+                          task=task)
 
 
 def write_manifest(
@@ -246,6 +298,7 @@ def write_manifest(
     skipped: list[dict[str, str]] | None = None,
     warnings: list[str] | None = None,
     tokenizers: dict[str, dict[str, Any]] | None = None,
+    task: str = "classification",
 ) -> Manifest:
     """Describe ``splits`` (already written to ``out``, e.g. memory-mapped from there) in ``out/manifest.json``.
 
@@ -270,12 +323,13 @@ def write_manifest(
         classes=list(classes),
         modalities=modalities,
         splits={s: len(a) for s, a in splits.items()},
-        class_counts={s: class_counts(a.labels, classes) for s, a in splits.items()},
+        class_counts={s: class_counts(a.labels, classes, task) for s, a in splits.items()},
         params=params or {},
         sources=sources or {},
         skipped=skipped or [],
         warnings=list(warnings or []),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        task=task,
     )
     write_json(Path(out) / "manifest.json", manifest.to_json())
     return manifest
@@ -292,9 +346,13 @@ def read_manifest(root: str | Path) -> Manifest:
 
     refuse_pointer(path)
     try:
-        return Manifest.from_json(json.loads(path.read_text()))
+        manifest = Manifest.from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"{path} is corrupt ({exc}); prepare the dataset again") from None
+    if manifest.task not in TASKS:
+        raise UserError(f"{path} declares task {manifest.task!r}, which this version of bogc does not know "
+                        f"({', '.join(TASKS)}): prepare the dataset again, or update bogc")
+    return manifest
 
 
 def load_split(root: str | Path, manifest: Manifest, split: str, modalities: list[str] | None = None,
@@ -306,7 +364,8 @@ def load_split(root: str | Path, manifest: Manifest, split: str, modalities: lis
     inputs = {}
     for m in names:
         inputs[m] = _load_npy(root / split / f"{m}.npy", mode)
-    labels = np.asarray(_load_npy(root / split / "labels.npy", None), dtype=np.int64)
+    labels = np.asarray(_load_npy(root / split / "labels.npy", None))
+    labels = labels.astype({"multilabel": np.uint8, "regression": np.float32}.get(manifest.task, np.int64))
     ids_path = root / split / "ids.txt"
     ids = ids_path.read_text().splitlines() if ids_path.is_file() else None
     for m, arr in inputs.items():
