@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # recipe.py validates with this module: importing it at run t
 METHOD_MODULES = ("joint", "uniform", "unimodal", "bogc", "ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm",
                   "gblending", "mla", "i2m2", "mimo",
                   # issue 20, methods acting within a training step
-                  "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
+                  "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy", "amco",
                   # issue 20, methods acting at epoch starts (turns, re-initialisation, windows, re-sampling)
                   "reconboost", "relearning", "inforeg", "smv",
                   # issue 20, unimodal models: ensembled (ume) or teaching a joint model (umt)
