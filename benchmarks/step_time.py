@@ -58,7 +58,7 @@ VARIANTS = {
     "bogc-laplace-modality-precision": ("bogc", {"moments": "laplace", "frame": "modality", "evidence": "precision"}),
 }
 for baseline in ("ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo",
-                 "lfm", "mmcosine", "cml", "mbsd", "greedy", "reconboost", "relearning", "inforeg",
+                 "lfm", "mmcosine", "cml", "mbsd", "greedy", "amco", "reconboost", "relearning", "inforeg",
                  "smv"):
     VARIANTS[baseline] = (baseline, {})
 VARIANTS["dimml"] = ("dimml", {"contrast_start_epoch": 9})  # its dimensions chosen at the timed epoch: contrast on

@@ -184,6 +184,7 @@ def test_a_head_that_is_not_a_linear_concat_is_refused_with_exit_2(capsys, tmp_p
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # the default run trains amco through the CLI in test_in_step_methods.py
 def test_trains_through_the_cli_and_masks_from_the_second_epoch(capsys, tmp_path):
     import json
 

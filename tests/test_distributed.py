@@ -50,7 +50,7 @@ def _run_dir(out: Path) -> Path:
 
 # methods whose rule takes statistics of the global batch (scores, means, prototypes, head gradients)
 BATCH_STATISTICS = ["ogm_ge", "agm", "cggm", "mla", "mimo", "pmr", "opm",
-                    "cml", "dimml", "greedy", "lfm",  # issue 20's in-step methods
+                    "cml", "dimml", "greedy", "lfm", "amco",  # issue 20's in-step methods
                     "inforeg"]
 EXTRA = {"opm": ["--set", "method.warmup_epochs=0"],  # its rule starts after the warm-up
          # dimensions chosen at the first epoch, stage 2 in the second; the learned weight agrees across processes

@@ -97,6 +97,10 @@ def test_cml_and_mbsd_act_in_81_epochs_as_balancebenchmarks_0_to_80():
     assert modulated_epochs("mbsd", 83, lambda logs, _: "mbsd.kl" in logs) == list(range(1, 82))
 
 
+def test_amco_co_optimises_in_81_epochs_as_balancebenchmarks_0_to_80():
+    assert modulated_epochs("amco", 83, lambda logs, _: "loss.a" in logs) == list(range(1, 82))
+
+
 def test_umt_distils_in_81_epochs_as_balancebenchmarks_0_to_80():
     from bogc_cli.fusion.umt import UnimodalTeachers, attach_teachers
 
@@ -139,7 +143,7 @@ def test_inforeg_opens_its_window_in_the_first_epoch():
 
 
 @pytest.mark.parametrize("name, base", [("ogm_ge", 0), ("opm", 0), ("pmr", 0), ("gblending", 0), ("agm", 1),
-                                        ("lfm", 0), ("dimml", 0), ("cml", 0), ("mbsd", 0), ("greedy", 1),
+                                        ("lfm", 0), ("dimml", 0), ("cml", 0), ("mbsd", 0), ("greedy", 1), ("amco", 0),
                                         ("reconboost", 0), ("relearning", 0), ("inforeg", 0), ("smv", 0),
                                         ("umt", 0)])
 def test_each_windowed_method_states_its_references_count(name, base):

@@ -1,5 +1,5 @@
-"""The in-step methods of issue 20 (lfm, dimml, mmcosine, cml, mbsd, greedy) through the real entry point, their
-prediction rule restored at `bogc eval`, and a Ctrl-C resume in the states the shared graceful-stop test does not
+"""The in-step methods of issue 20 (lfm, dimml, mmcosine, cml, mbsd, greedy, amco) through the real entry point,
+their prediction rule restored at `bogc eval`, and a Ctrl-C resume in the states the shared graceful-stop test does not
 reach (DI-MML's chosen dimensions and stage 2, LFM's learned weight, greedy's random curation)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from cli_helpers import run_bogc, run_cli, run_results, signal_during_step
 
-IN_STEP = ["lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy"]
+IN_STEP = ["lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy", "amco"]
 SMALL = ["--set", "dataset.n_train=192", "--set", "dataset.n_val=48", "--set", "dataset.n_test=48",
          "--set", "train.batch_size=32"]
 

@@ -8,7 +8,7 @@ from bogc_cli.fusion import METHOD_MODULES, METHODS
 from cli_helpers import run_cli
 
 BASELINES = ["ogm_ge", "opm", "agm", "pmr", "mmpareto", "cggm", "gblending", "mla", "i2m2", "mimo",
-             "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
+             "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy", "amco",
              "reconboost", "relearning", "inforeg", "smv", "ume", "umt"]
 
 
@@ -48,7 +48,7 @@ def test_a_run_with_too_few_modalities_is_refused_before_anything_is_written(nam
 
 
 @pytest.mark.parametrize("name", ["joint", "uniform", "unimodal", "ogm_ge", "opm", "agm", "pmr", "mmpareto",
-                                  "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy",
+                                  "lfm", "dimml", "mmcosine", "cml", "mbsd", "greedy", "amco",
                                   "reconboost", "relearning", "inforeg", "smv", "ume", "umt"])
 def test_list_names_the_reference_each_method_follows_and_its_deviations(name, capsys):
     """`bogc list` says which reference code a method's defaults follow; each deviation is in its docstring."""

@@ -59,6 +59,7 @@ PROTOCOL = {  # the reference file each "as published" recipe names, and where i
     "lfm": ("NeurIPS24-LFM Crema_epoch.py", {}), "dimml": ("DI-MML main_CFT.py", {"temperature": 50.0}),
     "mmcosine": ("MMCosine_ICASSP23 main_CD.py", {}), "cml": ("BalanceBenchmark balancemm/trainer/CML_trainer.py", {}),
     "mbsd": ("BalanceBenchmark balancemm/trainer/MBSD_trainer.py", {}),
+    "amco": ("BalanceBenchmark balancemm/trainer/AMCo_trainer.py", {}),
     "greedy": ("greedy_multimodal_learning configs/training_guided.gin", {}),
     # issue 20's methods acting at epoch starts
     "reconboost": ("ReconBoost train.py", {}), "relearning": ("Diagnosing_Relearning_ECCV2024 code/ours.py", {}),

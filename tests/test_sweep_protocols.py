@@ -47,6 +47,9 @@ def test_dry_runs_of_main_and_common_list_their_cells_with_their_protocols(capsy
     assert code == 0, err
     n = _listed_cells(PAPER / "common.yaml")
     assert n >= 385 and f"{n} of {n} cells to run" in out and "mimo" in out and "as-published" not in out
+    # umt on BraTS grade, after its four unimodal teachers (method.teachers is optional, so the cell plans)
+    assert "brats_grade umt common 0,1,2,3,4 unimodal-t1, unimodal-t1ce, unimodal-t2, unimodal-flair" in \
+        out.replace(" │ ", " ").replace("│", "")
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -315,9 +318,11 @@ def test_robustness_tables_and_comparison_figures_never_mix_protocols_on_one_dat
 def test_umt_cells_distil_from_the_unimodal_cells_of_their_dataset_and_seed(sweep, tmp_path):
     plan = make_plan(PAPER / sweep, tmp_path)
     umt = [c for c in plan.cells if c.method == "umt"]
-    assert {c.dataset for c in umt} == set(AV)  # brats_grade has no umt recipe naming its teachers (see the sweep)
+    # brats_grade too: its cell plans from joint.yaml since method.teachers is optional (needs: fills it)
+    assert {c.dataset for c in umt} == {*AV, "brats_grade"}
     for cell in umt:
         runs = {c.method: c.run_dir for c in plan.cells if c.dataset == cell.dataset and c.seed == cell.seed}
         teachers = cell.resolved().method_options()["teachers"]
-        assert teachers == {m: str(runs[f"unimodal-{m}"]) for m in ("audio", "visual")}, cell.name
-        assert {d.method for d in cell.needs} == {"unimodal-audio", "unimodal-visual"}
+        modalities = ("t1", "t1ce", "t2", "flair") if cell.dataset == "brats_grade" else ("audio", "visual")
+        assert teachers == {m: str(runs[f"unimodal-{m}"]) for m in modalities}, cell.name
+        assert {d.method for d in cell.needs} == {f"unimodal-{m}" for m in modalities}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bogc_cli.data.bundle import DataBundle, dataset_root, load_data
@@ -21,6 +21,8 @@ class RunParts:
     model: MultimodalModel
     method_cls: type[Method]
     options: StrictModel
+    # runs trained first inside this run's directory (Method.prerequisite_runs): {name: run_dir}, for environment.json
+    prerequisites: dict[str, str] = field(default_factory=dict)
 
 
 def run_dir_for(recipe: Recipe, seed: int | None = None) -> Path:

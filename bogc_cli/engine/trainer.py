@@ -43,6 +43,7 @@ from bogc_cli.engine.loaders import build_loaders
 from bogc_cli.engine.mid_epoch import save_mid_epoch
 from bogc_cli.engine.modality_dropout import ModalityDropout
 from bogc_cli.engine.optim import build_optimizer, build_scheduler
+from bogc_cli.engine.prerequisites import train_prerequisites
 from bogc_cli.engine.progress import TrainProgress
 from bogc_cli.engine.provenance import data_info, environment
 from bogc_cli.engine.resume import check_same_recipe, restore, saved_recipe
@@ -63,7 +64,7 @@ _GO_ON, _CALLBACK_STOP, _SIGNAL_STOP = 0, 1, 2
 
 
 def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume: bool = False,
-              callbacks: Sequence[Callback] = ()) -> RunResult | None:
+              callbacks: Sequence[Callback] = (), run_dir: Path | None = None) -> RunResult | None:
     """Train one seed of a recipe end to end and evaluate its best-validation checkpoint on test.
 
     The run directory is locked while training; earlier results in it are refused unless ``overwrite``.
@@ -78,6 +79,9 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
 
     Started by torchrun, the processes train data-parallel (engine/distributed.py); process 0
     writes the run directory, runs the callbacks and returns the result, the others return None.
+
+    ``run_dir``: where the run is written (default ``run_dir_for(recipe)``); runs the method needs first (UMT's
+    teachers when the recipe names none) are trained inside it (engine/prerequisites.py).
     """
     assert recipe.seeds is None, "train_run takes a single-seed recipe (Recipe.for_seed)"
     started = time.perf_counter()
@@ -89,10 +93,11 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
     parts = build_parts(resolved)  # data and recipe mistakes are reported before anything is written
     for note in parts.data.notes:  # what the data loader decided for the user (carve-outs, missing classes)
         console.print(f"[yellow]warning:[/yellow] {rich_escape(str(note))}", highlight=False)
+    run_dir = run_dir_for(resolved) if run_dir is None else run_dir
+    parts = train_prerequisites(parts, resolved, run_dir, console, overwrite, resume, distributed, train_run)
     parts.method_cls.before_training(parts.options, parts.model, resolved, parts.data.classes)  # e.g. a warm start
     if resolved.train.modality_dropout:
         ModalityDropout.check(resolved.train.modality_dropout, parts.model.modalities)
-    run_dir = run_dir_for(resolved)
     main = distributed is None or distributed.is_main
     if main:  # output.trackers: refused (not installed, a store that cannot be opened) before anything is written
         callbacks = [*build_trackers(resolved, run_dir), *callbacks]
@@ -133,7 +138,9 @@ def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Con
     if main:
         ctx.writer.begin(resolved.to_yaml(), {**environment(device), **fast_path_summary(cfg, device, loaders.workers),
                                               "processes": distributed.world if distributed else 1,
-                                              "encoders": parts.model.encoder_sources()})
+                                              "encoders": parts.model.encoder_sources(),
+                                              **({"prerequisites": parts.prerequisites} if parts.prerequisites
+                                                 else {})})
     state = _build_state(ctx, model)
     if state.conflict is not None and ctx.main:  # samples after the steps, like any callback
         ctx.callbacks.items.append(state.conflict)

@@ -133,6 +133,19 @@ class Method:
         order. Raise ``UserError`` for a setting that cannot be honoured (the run then writes nothing)."""
 
     @classmethod
+    def prerequisite_runs(cls, options: StrictModel, recipe, modalities: list[str]) -> dict[str, Any]:
+        """Runs this run trains first when its options name none (UMT's unimodal teachers): ``{name: recipe}``,
+        each a single-seed ``Recipe``, trained by the engine as an ordinary run directory ``<run_dir>/<name>``
+        (resuming one already started) before ``before_training``; default: none. ``modalities``: the run's.
+        The engine then hands the trained directories to ``with_prerequisites``."""
+        return {}
+
+    @classmethod
+    def with_prerequisites(cls, options: StrictModel, runs: dict[str, Any]) -> StrictModel:
+        """``options`` naming the prerequisite runs just trained, ``{name: run_dir}`` (``Path``)."""
+        return options
+
+    @classmethod
     def holdout_fraction(cls, options: StrictModel) -> float:
         """Fraction of the train split held out from training and lent as ``ctx.holdout`` (0: none)."""
         return 0.0

@@ -34,8 +34,16 @@ Hyper-parameters (``method.*``): ``scaling`` (10, the reference's ``scaling``), 
 ``end_epoch`` (80) (its ``modulation_starts`` / ``modulation_ends``), ``teacher_mode`` (``train``: the
 reference never calls ``eval()`` on its loaded teachers, so their batch normalisation uses each batch's
 statistics and their dropout is active; ``eval``: a fixed teacher from its running statistics),
-``teachers`` (no default: required). The reference config's ``alpha: 1`` is read by no line of its UMT
-trainer and is not an option here.
+``teachers`` (none: the run trains them first, below). The reference config's ``alpha: 1`` is read by no line of
+its UMT trainer and is not an option here.
+
+Without ``teachers`` (``bogc train recipes/quickstart.yaml --set method.name=umt`` works as it is), the run first
+trains one ``unimodal`` run per modality with its own recipe (data, model, optimiser, schedule, epochs, seed) as
+ordinary run directories ``<run_dir>/teachers/<modality>/`` (``Method.prerequisite_runs``, trained by
+``engine/prerequisites.py``: said in the log, resumed by ``--resume`` like any run, kept when finished, retrained
+by ``--overwrite``, listed under ``prerequisites`` in environment.json), then distils from them, as the reference
+distils every modality from its ``unimodalTrainer`` runs. ``bogc report`` does not count runs inside another run.
+Data-parallel runs need the teachers named (one process trains them first).
 
 Deviations: the teacher is the unimodal run's best-validation checkpoint (the reference loads the first
 checkpoint file of the newest run directory); data-parallel, a ``train``-mode teacher normalises with its
@@ -60,12 +68,14 @@ from bogc_cli.models.multimodal import FUSED, MultimodalModel
 from bogc_cli.schema import StrictModel
 
 OPTION = "method.teachers"
+TEACHERS_DIR = "teachers"  # <run_dir>/teachers/<modality>: the teachers a run trains itself when none is named
 
 
 class UMTOptions(StrictModel):
     teachers: dict[str, str] = Field(
         default_factory=dict, description="finished unimodal runs whose best.pt encoder teaches each modality: "
-        "{<modality>: RUN_DIR}; '{seed}' in a path becomes the run's seed; at least one is required")
+        "{<modality>: RUN_DIR}; '{seed}' in a path becomes the run's seed; none: the run first trains one unimodal "
+        "run per modality with its own recipe, in <run_dir>/teachers/<modality>")
     scaling: float = Field(10.0, ge=0, description="weight of the feature-distillation MSE (the reference's scaling)")
     start_epoch: int = Field(0, ge=0, description="first epoch (counted from 0) with the distillation term")
     end_epoch: int = Field(80, ge=0, description="last epoch (counted from 0) with the distillation term")
@@ -110,7 +120,7 @@ def load_teachers(runs: dict[str, str], model: MultimodalModel, seed: int, class
 class UMT(Method):
     name = "umt"
     summary = ("joint training plus scaling x the MSE between each encoder's features and those of a frozen "
-               "unimodal teacher (method.teachers: finished unimodal runs)")
+               "unimodal teacher (method.teachers: finished unimodal runs; none named: the run trains them first)")
     Options = UMTOptions
     min_modalities = 2
     modality_note = "any M: every modality named in method.teachers is distilled (at least one)"
@@ -121,11 +131,29 @@ class UMT(Method):
 
     @classmethod
     def check_config(cls, options: UMTOptions, recipe) -> str | None:
-        if not options.teachers:
-            return (f"method umt distils from unimodal teachers: set {OPTION}: {{<modality>: RUN_DIR}} to finished "
-                    "unimodal runs (train them first, e.g. `bogc train <recipe> --set method.name=unimodal --set "
-                    "method.modality=<modality>`)")
         return runs_problem(OPTION, options.teachers, recipe)
+
+    @classmethod
+    def prerequisite_runs(cls, options: UMTOptions, recipe, modalities: list[str]) -> dict:
+        """With no ``teachers`` named: one ``unimodal`` run per modality of this recipe (its data, model, optimiser,
+        schedule, epochs and seed; no trackers), ``{"teachers/<m>": Recipe}``."""
+        if options.teachers:
+            return {}
+        from bogc_cli.recipe import validate_recipe  # recipe.py validates methods with this package: no import circle
+
+        runs = {}
+        for m in modalities:
+            data = recipe.to_dict()
+            data["method"] = {"name": "unimodal", "modality": m}
+            data["output"] = {**data.get("output", {}), "trackers": []}
+            runs[f"{TEACHERS_DIR}/{m}"] = validate_recipe(data, f"{OPTION} (the {m} teacher's recipe)")
+        return runs
+
+    @classmethod
+    def with_prerequisites(cls, options: UMTOptions, runs: dict) -> UMTOptions:
+        """``teachers`` naming the runs just trained (``{"teachers/<m>": run_dir}``), braces escaped for ``{seed}``."""
+        teachers = {key.split("/", 1)[1]: str(path).replace("{", "{{").replace("}", "}}") for key, path in runs.items()}
+        return options.model_copy(update={"teachers": teachers})
 
     @classmethod
     def before_training(cls, options: UMTOptions, model, recipe, classes) -> None:

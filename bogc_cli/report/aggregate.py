@@ -126,6 +126,8 @@ def _run_records(results_dir: Path, warnings: list[str]) -> list[dict]:
     """Read every ``eval.json`` under ``results_dir``; skip bad ones with a warning."""
     records = []
     for path in sorted(results_dir.rglob(EVAL_FILE)):
+        if _inside_another_run(path.parent, results_dir):
+            continue  # a run's own prerequisite (UMT's teachers in <run_dir>/teachers/<m>), not a row of the table
         try:
             data = read_eval(path)
         except (OSError, ValueError) as exc:
@@ -135,6 +137,16 @@ def _run_records(results_dir: Path, warnings: list[str]) -> list[dict]:
         data.setdefault(PROTOCOL, _saved_protocol(path.parent))
         records.append(data)
     return records
+
+
+def _inside_another_run(run_dir: Path, results_dir: Path) -> bool:
+    """Whether ``run_dir`` lies inside another run's directory (one holding ``recipe.yaml``) below ``results_dir``."""
+    outer = run_dir.parent
+    while outer != results_dir and results_dir in outer.parents:
+        if (outer / "recipe.yaml").is_file():
+            return True
+        outer = outer.parent
+    return False
 
 
 def _saved_protocol(run_dir: Path) -> str:
