@@ -1,12 +1,17 @@
 """UMT (Du et al., ICML 2023; GeWu-Lab/BalanceBenchmark UMT_trainer.py): CE of the fused logits plus scaling x the
-MSE between each encoder's features and a frozen unimodal teacher's, teachers loaded from finished unimodal runs;
-pinned on hand-computable inputs, one real step, the teacher checks, and CLI runs."""
+MSE between each encoder's features and a frozen unimodal teacher's, teachers loaded from finished unimodal runs (or,
+none named, trained first inside the run); pinned on hand-computable inputs, one real step, the teacher checks, and
+CLI runs."""
 
 from __future__ import annotations
 
 import copy
+import json
+import signal
+from pathlib import Path
 
 import pytest
+import yaml
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +23,7 @@ from bogc_cli.fusion import METHODS, StepContext
 from bogc_cli.fusion.umt import UMT, attach_teachers, distillation_loss, load_teachers
 from bogc_cli.models.build import build_model
 from bogc_cli.recipe import ModelBlock, load_recipe
-from cli_helpers import run_bogc, run_cli, run_results, write_unimodal_run
+from cli_helpers import run_bogc, run_cli, run_results, signal_during_step, write_unimodal_run
 
 SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
 BLOCK = ModelBlock(encoders="mlp", feature_dim=4, hidden_dim=8, dropout=0.0)
@@ -130,7 +135,7 @@ def test_teacher_runs_are_checked_before_anything_is_built(tmp_path):
 
 def test_recipe_checks_and_defaults():
     recipe = load_recipe("recipes/quickstart.yaml")
-    assert "method.teachers: {<modality>: RUN_DIR}" in UMT.check_config(UMT.Options(), recipe)
+    assert UMT.check_config(UMT.Options(), recipe) is None  # no teachers named: the run trains them first
     assert "{seed}" in UMT.check_config(UMT.Options(teachers={"audio": "runs/{epoch}"}), recipe)
     o = UMT.Options(teachers={"audio": "runs/seed{seed}"})
     assert UMT.check_config(o, recipe) is None
@@ -181,6 +186,66 @@ def test_cli_distils_in_the_window_from_a_real_unimodal_run(tmp_path, capsys):
     assert records[0]["method.umt.distill"] > 0 and "method.umt.distill" not in records[1]  # epoch 0 only
     assert records[0]["method.loss.distill"] == pytest.approx(10 * records[0]["method.umt.distill"])
     assert not any("teacher" in k for k in weights)
+
+
+def test_without_teachers_one_unimodal_run_per_modality_of_the_same_recipe_is_planned():
+    recipe = load_recipe("recipes/quickstart.yaml", ["method.name=umt", "seed=3", "train.epochs=2",
+                                                     "output.trackers=[tensorboard]"])
+    runs = UMT.prerequisite_runs(UMT.Options(), recipe, ["audio", "image"])
+    assert list(runs) == ["teachers/audio", "teachers/image"]
+    for m, sub in zip(("audio", "image"), runs.values()):
+        assert sub.method.name == "unimodal" and sub.method_options() == {"modality": m}
+        assert (sub.seed, sub.train, sub.optim, sub.model, sub.dataset) == \
+            (recipe.seed, recipe.train, recipe.optim, recipe.model, recipe.dataset)
+        assert sub.output.trackers == []
+    assert UMT.prerequisite_runs(UMT.Options(teachers={"audio": "r"}), recipe, ["audio", "image"]) == {}
+    tmp = Path("/x/{y}/teachers/audio")
+    done = UMT.with_prerequisites(UMT.Options(), {"teachers/audio": tmp})
+    assert done.teachers == {"audio": "/x/{{y}}/teachers/audio"}  # '{seed}' formatting gives the path back
+    assert done.teachers["audio"].format(seed=0) == str(tmp)
+
+
+def test_without_teachers_the_real_entry_point_trains_them_first_and_distils(tmp_path, capsys):
+    """`bogc train recipes/quickstart.yaml --set method.name=umt --set train.epochs=1` (tiny data): the teachers are
+    ordinary runs inside the run, said in the log, recorded in environment.json and left out of the report."""
+    done = run_bogc("train", "recipes/quickstart.yaml", "--set", "method.name=umt", "--set", "train.epochs=1", *TINY,
+                    "--out", tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = " ".join(done.stdout.split())
+    run = tmp_path / "quickstart" / "synthetic" / "umt" / "seed0"
+    assert "the recipe names none of the runs it needs" in log and "training teachers/audio" in log
+    env = json.loads((run / "environment.json").read_text())
+    assert env["prerequisites"] == {f"teachers/{m}": str(run / "teachers" / m) for m in ("audio", "image", "vector")}
+    for m in ("audio", "image", "vector"):
+        teacher = yaml.safe_load((run / "teachers" / m / "recipe.yaml").read_text())
+        assert teacher["method"] == {"name": "unimodal", "tag": None, "modality": m} and teacher["seed"] == 0
+        assert json.loads((run / "teachers" / m / "eval.json").read_text())["method"] == f"unimodal-{m}"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["method.umt.distill"] > 0
+    code, out, _ = run_cli(capsys, "report", tmp_path / "quickstart")
+    assert code == 0 and "umt" in out and "unimodal" not in out  # the teachers are the run's, not rows
+
+
+@pytest.mark.slow
+def test_a_stop_while_a_teacher_trains_resumes_to_the_run_that_names_the_same_teachers(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the first teacher's second epoch; --resume finishes it, trains the others and the student, which
+    ends bitwise as a student trained from the same (finished) teachers named in its recipe."""
+    args = ["train", "recipes/quickstart.yaml", "--set", "method.name=umt", "--set", "train.epochs=2", *TINY]
+    with monkeypatch.context() as patch:
+        signal_during_step(patch, signal.SIGINT, epoch=2, step=2)
+        code, out, err = run_cli(capsys, *args, "--out", tmp_path / "cut")
+    run = tmp_path / "cut" / "quickstart" / "synthetic" / "umt" / "seed0"
+    assert code == 130 and (run / "teachers" / "audio" / "last.pt").is_file() and not (run / "eval.json").exists()
+    code, out, err = run_cli(capsys, *args, "--out", tmp_path / "cut", "--resume")
+    assert code == 0, out + err
+    assert "resuming" in out and all((run / "teachers" / m / "eval.json").is_file() for m in ("audio", "image", "vector"))
+    named = [f"--set=method.teachers.{m}={run / 'teachers' / m}" for m in ("audio", "image", "vector")]
+    code, out, err = run_cli(capsys, *args, *named, "--out", tmp_path / "named")
+    assert code == 0, out + err
+    records, result, weights = run_results(run)
+    again, result_named, weights_named = run_results(tmp_path / "named" / "quickstart" / "synthetic" / "umt")
+    assert records == again and result == result_named
+    assert all(torch.equal(weights[k], weights_named[k]) for k in weights)
 
 
 def test_a_missing_teacher_is_refused_naming_the_key_before_anything_is_written(tmp_path, capsys):
