@@ -189,8 +189,9 @@ def test_trains_through_the_cli_and_masks_from_the_second_epoch(capsys, tmp_path
     import json
 
     code, out, err = run_cli(capsys, "train", "recipes/quickstart.yaml", "--set", "method.name=amco",
-                             "--set", "train.epochs=2", "--set", "method.sigma=0.34", "--set", "dataset.n_train=192", "--set", "dataset.n_val=48",
-                             "--set", "dataset.n_test=48", "--set", "train.batch_size=32", "--out", tmp_path)
+                             "--set", "train.epochs=2", "--set", "method.sigma=0.34", "--set", "dataset.n_train=192",
+                             "--set", "dataset.n_val=48", "--set", "dataset.n_test=48", "--set", "train.batch_size=32",
+                             "--out", tmp_path)
     assert code == 0, out + err
     run = next(tmp_path.rglob("eval.json")).parent
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

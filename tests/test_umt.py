@@ -238,7 +238,8 @@ def test_a_stop_while_a_teacher_trains_resumes_to_the_run_that_names_the_same_te
     assert code == 130 and (run / "teachers" / "audio" / "last.pt").is_file() and not (run / "eval.json").exists()
     code, out, err = run_cli(capsys, *args, "--out", tmp_path / "cut", "--resume")
     assert code == 0, out + err
-    assert "resuming" in out and all((run / "teachers" / m / "eval.json").is_file() for m in ("audio", "image", "vector"))
+    assert "resuming" in out
+    assert all((run / "teachers" / m / "eval.json").is_file() for m in ("audio", "image", "vector"))
     named = [f"--set=method.teachers.{m}={run / 'teachers' / m}" for m in ("audio", "image", "vector")]
     code, out, err = run_cli(capsys, *args, *named, "--out", tmp_path / "named")
     assert code == 0, out + err

@@ -28,17 +28,19 @@ from bogc_cli.recipe import Recipe
 def train_prerequisites(parts: RunParts, recipe: Recipe, run_dir: Path, console: Console, overwrite: bool,
                         resume: bool, distributed: Any, train: Callable[..., Any]) -> RunParts:
     """Train the runs ``parts``' method needs first (none for most methods) and return ``parts`` whose options name
-    them. ``train``: ``engine.trainer.train_run`` (called as ``train(recipe, console, overwrite=, resume=, run_dir=)``,
-    resuming a directory that exists). An earlier run's results in ``run_dir`` are refused before anything trains (unless ``resume`` or
-    ``overwrite``: then ``overwrite`` retrains the prerequisites too); data-parallel runs are refused (one process
-    trains the prerequisites, and the runs are then named in the recipe)."""
+    them. ``train``: ``engine.trainer.train_run`` (called as ``train(recipe, console, overwrite=, resume=,
+    run_dir=)``, resuming a directory that exists). An earlier run's results in ``run_dir`` are refused before
+    anything trains (unless ``resume`` or ``overwrite``: then ``overwrite`` retrains the prerequisites too);
+    data-parallel runs are refused (one process trains the prerequisites, and the runs are then named in the
+    recipe)."""
     needed = parts.method_cls.prerequisite_runs(parts.options, recipe, list(parts.model.modalities))
     if not needed:
         return parts
     name = recipe.method.name
     if distributed is not None:
-        raise UserError(f"method {name}: a data-parallel run cannot train the runs it needs first ({', '.join(needed)}); "
-                        f"train them with one process and name them in the recipe (see `bogc list`, {name})")
+        raise UserError(f"method {name}: a data-parallel run cannot train the runs it needs first "
+                        f"({', '.join(needed)}); train them with one process and name them in the recipe (see "
+                        f"`bogc list`, {name})")
     if not (resume or overwrite):
         refuse_existing(run_dir)
     saved = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())

@@ -123,10 +123,12 @@ class UMT(Method):
                "unimodal teacher (method.teachers: finished unimodal runs; none named: the run trains them first)")
     Options = UMTOptions
     min_modalities = 2
-    modality_note = "any M: every modality named in method.teachers is distilled (at least one)"
+    modality_note = ("any M: every modality named in method.teachers is distilled (none named: every modality, its "
+                     "teacher trained first)")
     fidelity = ("follows GeWu-Lab/BalanceBenchmark UMT_trainer.py (scaling 10, window 0-80, teachers in train "
                 "mode): CE(fused) + scaling sum_m MSE(teacher_m, encoder_m); teachers are this tool's unimodal "
-                "runs named in method.teachers; deviation: the teacher is the run's best.pt")
+                "runs named in method.teachers (or trained first in <run_dir>/teachers); deviation: the teacher is "
+                "the run's best.pt")
     epoch_base = 0  # BalanceBenchmark's current_epoch starts at 0
 
     @classmethod
