@@ -22,7 +22,7 @@ from bogc_cli.errors import UserError
 from bogc_cli.fusion import METHODS, StepContext
 from bogc_cli.fusion.umt import UMT, attach_teachers, distillation_loss, load_teachers
 from bogc_cli.models.build import build_model
-from bogc_cli.recipe import ModelBlock, load_recipe
+from bogc_cli.recipe import ModelBlock, load_recipe, validate_recipe
 from cli_helpers import run_bogc, run_cli, run_results, signal_during_step, write_unimodal_run
 
 SPECS = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
@@ -193,7 +193,8 @@ def test_without_teachers_one_unimodal_run_per_modality_of_the_same_recipe_is_pl
                                                      "output.trackers=[tensorboard]"])
     runs = UMT.prerequisite_runs(UMT.Options(), recipe, ["audio", "image"])
     assert list(runs) == ["teachers/audio", "teachers/image"]
-    for m, sub in zip(("audio", "image"), runs.values()):
+    for m, data in zip(("audio", "image"), runs.values()):
+        sub = validate_recipe(data)
         assert sub.method.name == "unimodal" and sub.method_options() == {"modality": m}
         assert (sub.seed, sub.train, sub.optim, sub.model, sub.dataset) == \
             (recipe.seed, recipe.train, recipe.optim, recipe.model, recipe.dataset)

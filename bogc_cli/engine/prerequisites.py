@@ -22,7 +22,7 @@ from rich.console import Console
 from bogc_cli.engine.run_lock import refuse_existing
 from bogc_cli.engine.setup import RunParts
 from bogc_cli.errors import UserError
-from bogc_cli.recipe import Recipe
+from bogc_cli.recipe import Recipe, validate_recipe
 
 
 def train_prerequisites(parts: RunParts, recipe: Recipe, run_dir: Path, console: Console, overwrite: bool,
@@ -33,9 +33,11 @@ def train_prerequisites(parts: RunParts, recipe: Recipe, run_dir: Path, console:
     anything trains (unless ``resume`` or ``overwrite``: then ``overwrite`` retrains the prerequisites too);
     data-parallel runs are refused (one process trains the prerequisites, and the runs are then named in the
     recipe)."""
-    needed = parts.method_cls.prerequisite_runs(parts.options, recipe, list(parts.model.modalities))
-    if not needed:
+    planned = parts.method_cls.prerequisite_runs(parts.options, recipe, list(parts.model.modalities))
+    if not planned:
         return parts
+    needed = {key: validate_recipe(data, f"{key} (the recipe of a run {recipe.method.name} trains first)")
+              for key, data in planned.items()}
     name = recipe.method.name
     if distributed is not None:
         raise UserError(f"method {name}: a data-parallel run cannot train the runs it needs first "

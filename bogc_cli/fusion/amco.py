@@ -73,7 +73,7 @@ from torch import nn
 
 from bogc_cli.data.loader import Batch
 from bogc_cli.errors import UserError
-from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.base import Method, StepResult, linear_concat_reason
 from bogc_cli.models.fusion_heads import ConcatHead
 from bogc_cli.models.multimodal import FUSED, Outputs
 from bogc_cli.schema import StrictModel
@@ -143,11 +143,7 @@ class AMCo(Method):
 
     @classmethod
     def check_config(cls, options: AMCoOptions, recipe) -> str | None:
-        if not recipe.model.linear_concat_head:
-            return ("method amco masks the per-modality slices of a linear concat fusion head: set model.fusion: "
-                    f"concat and model.fusion_hidden: 0 (they are {recipe.model.fusion!r} and "
-                    f"{recipe.model.fusion_hidden})")
-        return None
+        return linear_concat_reason("amco", "masks the per-modality slices of a linear concat head", recipe.model)
 
     @classmethod
     def adapt_model(cls, options: AMCoOptions, model) -> None:

@@ -135,7 +135,7 @@ class Method:
     @classmethod
     def prerequisite_runs(cls, options: StrictModel, recipe, modalities: list[str]) -> dict[str, Any]:
         """Runs this run trains first when its options name none (UMT's unimodal teachers): ``{name: recipe}``,
-        each a single-seed ``Recipe``, trained by the engine as an ordinary run directory ``<run_dir>/<name>``
+        each a single-seed recipe as a dict (``Recipe.to_dict()``'s form), validated and trained by the engine as an ordinary run directory ``<run_dir>/<name>``
         (resuming one already started) before ``before_training``; default: none. ``modalities``: the run's.
         The engine then hands the trained directories to ``with_prerequisites``."""
         return {}
@@ -320,4 +320,13 @@ class Method:
                 for m, z in out.features.items()}
 
 
-__all__ = ["FUSED", "Method", "NoOptions", "StepContext", "StepResult"]
+def linear_concat_reason(method: str, does: str, model) -> str | None:
+    """Why ``model`` (the recipe's ``model`` block) has no linear concat fusion head, for a method whose rule reads
+    that head's per-modality blocks (``does``: what the rule does with them), or None."""
+    if model.linear_concat_head:
+        return None
+    return (f"method {method} {does}: set model.fusion: concat and model.fusion_hidden: 0 (they are "
+            f"{model.fusion!r} and {model.fusion_hidden})")
+
+
+__all__ = ["FUSED", "Method", "NoOptions", "StepContext", "StepResult", "linear_concat_reason"]

@@ -83,7 +83,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from bogc_cli.data.loader import Batch
-from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.base import Method, StepResult, linear_concat_reason
 from bogc_cli.models.fusion_heads import ConcatHead
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.schema import StrictModel
@@ -173,10 +173,10 @@ class CGGM(Method):
     @classmethod
     def check_config(cls, options: CGGMOptions, recipe) -> str | None:
         model = recipe.model
-        if not model.linear_concat_head:
-            return ("method cggm compares each classifier with its block of a linear concat fusion head: set "
-                    f"model.fusion: concat and model.fusion_hidden: 0 (they are {model.fusion!r} and "
-                    f"{model.fusion_hidden})")
+        reason = linear_concat_reason("cggm", "compares each classifier with its block of a linear concat fusion head",
+                                      model)
+        if reason:
+            return reason
         if model.unimodal_logits != "heads":
             return ("method cggm trains the unimodal heads as its auxiliary classifiers: set "
                     f"model.unimodal_logits: heads (it is {model.unimodal_logits!r})")

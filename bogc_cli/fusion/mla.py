@@ -90,7 +90,7 @@ from pydantic import Field
 from torch import nn
 
 from bogc_cli.data.loader import Batch
-from bogc_cli.fusion.base import Method, StepResult
+from bogc_cli.fusion.base import Method, StepResult, linear_concat_reason
 from bogc_cli.fusion.shared_head import SharedHeadView, feature_size_reason, shared_feature_size
 from bogc_cli.schema import StrictModel
 
@@ -223,10 +223,8 @@ class MLA(Method):
         if m.unimodal_logits != "heads":
             return ("method mla's unimodal logits are its shared head h(z_m): set model.unimodal_logits: heads "
                     f"(it is {m.unimodal_logits!r})")
-        if not m.linear_concat_head:
-            return ("method mla replaces the fusion head with its shared linear head: leave model.fusion: concat "
-                    f"and model.fusion_hidden: 0 (they are {m.fusion!r}, {m.fusion_hidden})")
-        return feature_size_reason("mla", m)
+        return (linear_concat_reason("mla", "replaces the fusion head with its shared linear head", m)
+                or feature_size_reason("mla", m))
 
     @classmethod
     def adapt_model(cls, options: MLAOptions, model) -> None:

@@ -43,7 +43,7 @@ from pydantic import Field
 from torch import nn
 
 from bogc_cli.errors import UserError
-from bogc_cli.fusion.base import Method
+from bogc_cli.fusion.base import Method, linear_concat_reason
 from bogc_cli.models.multimodal import FUSED
 from bogc_cli.schema import StrictModel
 
@@ -92,11 +92,7 @@ class MMCosine(Method):
 
     @classmethod
     def check_config(cls, options: MMCosineOptions, recipe) -> str | None:
-        if not recipe.model.linear_concat_head:
-            return ("method mmcosine normalises the blocks of a linear concat fusion head: set model.fusion: "
-                    f"concat and model.fusion_hidden: 0 (they are {recipe.model.fusion!r} and "
-                    f"{recipe.model.fusion_hidden})")
-        return None
+        return linear_concat_reason("mmcosine", "normalises the blocks of a linear concat fusion head", recipe.model)
 
     @classmethod
     def adapt_model(cls, options: MMCosineOptions, model) -> None:
