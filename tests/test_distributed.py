@@ -56,6 +56,9 @@ EXTRA = {"opm": ["--set", "method.warmup_epochs=0"],  # its rule starts after th
          # dimensions chosen at the first epoch, stage 2 in the second; the learned weight agrees across processes
          "dimml": ["--set", "method.contrast_start_epoch=0", "--set", "method.stage1_epochs=1"],
          "lfm": ["--set", "method.weighting=learned"],
+         # amco masks from its second epoch (the reference's epoch 1) a modality whose share exceeds sigma: 0.34, just
+         # above an even share of mfeat weak3's three, so some modality is masked and the shares decide which
+         "amco": ["--set", "method.sigma=0.34"],
          # smv's re-sampled set (sharded like any epoch's entries), relearning's re-initialisation (every process
          # diagnoses the same rows alike), set to act within the run
          "smv": ["--set", "method.warmup_epochs=1"],
