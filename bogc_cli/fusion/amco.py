@@ -55,9 +55,10 @@ M > 2: the reference's loop already covers any M (its three-modality configs): e
 ``M C`` softmax against ``sigma``, every dependent modality masked by the same ``mask_t``. Any M >= 2.
 
 Other deviations: a step whose gradient is not finite (skipped) leaves the dependence marks as they were
-(the mask ratio still advances: it counts batches); the positions are drawn with torch's generator, not
-numpy's unseeded global one. Data-parallel, every process draws the same mask (same generator) and the
-shares are the global batch's (``batch_mean``), so every process masks the same modalities. Reference
+(the mask ratio still advances: it counts batches); the positions are drawn with the method's own torch
+generator (seeded from the run seed, in ``state_dict``, so a resume draws the same masks), not numpy's global
+one. Data-parallel, every process draws the same mask (same generator) and the shares are the global batch's
+(``batch_mean``), so every process masks the same modalities. Reference
 protocol (BalanceBenchmark ``configs/global_config.yaml``): AdamW lr 1e-3, weight decay 0.01, step decay
 x0.1 every 10 epochs, 30 epochs, batch 32.
 """
