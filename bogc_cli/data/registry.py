@@ -122,6 +122,30 @@ DATASETS: dict[str, DatasetInfo] = {
             },
         ),
         DatasetInfo(
+            "food101",
+            "UPMC Food-101: food images + the text of their web pages, 101 classes, as CGGM uses it; the "
+            "official train/test (67,988 / 22,716 rows) with a saved validation carve-out; text tokenised at "
+            "prepare time (--tokenizer DIR, else a train word vocabulary; --max-length default 50, CGGM's)",
+            ("image", "text"),
+            prepare_presets={
+                "px224": "images RGB 3x224x224 uint8 (ViT-B/16's and CGGM's input size) (default)",
+                "px128": "images RGB 3x128x128 uint8",
+                "px64": "images RGB 3x64x64 uint8 (small from-scratch runs)",
+            },
+        ),
+        DatasetInfo(
+            "mvsa_single",
+            "MVSA-Single: tweet text + image, 3 sentiments after the standard cleaning (agree, or neutral "
+            "yields; positive vs negative dropped: 4,869 -> 4,511 pairs); no official split: stratified, "
+            "seeded 8:1:1; --max-length default 128",
+            ("image", "text"),
+            prepare_presets={
+                "px224": "images RGB 3x224x224 uint8 (default)",
+                "px128": "images RGB 3x128x128 uint8",
+                "px64": "images RGB 3x64x64 uint8 (small from-scratch runs)",
+            },
+        ),
+        DatasetInfo(
             "arrays",
             "your own data: <split>/<modality>.npy + <split>/labels.npy, or <split>.npz per split; "
             "optional classes.txt",

@@ -1,0 +1,156 @@
+"""MVSA-Single (Niu et al., MMM 2016): tweets with their image, one annotator's sentiment for the text and
+for the image; 3 classes after the standard cleaning.
+
+Raw layout read under ``--raw`` (the folder itself or one up to three levels below, e.g. ``MVSA_Single/``):
+``labelResultAll.txt`` and ``data/<id>.jpg`` + ``data/<id>.txt``. ``labelResultAll.txt`` has a header
+line (``ID  text,image``), then one line per tweet: the id and ``<text label>,<image label>`` separated
+by white space, labels ``positive``, ``neutral``, ``negative``.
+
+Label cleaning, the rule of the MVSA papers and public loaders (Xu & Mao, CIKM 2017 "MultiSentiNet";
+CLMLF, Li et al. NAACL 2022, and the loaders that reuse it): both labels agree -> that label; one of them
+neutral -> the other one; positive against negative -> the pair is dropped (counted in the manifest's
+``sources.dropped_conflicts``). Published: 4,869 pairs in ``labelResultAll.txt``, 4,511 after cleaning
+(2,683 positive, 470 neutral, 1,358 negative); both are checked (warning; an error with ``--strict``).
+
+Refused with one message (exit 2): no ``labelResultAll.txt`` or no ``data/`` folder, a label file of
+another form (e.g. MVSA-Multiple's three annotations per line). Reported and left out: label lines that
+cannot be read or hold unknown labels, tweets whose text file is missing or empty, images that are
+missing or cannot be decoded. Texts are read as UTF-8, else Latin-1, and kept as they are (URLs and
+hashtags included).
+
+Split: MVSA has no official split; the customary random 8:1:1 (CLMLF's) is drawn here stratified by
+class and seeded (``--seed``): 10% of the cleaned pairs for test, then ``--val-fraction`` (default 1/9)
+of the rest for validation, i.e. 8:1:1 overall. The ids of each split are saved in ``<split>/ids.txt``.
+Classes in CLMLF's order: positive, neutral, negative.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bogc_cli.data.cache import Manifest
+from bogc_cli.errors import UserError
+from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, folders_below, no_log)
+from data_prep.clipstore import SkipItem
+from data_prep.imagetext import (DEFAULT_PRESET, PRESETS, Pair, PairListing, carve_problems, check_counts,
+                                 prepare_pairs, read_text_file, split_off)
+
+DATASET = "mvsa_single"
+CLASSES = ["positive", "neutral", "negative"]
+LABEL_FILE = "labelResultAll.txt"
+RAW_PAIRS = 4869
+EXPECTED = {"positive": 2683, "neutral": 470, "negative": 1358}  # 4,511 after cleaning
+TEST_FRACTION = 0.1
+DEFAULT_VAL_FRACTION = 1 / 9  # of the 90% left after the test carve-out: 8:1:1 overall
+DEFAULT_MAX_LENGTH = 128
+LAYOUT = f"{LABEL_FILE} (lines: <id> <text label>,<image label>) beside data/<id>.jpg and data/<id>.txt"
+SEARCH_DEPTH = 3
+
+
+def clean_label(text_label: str, image_label: str) -> str | None:
+    """The standard MVSA cleaning of one (text, image) label pair: agreeing labels stay, a neutral one yields
+    to the other, positive against negative gives ``None`` (the pair is dropped)."""
+    if text_label == image_label:
+        return text_label
+    if text_label == "neutral":
+        return image_label
+    if image_label == "neutral":
+        return text_label
+    return None
+
+
+def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
+            workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False,
+            tokenizer: str | Path | None = None, max_length: int | None = None) -> Manifest:
+    """Prepare the MVSA-Single cache in ``out`` from ``raw`` (see the module doc)."""
+    raw, out = Path(raw), Path(out)
+    preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
+    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
+    if not raw.is_dir():
+        raise UserError(f"raw folder {raw} does not exist: point --raw at the MVSA-Single download ({LAYOUT})")
+    check_out_folder(out, raw)
+    listing = list_pairs(find_root(raw))
+    sources = listing.sources
+    mismatches = [m for m in (
+        check_counts(DATASET, {"pairs": sources["label_lines"]}, {"pairs": RAW_PAIRS}, strict, log,
+                     f"{LABEL_FILE} lists", "use the complete MVSA-Single release"),
+        check_counts(DATASET, sources["after_cleaning"], EXPECTED, strict, log, "the label cleaning keeps",
+                     "use the complete MVSA-Single release")) if m]
+    if mismatches:
+        sources["count_check"] = "; ".join(mismatches)
+    listing.pairs, _, _ = split_off(listing.pairs, TEST_FRACTION, seed, "test")
+    listing.pairs, labels, carved = split_off(listing.pairs, val_fraction, seed, "val")
+    carve = carve_problems(DATASET, labels, carved, CLASSES, strict, log)
+    listing.params.update(split="no official split: stratified, seeded 10% test, then val_fraction of the rest "
+                                "(default 1/9: 8:1:1)", test_fraction=TEST_FRACTION, val_fraction=val_fraction,
+                          cleaning="agree -> label; one neutral -> the other; positive vs negative -> dropped")
+    return prepare_pairs(DATASET, out, listing, preset=preset, seed=seed, strict=strict, workers=workers, log=log,
+                         overwrite=overwrite, tokenizer=tokenizer, max_length=max_length,
+                         default_max_length=DEFAULT_MAX_LENGTH, warnings=carve)
+
+
+def find_root(raw: Path) -> Path:
+    """The folder holding ``labelResultAll.txt`` and ``data/`` (``raw`` or up to three levels below)."""
+    for root in folders_below(raw, SEARCH_DEPTH):
+        if (root / LABEL_FILE).is_file():
+            if not (root / "data").is_dir():
+                raise UserError(f"{root} has {LABEL_FILE} but no data/ folder of <id>.jpg and <id>.txt: expected "
+                                f"{LAYOUT}")
+            return root
+    raise UserError(f"no {LABEL_FILE} in {raw} or below it: point --raw at the MVSA-Single download ({LAYOUT})")
+
+
+def _label_lines(path: Path) -> list[list[str]]:
+    """The white-space separated fields of each line of the label file after its header."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path} ({exc}): expected {LAYOUT}") from None
+    rows = [line.split() for line in lines if line.strip()]
+    if rows and not rows[0][0].isdigit():
+        rows = rows[1:]  # the "ID text,image" header
+    if not rows:
+        raise UserError(f"{path} lists no tweet: expected {LAYOUT}")
+    first = rows[0]
+    if len(first) > 2 and all("," in f for f in first[1:]):
+        raise UserError(f"{path} has {len(first) - 1} annotations per line: that is MVSA-Multiple's label file (three "
+                        f"annotators). bogc prepares MVSA-Single: {LAYOUT}")
+    if len(first) != 2 or first[1].count(",") != 1:
+        raise UserError(f"{path}: its first line reads {' '.join(first)[:80]!r}; expected {LAYOUT}")
+    return rows
+
+
+def list_pairs(root: Path) -> PairListing:
+    """The cleaned pairs under ``root``, their texts read (see the module doc)."""
+    path = root / LABEL_FILE
+    rows = _label_lines(path)
+    listing = PairListing([], list(CLASSES), params={"layout": f"{LABEL_FILE} + data/<id>.jpg, data/<id>.txt"},
+                          sources={"root": str(root), "label_lines": len(rows)})
+    kept = {c: 0 for c in CLASSES}
+    conflicts = 0
+    seen: set[str] = set()
+    for line, fields in enumerate(rows, start=1):
+        where = f"{path}:{line}"
+        labels = fields[1].split(",") if len(fields) == 2 else []
+        if len(labels) != 2 or not all(lb in CLASSES for lb in labels):
+            listing.skipped.append({"file": where, "reason": f"not '<id> <text label>,<image label>' with labels "
+                                                             f"{', '.join(CLASSES)}: {' '.join(fields)[:60]!r}"})
+            continue
+        tweet = fields[0]
+        if tweet in seen:
+            listing.skipped.append({"file": where, "reason": f"a second line for tweet {tweet}"})
+            continue
+        seen.add(tweet)
+        label = clean_label(*labels)
+        if label is None:
+            conflicts += 1
+            continue
+        kept[label] += 1
+        try:
+            text = read_text_file(root / "data" / f"{tweet}.txt")
+        except SkipItem as exc:
+            listing.skipped.append({"file": str(root / "data" / f"{tweet}.txt"), "reason": str(exc)})
+            continue
+        listing.pairs.append(Pair(tweet, "train", CLASSES.index(label), root / "data" / f"{tweet}.jpg", text))
+    listing.sources.update(after_cleaning=kept, dropped_conflicts=conflicts)
+    return listing
