@@ -51,6 +51,17 @@ def test_one_when_the_fusion_loss_is_the_modality_loss_undefined_when_a_gradient
     assert math.isnan(cos["b"])  # the fusion loss does not reach encoder b
 
 
+def test_a_frozen_encoder_has_no_cosine_and_the_others_keep_theirs():
+    """An encoder without a trainable parameter (a frozen pretrained one) is NaN, not a crash of the run."""
+    model = two_vectors().train()
+    before = conflict_cosines(model, ce, batch(), nullcontext)
+    model.encoders["b"].requires_grad_(False)
+    cos = conflict_cosines(model, ce, batch(), nullcontext)
+    assert math.isnan(cos["b"]) and cos["a"] == pytest.approx(before["a"], abs=1e-9)
+    model.encoders["a"].requires_grad_(False)
+    assert all(math.isnan(v) for v in conflict_cosines(model, ce, batch(), nullcontext).values())
+
+
 def test_the_cosine_is_the_one_mmpareto_decides_on():
     """MMPareto (an independent implementation over GradientSources) logs the same cosine on its batch."""
     from bogc_cli.fusion import METHODS, StepContext

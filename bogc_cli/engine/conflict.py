@@ -45,16 +45,21 @@ PREFIX = "conflict.cos."
 
 def conflict_cosines(model: MultimodalModel, fused_loss: Callable, batch: Batch, autocast) -> dict[str, float]:
     """``{m: cos_m}`` on ``batch`` at the model's current weights, in its current mode (NaN where a gradient
-    is zero). ``fused_loss(outputs, labels)``: the method's fusion loss. ``p.grad`` is left alone; a forward
-    in train mode updates the model's buffers (``GradientConflict.measure`` puts them back)."""
-    mods = list(model.modalities)
-    params = {m: [p for p in model.encoders[m].parameters() if p.requires_grad] for m in mods}
+    is zero, and for an encoder with no trainable parameter, e.g. a frozen pretrained one: nothing of it
+    is updated, so there is no conflict to measure). ``fused_loss(outputs, labels)``: the method's fusion
+    loss. ``p.grad`` is left alone; a forward in train mode updates the model's buffers
+    (``GradientConflict.measure`` puts them back)."""
+    params = {m: [p for p in model.encoders[m].parameters() if p.requires_grad] for m in model.modalities}
+    cosines = {m: float("nan") for m in model.modalities}
+    mods = [m for m in model.modalities if params[m]]
+    if not mods:
+        return cosines
     with autocast():
         out = model(batch.inputs)
     fused = fused_loss(out, batch.labels)
     every = [p for m in mods for p in params[m]]
     g0 = torch.autograd.grad(fused, every, retain_graph=True, allow_unused=True)
-    cosines, start = {}, 0
+    start = 0
     for i, m in enumerate(mods):
         own = F.cross_entropy(out.unimodal_logits[m].float(), batch.labels)
         gm = torch.autograd.grad(own, params[m], retain_graph=i < len(mods) - 1, allow_unused=True)
