@@ -29,6 +29,7 @@ bert-base-uncased (give its local directory as ``--tokenizer``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -96,34 +97,40 @@ def find_root(raw: Path) -> tuple[Path, str]:
     """The folder holding the dataset and its form (``csv`` or ``json``), searched in ``raw`` and up to three
     levels below; a folder that is neither is refused naming what was expected."""
     for root in folders_below(raw, SEARCH_DEPTH):
+        if any((root / name).is_file() for name in JSON_FILES.values()):
+            missing = [name for name in JSON_FILES.values() if not (root / name).is_file()]
+            if missing:
+                raise UserError(f"{root} holds CGGM's json form but lacks {', '.join(missing)}: expected {LAYOUT}")
+            return root, "json"
         if (root / "texts").is_dir() or ((root / "images").is_dir() and not (root / "meta").is_dir()):
             missing = [name for name in (*CSV_FILES.values(), "images/train", "images/test")
                        if not (root / name).exists()]
             if missing:
                 raise UserError(f"{root} looks like UPMC Food-101 but lacks {', '.join(missing)}: expected {LAYOUT}")
             return root, "csv"
-        if any((root / name).is_file() for name in JSON_FILES.values()):
-            missing = [name for name in JSON_FILES.values() if not (root / name).is_file()]
-            if missing:
-                raise UserError(f"{root} holds CGGM's json form but lacks {', '.join(missing)}: expected {LAYOUT}")
-            return root, "json"
         if (root / "meta").is_dir() and (root / "images").is_dir():
             raise UserError(f"{root} is ETH Food-101 (images and meta/ only): it has no text. bogc prepares UPMC "
                             f"Food-101, whose images come with their web pages' text: {LAYOUT}")
     raise UserError(f"no UPMC Food-101 under {raw} or below it: expected {LAYOUT}")
 
 
-def _read_rows(path: Path) -> list[list[str]]:
-    """The rows of a text CSV (UTF-8, else Latin-1)."""
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-empty rows of a text CSV (UTF-8, else Latin-1), each with the file line it starts on."""
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, line = [], 1
     try:
-        return [row for row in csv.reader(text.splitlines()) if row]
+        for row in reader:
+            if row:
+                rows.append((line, row))
+            line = reader.line_num + 1
     except csv.Error as exc:
         raise UserError(f"{path} is not a readable CSV ({exc}): expected rows of image file, text, class") from None
+    return rows
 
 
 def list_csv(root: Path) -> PairListing:
@@ -134,16 +141,17 @@ def list_csv(root: Path) -> PairListing:
     for split, name in CSV_FILES.items():
         path = root / name
         rows = _read_rows(path)
-        if rows and len(rows[0]) == 3 and Path(rows[0][0].strip()).suffix.lower() not in IMAGE_SUFFIXES \
-                and rows[0][2].strip() not in index:
+        if rows and len(rows[0][1]) == 3 and Path(rows[0][1][0].strip()).suffix.lower() not in IMAGE_SUFFIXES \
+                and rows[0][1][2].strip() not in index:
             rows = rows[1:]  # a header row
-        if rows and len(rows[0]) != 3:
-            raise UserError(f"{path}: its first row has {len(rows[0])} column(s) ({', '.join(rows[0][:4])[:120]}): "
+        if rows and len(rows[0][1]) != 3:
+            first = rows[0][1]
+            raise UserError(f"{path}: its first row has {len(first)} column(s) ({', '.join(first[:4])[:120]}): "
                             "expected 3 (image file name, text, class), as UPMC Food-101's texts/*_titles.csv")
         listing.sources["rows"][split] = len(rows)
         seen: set[str] = set()
-        for line, row in enumerate(rows, start=1):
-            where = f"{path}:{line}"
+        for line, row in rows:
+            where = f"{path} line {line}"
             if len(row) != 3:
                 listing.skipped.append({"file": where, "reason": f"{len(row)} columns, not 3 (image, text, class)"})
                 continue
@@ -189,7 +197,7 @@ def list_json(root: Path) -> PairListing:
                             "(CGGM's Food-101 json)")
         listing.sources["rows"][split] = len(records)
         for n, rec in enumerate(records):
-            where = f"{path}[{n}]"
+            where = f"{path} record {n}"
             tokens = rec.get("text_tokens") if isinstance(rec, dict) else None
             label = str(rec.get("label", "")) if isinstance(rec, dict) else ""
             if not isinstance(tokens, list) or label not in index or not rec.get("img_path"):

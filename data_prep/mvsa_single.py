@@ -100,18 +100,18 @@ def find_root(raw: Path) -> Path:
     raise UserError(f"no {LABEL_FILE} in {raw} or below it: point --raw at the MVSA-Single download ({LAYOUT})")
 
 
-def _label_lines(path: Path) -> list[list[str]]:
-    """The white-space separated fields of each line of the label file after its header."""
+def _label_lines(path: Path) -> list[tuple[int, list[str]]]:
+    """The white-space separated fields of each line of the label file after its header, with its line number."""
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:
         raise UserError(f"cannot read {path} ({exc}): expected {LAYOUT}") from None
-    rows = [line.split() for line in lines if line.strip()]
-    if rows and not rows[0][0].isdigit():
+    rows = [(n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()]
+    if rows and not rows[0][1][0].isdigit():
         rows = rows[1:]  # the "ID text,image" header
     if not rows:
         raise UserError(f"{path} lists no tweet: expected {LAYOUT}")
-    first = rows[0]
+    first = rows[0][1]
     if len(first) > 2 and all("," in f for f in first[1:]):
         raise UserError(f"{path} has {len(first) - 1} annotations per line: that is MVSA-Multiple's label file (three "
                         f"annotators). bogc prepares MVSA-Single: {LAYOUT}")
@@ -129,8 +129,8 @@ def list_pairs(root: Path) -> PairListing:
     kept = {c: 0 for c in CLASSES}
     conflicts = 0
     seen: set[str] = set()
-    for line, fields in enumerate(rows, start=1):
-        where = f"{path}:{line}"
+    for line, fields in rows:
+        where = f"{path} line {line}"
         labels = fields[1].split(",") if len(fields) == 2 else []
         if len(labels) != 2 or not all(lb in CLASSES for lb in labels):
             listing.skipped.append({"file": where, "reason": f"not '<id> <text label>,<image label>' with labels "
