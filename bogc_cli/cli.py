@@ -122,9 +122,10 @@ def prepare(
     preset: Optional[str] = typer.Option(None, "--preset", help="Preparation preset (see `bogc list`)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation carve-out and pairings."),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share carved from "
-                                                 "train, in (0, 1) (default per dataset: mfeat 0.25, others 0.1; "
-                                                 "ave, mosei and mosi have official validation splits; 0 is "
-                                                 "refused: training picks its best epoch on validation)."),
+                                                 "train, in (0, 1) (default per dataset: mfeat 0.25, mvsa_single 1/9 "
+                                                 "of what its 10% test carve-out leaves (8:1:1), others 0.1; ave, "
+                                                 "mosei and mosi have official validation splits; 0 is refused: "
+                                                 "training picks its best epoch on validation)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes decoding files (clips, volumes); "
                                 "an interrupted prepare resumes where it stopped."),
     strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones, or "
@@ -138,7 +139,7 @@ def prepare(
                                              "model.encoders.<m>.path); default: a word vocabulary built from the "
                                              "train split. Never downloads."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Text: tokens per sample, padded or "
-                                             "truncated (default 128)."),
+                                             "truncated (default 128; food101 50, CGGM's length)."),
 ) -> None:
     """Turn a raw dataset download into a prepared cache that `bogc train` reads."""
     from data_prep import PREPARERS, TEXT_PREPARERS
