@@ -34,6 +34,7 @@ import json
 from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, folders_below, no_log)
 from data_prep.imagetext import (DEFAULT_PRESET, PRESETS, Pair, PairListing, carve_problems, check_counts,
@@ -116,6 +117,7 @@ def find_root(raw: Path) -> tuple[Path, str]:
 
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     """The non-empty rows of a text CSV (UTF-8, else Latin-1), each with the file line it starts on."""
+    refuse_pointer(path)
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -184,6 +186,7 @@ def list_json(root: Path) -> PairListing:
                           sources={"root": str(root), "rows": {}})
     for split, name in JSON_FILES.items():
         path = root / name
+        refuse_pointer(path)
         try:
             records = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

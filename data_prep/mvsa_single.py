@@ -29,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
+from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, folders_below, no_log)
 from data_prep.clipstore import SkipItem
@@ -102,6 +103,7 @@ def find_root(raw: Path) -> Path:
 
 def _label_lines(path: Path) -> list[tuple[int, list[str]]]:
     """The white-space separated fields of each line of the label file after its header, with its line number."""
+    refuse_pointer(path)
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as exc:

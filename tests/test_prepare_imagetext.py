@@ -96,6 +96,37 @@ def test_food101_bad_files_and_rows_are_skipped_and_reported(tmp_path, food_raw)
     assert any(line.startswith("skipped ") and "sushi_1.jpg" in line for line in lines)
 
 
+def test_an_interrupted_preparation_resumes_and_git_lfs_pointers_are_named(tmp_path, food_raw, monkeypatch):
+    from data_prep import imagetext
+
+    real, calls = imagetext.decode_image, []
+
+    def die_after_five(item):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(item.key)
+        return real(item)
+
+    monkeypatch.setattr(imagetext, "decode_image", die_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        food101.prepare(food_raw, tmp_path / "c", preset="px64")
+    monkeypatch.setattr(imagetext, "decode_image", real)
+    log: list[str] = []
+    manifest = food101.prepare(food_raw, tmp_path / "c", preset="px64", log=log.append)
+    assert any("resuming: 5 images already done" in line for line in log) and sum(manifest.splits.values()) == 24
+    raw = tmp_path / "lfs"
+    shutil.copytree(food_raw, raw)
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 1234\n"
+    (raw / "texts/test_titles.csv").write_text(pointer)
+    with pytest.raises(UserError, match="test_titles.csv is a Git LFS pointer"):
+        food101.prepare(raw, tmp_path / "d")
+    (raw / "texts/test_titles.csv").write_bytes((food_raw / "texts/test_titles.csv").read_bytes())
+    for image in raw.glob("images/*/*/*.jpg"):
+        image.write_text(pointer)
+    with pytest.raises(UserError, match="every food101 image under --raw .* is a Git LFS pointer"):
+        food101.prepare(raw, tmp_path / "d")
+
+
 def test_cggms_json_form_is_read_with_its_joined_tokens(tmp_path, food_raw):
     raw = tmp_path / "cggm"
     for split, n in (("train", 6), ("test", 2)):
