@@ -36,9 +36,9 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, folders_below, no_log)
-from data_prep.imagetext import (DEFAULT_PRESET, PRESETS, Pair, PairListing, carve_problems, check_counts,
-                                 prepare_pairs, split_off)
+from data_prep._common import Log, folders_below, no_log
+from data_prep.imagetext import (Pair, PairListing, carve_problems, check_arguments, check_counts, prepare_pairs,
+                                 split_off)
 from data_prep.media import IMAGE_SUFFIXES
 
 DATASET = "food101"
@@ -70,12 +70,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
             workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False,
             tokenizer: str | Path | None = None, max_length: int | None = None) -> Manifest:
     """Prepare the UPMC Food-101 cache in ``out`` from ``raw`` (see the module doc for the layouts read)."""
-    raw, out = Path(raw), Path(out)
-    preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
-    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
-    if not raw.is_dir():
-        raise UserError(f"raw folder {raw} does not exist: point --raw at the UPMC Food-101 download ({LAYOUT})")
-    check_out_folder(out, raw)
+    raw, out, preset, val_fraction = check_arguments(DATASET, raw, out, preset, val_fraction, DEFAULT_VAL_FRACTION,
+                                                     LAYOUT)
     root, layout = find_root(raw)
     listing = list_csv(root) if layout == "csv" else list_json(root)
     warnings = []

@@ -139,6 +139,22 @@ def split_off(pairs: list[Pair], fraction: float, seed: int, into: str, source: 
     return out, labels, carved
 
 
+def check_arguments(dataset: str, raw: Path, out: Path, preset: str | None, val_fraction: float | None,
+                    default_val_fraction: float, layout: str) -> tuple[Path, Path, str, float]:
+    """A preparer's arguments checked before anything is read: the preset (or the default) and the validation
+    share, ``raw`` an existing folder (else ``UserError`` naming the expected ``layout``) and ``out`` a folder
+    the cache may be written to. Returns ``raw``, ``out``, the preset and the share."""
+    from data_prep._common import check_out_folder, choose_preset, choose_val_fraction
+
+    raw, out = Path(raw), Path(out)
+    preset = choose_preset(dataset, preset, PRESETS, DEFAULT_PRESET)
+    val_fraction = choose_val_fraction(val_fraction, default_val_fraction)
+    if not raw.is_dir():
+        raise UserError(f"raw folder {raw} does not exist: point --raw at the {dataset} download ({layout})")
+    check_out_folder(out, raw)
+    return raw, out, preset, val_fraction
+
+
 def prepare_pairs(dataset: str, out: Path, listing: PairListing, *, preset: str, seed: int, strict: bool,
                   workers: int, log: Log, overwrite: bool, tokenizer: str | Path | None,
                   max_length: int | None, default_max_length: int, warnings: list[str] | None = None) -> Manifest:

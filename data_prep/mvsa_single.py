@@ -31,10 +31,10 @@ from pathlib import Path
 from bogc_cli.data.cache import Manifest
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, folders_below, no_log)
+from data_prep._common import Log, folders_below, no_log
 from data_prep.clipstore import SkipItem
-from data_prep.imagetext import (DEFAULT_PRESET, PRESETS, Pair, PairListing, carve_problems, check_counts,
-                                 prepare_pairs, read_text_file, split_off)
+from data_prep.imagetext import (Pair, PairListing, carve_problems, check_arguments, check_counts, prepare_pairs,
+                                 read_text_file, split_off)
 
 DATASET = "mvsa_single"
 CLASSES = ["positive", "neutral", "negative"]
@@ -64,12 +64,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
             workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False,
             tokenizer: str | Path | None = None, max_length: int | None = None) -> Manifest:
     """Prepare the MVSA-Single cache in ``out`` from ``raw`` (see the module doc)."""
-    raw, out = Path(raw), Path(out)
-    preset = choose_preset(DATASET, preset, PRESETS, DEFAULT_PRESET)
-    val_fraction = choose_val_fraction(val_fraction, DEFAULT_VAL_FRACTION)
-    if not raw.is_dir():
-        raise UserError(f"raw folder {raw} does not exist: point --raw at the MVSA-Single download ({LAYOUT})")
-    check_out_folder(out, raw)
+    raw, out, preset, val_fraction = check_arguments(DATASET, raw, out, preset, val_fraction, DEFAULT_VAL_FRACTION,
+                                                     LAYOUT)
     listing = list_pairs(find_root(raw))
     sources = listing.sources
     mismatches = [m for m in (
