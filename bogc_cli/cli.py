@@ -174,8 +174,7 @@ def prepare(
     table.add_column("samples", justify="right")
     table.add_column("per class", overflow="fold")
     for split, n in manifest.splits.items():
-        counts = manifest.class_counts.get(split, {})
-        table.add_row(split, str(n), " ".join(f"{c}:{k}" for c, k in counts.items()))
+        table.add_row(split, str(n), _per_class(manifest.class_counts.get(split, {})))
     _show(table)
     mods = ", ".join(f"{m} {s.kind} {tuple(s.shape)} {s.dtype}" + (
         f" ({s.tokenizer.get('kind')} tokenizer, {s.tokenizer.get('vocab_size')} tokens)" if s.tokenizer else "")
@@ -187,6 +186,18 @@ def prepare(
             console.print(f"  {item.get('file')}: {item.get('reason')}", highlight=False)
     for warning in manifest.warnings:
         console.print(f"[yellow]warning:[/yellow] {escape(str(warning))}", highlight=False)
+
+
+def _per_class(counts: dict[str, int], most: int = 20) -> str:
+    """Samples per class for the prepare table: each class (``name:count``), or past ``most`` classes (Food-101's
+    101) the range and the classes without a sample, so the table stays readable (manifest.json has them all)."""
+    if len(counts) <= most:
+        return " ".join(f"{c}:{k}" for c, k in counts.items())
+    empty = [c for c, k in counts.items() if k == 0]
+    text = f"{len(counts)} classes, {min(counts.values())}-{max(counts.values())} each"
+    if empty:
+        text += f"; none of {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} ({len(empty)})"
+    return text
 
 
 def _kinds_option(value: str) -> dict[str, str]:

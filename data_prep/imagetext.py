@@ -172,6 +172,15 @@ def prepare_pairs(dataset: str, out: Path, listing: PairListing, *, preset: str,
     if pointers == len(images):
         raise UserError(f"every {dataset} image under --raw ({pointers}) is a Git LFS pointer (~130 bytes of text), "
                         f"not the image itself: {LFS_FIX}")
+    warnings = list(warnings or [])
+    untrained = sorted({p.label for p in pairs} - {p.label for p in pairs if p.split == "train"})
+    if untrained:
+        message = (f"{dataset}: class(es) {', '.join(listing.classes[k] for k in untrained[:10])} have pairs in val/test "
+                   "but none in train: the model cannot learn them")
+        if strict:
+            raise UserError(f"{message} (--strict): add their training pairs, or drop --strict")
+        log(f"warning: {message}")
+        warnings.append(message)
     length = check_max_length(default_max_length if max_length is None else max_length)
     text_params = text_fingerprint(tokenizer, length)  # checks a --tokenizer directory before any work
     pretrained = PretrainedTokenizer(tokenizer) if tokenizer is not None else None
@@ -205,7 +214,7 @@ def prepare_pairs(dataset: str, out: Path, listing: PairListing, *, preset: str,
     log(f"wrote {sum(len(s) for s in splits.values())} pairs, skipped {len(skipped)}")
     return write_manifest(out, dataset=dataset, classes=listing.classes, kinds=KINDS, splits=splits, preset=preset,
                           params=params, sources={**sources, "fingerprint": fingerprint}, skipped=skipped,
-                          warnings=list(warnings or []) + decode_warnings,
+                          warnings=warnings + decode_warnings,
                           tokenizers={"text": tok.describe(length)})
 
 

@@ -39,6 +39,7 @@ def test_food101_keeps_the_official_split_carves_validation_and_warns_about_coun
                              "--preset", "px64")
     assert code == 0, out + err
     assert "not the published train 67,988 / test 22,716" in out  # the count check warns
+    assert "101 classes, 0-5 each; none of baby_back_ribs" in out  # per class, in brief past 20 classes
     manifest = read_manifest(tmp_path / "c")
     assert manifest.dataset == "food101" and len(manifest.classes) == 101
     assert manifest.splits == {"train": 15, "val": 3, "test": 6}  # 18 train rows: 10% stratified to val
@@ -67,7 +68,7 @@ def test_food101_keeps_the_official_split_carves_validation_and_warns_about_coun
     assert code == 2 and "67,988" in out + err and not (tmp_path / "s" / "manifest.json").exists()
 
 
-def test_food101_bad_files_and_rows_are_skipped_and_reported(tmp_path, food_raw):
+def test_food101_bad_files_and_rows_are_skipped_and_reported(tmp_path, food_raw, monkeypatch):
     raw = tmp_path / "raw"
     shutil.copytree(food_raw, raw)
     (raw / "images/train/sushi/sushi_0.jpg").write_bytes(b"")  # empty
@@ -93,6 +94,13 @@ def test_food101_bad_files_and_rows_are_skipped_and_reported(tmp_path, food_raw)
     assert reasons["train_titles.csv line 20"] == "unknown class 'apple_crumble'"
     assert reasons["train_titles.csv line 21"] == "a second row for apple_pie_2.jpg"
     assert len(manifest.skipped) == 8 and sum(manifest.splits.values()) == 24 - 4
+    for image in (raw / "images/train/sushi").iterdir():  # sushi left in test only: it cannot be learnt
+        image.unlink()
+    manifest = food101.prepare(raw, tmp_path / "c2", preset="px64")
+    assert any("class(es) sushi have pairs in val/test but none in train" in w for w in manifest.warnings)
+    monkeypatch.setattr(food101, "EXPECTED", {"train": 21, "test": 6})  # the rows the CSVs have: no count problem
+    with pytest.raises(UserError, match="sushi have pairs in val/test but none in train: .*--strict"):
+        food101.prepare(raw, tmp_path / "c3", preset="px64", strict=True)
     assert any(line.startswith("skipped ") and "sushi_1.jpg" in line for line in lines)
 
 
