@@ -20,12 +20,18 @@ hashtags included).
 
 Split: MVSA has no official split; the customary random 8:1:1 (CLMLF's) is drawn here stratified by
 class and seeded (``--seed``): 10% of the cleaned pairs for test, then ``--val-fraction`` (default 1/9)
-of the rest for validation, i.e. 8:1:1 overall. The ids of each split are saved in ``<split>/ids.txt``.
+of the rest for validation, i.e. 8:1:1 overall. To use CLMLF's own draw instead (3,611 / 450 / 450, the
+split of many later papers), put its ``train.json``, ``dev.json``, ``test.json`` (its repository's
+``dataset/data/MVSA-single/10-flod-1/``) beside ``labelResultAll.txt`` or in a ``10-flod-1/`` folder
+there: each pair goes to the split the files name (a pair they do not list is reported and left out; a
+label that differs from this cleaning's is a warning). Its 4,511 ids and labels (2,683 / 470 / 1,358) are
+what this cleaning gives. The ids of each split are saved in ``<split>/ids.txt``.
 Classes in CLMLF's order: positive, neutral, negative.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from bogc_cli.data.cache import Manifest
@@ -46,6 +52,10 @@ DEFAULT_VAL_FRACTION = 1 / 9  # of the 90% left after the test carve-out: 8:1:1 
 DEFAULT_MAX_LENGTH = 128
 LAYOUT = f"{LABEL_FILE} (lines: <id> <text label>,<image label>) beside data/<id>.jpg and data/<id>.txt"
 SEARCH_DEPTH = 3
+#: CLMLF's MVSA-Single split (Li et al., NAACL 2022; Link-Li/CLMLF dataset/data/MVSA-single/10-flod-1/): 3,611 /
+#: 450 / 450 ids, used by many later papers; read when the user puts the files beside labelResultAll.txt.
+CLMLF_FOLDER = "10-flod-1"
+CLMLF_FILES = {"train": "train.json", "val": "dev.json", "test": "test.json"}
 
 
 def clean_label(text_label: str, image_label: str) -> str | None:
@@ -75,15 +85,70 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
                      "use the complete MVSA-Single release")) if m]
     if mismatches:
         sources["count_check"] = "; ".join(mismatches)
-    listing.pairs, _, _ = split_off(listing.pairs, TEST_FRACTION, seed, "test")
-    listing.pairs, labels, carved = split_off(listing.pairs, val_fraction, seed, "val")
-    carve = carve_problems(DATASET, labels, carved, CLASSES, strict, log)
-    listing.params.update(split="no official split: stratified, seeded 10% test, then val_fraction of the rest "
-                                "(default 1/9: 8:1:1)", test_fraction=TEST_FRACTION, val_fraction=val_fraction,
-                          cleaning="agree -> label; one neutral -> the other; positive vs negative -> dropped")
+    listing.params["cleaning"] = "agree -> label; one neutral -> the other; positive vs negative -> dropped"
+    split_files = find_clmlf_split(Path(sources["root"]))
+    if split_files is not None:
+        carve = apply_clmlf_split(listing, split_files, strict, log)
+    else:
+        listing.pairs, _, _ = split_off(listing.pairs, TEST_FRACTION, seed, "test")
+        listing.pairs, labels, carved = split_off(listing.pairs, val_fraction, seed, "val")
+        carve = carve_problems(DATASET, labels, carved, CLASSES, strict, log)
+        listing.params.update(split="no official split: stratified, seeded 10% test, then val_fraction of the rest "
+                                    "(default 1/9: 8:1:1)", test_fraction=TEST_FRACTION, val_fraction=val_fraction)
     return prepare_pairs(DATASET, out, listing, preset=preset, seed=seed, strict=strict, workers=workers, log=log,
                          overwrite=overwrite, tokenizer=tokenizer, max_length=max_length,
                          default_max_length=DEFAULT_MAX_LENGTH, warnings=carve)
+
+
+def find_clmlf_split(root: Path) -> dict[str, Path] | None:
+    """CLMLF's split files (``train.json``, ``dev.json``, ``test.json``) in ``root`` or ``root/10-flod-1/``,
+    if the user put them there; None when there are none. Some but not all of them is a ``UserError``."""
+    for folder in (root / CLMLF_FOLDER, root):
+        found = {split: folder / name for split, name in CLMLF_FILES.items() if (folder / name).is_file()}
+        if found and len(found) < len(CLMLF_FILES):
+            missing = sorted(set(CLMLF_FILES.values()) - {p.name for p in found.values()})
+            raise UserError(f"{folder} has CLMLF's split files but not {', '.join(missing)}: give all three "
+                            f"({', '.join(CLMLF_FILES.values())}) or none (then a seeded 8:1:1 split is drawn)")
+        if found:
+            return found
+    return None
+
+
+def apply_clmlf_split(listing: PairListing, files: dict[str, Path], strict: bool, log: Log) -> list[str]:
+    """Put each cleaned pair in the split CLMLF's files give it (records ``{"id", "text", "emotion_label"}``,
+    labels 0 positive, 1 neutral, 2 negative). A pair the files do not list is skipped and reported; a label
+    that differs from this cleaning's is a warning (an error with ``strict``). Returns the warnings."""
+    split_of: dict[str, tuple[str, int]] = {}
+    for split, path in files.items():
+        refuse_pointer(path)
+        try:
+            records = json.loads(path.read_text(encoding="utf-8"))
+            split_of.update({str(r["id"]): (split, int(r["emotion_label"])) for r in records})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+            raise UserError(f"{path} is not CLMLF's split file ({type(exc).__name__}: {exc}): expected a JSON list "
+                            "of {id, text, emotion_label} records") from None
+    kept, differ = [], []
+    for pair in listing.pairs:
+        if pair.key not in split_of:
+            listing.skipped.append({"file": str(pair.image.with_suffix(".txt")),
+                                    "reason": f"not in CLMLF's split files ({', '.join(CLMLF_FILES.values())})"})
+            continue
+        split, label = split_of[pair.key]
+        if label != pair.label:
+            differ.append(pair.key)
+        kept.append(Pair(pair.key, split, pair.label, pair.image, pair.text))
+    listing.pairs = kept
+    listing.params.update(split=f"CLMLF's split files ({files['train'].parent})")
+    listing.sources["clmlf_split"] = {"files": {s: str(p) for s, p in files.items()}, "listed": len(split_of),
+                                      "label_differs": len(differ)}
+    if not differ:
+        return []
+    message = (f"{DATASET}: {len(differ)} pair(s) ({', '.join(differ[:5])}) have another label in CLMLF's split files "
+               "than this cleaning gives them (the cleaning's label is kept)")
+    if strict:
+        raise UserError(f"{message} (--strict): check the label file and the split files, or drop --strict")
+    log(f"warning: {message}")
+    return [message]
 
 
 def find_root(raw: Path) -> Path:

@@ -225,6 +225,31 @@ def test_mvsa_cleans_splits_8_1_1_and_reports_bad_files(tmp_path, capsys):
     assert set(load_split(tmp_path / "other", other, "test").ids) != ids["test"]
 
 
+def test_clmlfs_split_files_decide_the_split_when_given(tmp_path, monkeypatch):
+    pairs = [("positive", "positive")] * 6 + [("neutral", "neutral")] * 4 + [("negative", "negative")] * 4
+    raw = mvsa_tree(tmp_path / "MVSA_Single", pairs)
+    label = {"positive": 0, "neutral": 1, "negative": 2}  # CLMLF's emotion_label
+    cleaned = {str(i): label[t] for i, (t, _) in enumerate(pairs, start=1)}
+    chosen = {"train.json": ["1", "2", "3", "4", "7", "8", "11", "12"], "dev.json": ["5", "9", "13"],
+              "test.json": ["6", "10"]}  # tweet 14 is in none
+    (raw / "10-flod-1").mkdir()
+    for name, ids in chosen.items():
+        records = [{"id": i, "text": "...", "emotion_label": cleaned[i] if i != "2" else 2} for i in ids]
+        (raw / "10-flod-1" / name).write_text(json.dumps(records))
+    manifest = mvsa_single.prepare(raw, tmp_path / "c", preset="px64")
+    got = {s: sorted(load_split(tmp_path / "c", manifest, s).ids, key=int) for s in ("train", "val", "test")}
+    assert got == {"train": chosen["train.json"], "val": chosen["dev.json"], "test": chosen["test.json"]}
+    assert any("not in CLMLF's split files" in s["reason"] and s["file"].endswith("14.txt") for s in manifest.skipped)
+    assert manifest.sources["clmlf_split"]["label_differs"] == 1 and any("(2)" in w for w in manifest.warnings)
+    monkeypatch.setattr(mvsa_single, "RAW_PAIRS", 14)  # the counts of this tree: --strict finds only the label
+    monkeypatch.setattr(mvsa_single, "EXPECTED", {"positive": 6, "neutral": 4, "negative": 4})
+    with pytest.raises(UserError, match="another label in CLMLF's split files"):
+        mvsa_single.prepare(raw, tmp_path / "strict", preset="px64", strict=True, overwrite=True)
+    (raw / "10-flod-1" / "dev.json").unlink()
+    with pytest.raises(UserError, match="has CLMLF's split files but not dev.json"):
+        mvsa_single.prepare(raw, tmp_path / "d", preset="px64")
+
+
 def test_unfamiliar_mvsa_layouts_are_one_error_each(tmp_path, capsys):
     multiple = mvsa_tree(tmp_path / "multiple", [("positive", "positive")] * 3)
     (multiple / "labelResultAll.txt").write_text("ID\ttext,image\ttext,image\ttext,image\n"
