@@ -24,8 +24,8 @@ of the rest for validation, i.e. 8:1:1 overall. To use CLMLF's own draw instead 
 split of many later papers), put its ``train.json``, ``dev.json``, ``test.json`` (its repository's
 ``dataset/data/MVSA-single/10-flod-1/``) beside ``labelResultAll.txt`` or in a ``10-flod-1/`` folder
 there: each pair goes to the split the files name (a pair they do not list is reported and left out; a
-label that differs from this cleaning's is a warning). Its 4,511 ids and labels (2,683 / 470 / 1,358) are
-what this cleaning gives. The ids of each split are saved in ``<split>/ids.txt``.
+label that differs from this cleaning's is a warning). Its 4,511 pairs (2,683 / 470 / 1,358 by class) are the
+published counts of this cleaning. The ids of each split are saved in ``<split>/ids.txt``.
 Classes in CLMLF's order: positive, neutral, negative.
 """
 
