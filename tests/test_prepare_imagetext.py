@@ -297,3 +297,33 @@ def test_a_tiny_bert_tokenises_food101_and_trains_one_epoch(tmp_path, food_raw, 
     state = __import__("transformers").AutoModel.from_pretrained(bert).state_dict()
     assert all(torch.equal(trained["encoders.text.backbone." + k], v) for k, v in state.items())
     assert json.loads((run / "environment.json").read_text())["encoders"]["text"]["family"] == "transformers"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", ["food101", "mvsa_single"])
+def test_the_shipped_pretrained_recipes_train_with_tiny_bert_and_vit(tmp_path, food_raw, capsys, dataset):
+    """recipes/<dataset>/{cggm,bogc}.yaml as shipped (hf BERT + ViT, freeze, pooling cls, ViT input not normalised),
+    on tiny models in the folders they name and a tiny cache; only sizes and epochs are overridden."""
+    transformers = pytest.importorskip("transformers")
+    models = tmp_path / "models"
+    tiny_bert(models / "bert-base-uncased", layers=3)
+    torch.manual_seed(0)
+    transformers.ViTModel(transformers.ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                                 intermediate_size=32, image_size=64, patch_size=16)
+                          ).save_pretrained(models / "vit-base-patch16-224")
+    raw = food_raw if dataset == "food101" else mvsa_tree(tmp_path / "mvsa", [(lb, lb) for lb in LABELS] * 8)
+    code, out, err = run_cli(capsys, "prepare", dataset, "--raw", raw, "--out", tmp_path / "data" / dataset,
+                             "--preset", "px64", "--tokenizer", models / "bert-base-uncased", "--max-length", "32")
+    assert code == 0, out + err
+    for method in ("cggm", "bogc") if dataset == "food101" else ("bogc",):
+        recipe = Path(__file__).resolve().parents[1] / "recipes" / dataset / f"{method}.yaml"
+        code, out, err = run_cli(capsys, "train", recipe, "--seeds", "0", "--out", tmp_path / "res", "--set",
+                                 f"dataset.root={tmp_path / 'data' / dataset}", "--set", "train.epochs=1",
+                                 "--set", "train.batch_size=8", "--set", "model.encoders.text.freeze=2",
+                                 "--set", "model.encoders.image.freeze=2",
+                                 "--set", f"model.encoders.text.path={models / 'bert-base-uncased'}",
+                                 "--set", f"model.encoders.image.path={models / 'vit-base-patch16-224'}")
+        assert code == 0, out + err
+        run = next((tmp_path / "res").rglob(f"{method}/seed0/eval.json")).parent
+        env = json.loads((run / "environment.json").read_text())["encoders"]
+        assert env["text"]["family"] == env["image"]["family"] == "transformers"
