@@ -7,8 +7,9 @@ Raw layouts read under ``--raw`` (the folder itself or one up to three levels be
   ``images/test/<class>/<file>.jpg`` and ``texts/train_titles.csv``, ``texts/test_titles.csv``: CSV
   (quoted fields) without a header, three columns per row: image file name, text, class
   (``apple_pie_0.jpg,"Apple pie recipe ...",apple_pie``); the image of a row is
-  ``images/<split>/<class>/<file>``. A header row (a first row whose third field is no class name) is
-  skipped. Published: 67,988 train + 22,716 test rows (90,704 pairs);
+  ``images/<split>/<class>/<file>``. A header row (a first row whose first field is no image file name
+  and whose third is no class name) is skipped. Published: 67,988 train + 22,716 test rows (90,704 pairs,
+  the size commonly reported for the release);
 - CGGM's pre-processed form (zrguo/CGGM ``datasets/FOODDataset.py``): ``train.json`` and ``test.json``,
   each a JSON list of ``{"id", "text_tokens", "img_path", "label"}`` (``img_path`` relative to the folder,
   ``label`` a class name); the text is ``" ".join(text_tokens)`` as CGGM joins it. ``dev.json``, which CGGM
