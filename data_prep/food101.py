@@ -18,7 +18,8 @@ Raw layouts read under ``--raw`` (the folder itself or one up to three levels be
 Refused with one message naming the expected layout (exit 2): a folder without either form, a CSV with
 other columns, ETH Food-101's images-only release (``meta/`` + ``images/<class>/``: it has no text), a JSON
 whose records lack those keys. Reported and left out: rows of an unknown class, rows with empty text, a
-second row for one image, rows whose image is missing, images no row names, and images PIL cannot decode.
+second row for one image, rows whose image is missing, rows naming a path instead of a file name (and JSON
+``img_path``s leading out of the folder), images no row names, and images PIL cannot decode.
 
 Split: the official train/test; validation is carved from train (``--val-fraction``, default 0.1,
 stratified and seeded). CGGM selects its epoch on the test set (its ``valid`` loader is the test split);
@@ -158,6 +159,9 @@ def list_csv(root: Path) -> PairListing:
             if label not in index:
                 listing.skipped.append({"file": where, "reason": f"unknown class {label[:60]!r}"})
                 continue
+            if Path(file).name != file or file in ("", ".", ".."):
+                listing.skipped.append({"file": where, "reason": f"{file[:60]!r} is not an image file name"})
+                continue
             if file in seen:
                 listing.skipped.append({"file": where, "reason": f"a second row for {file}"})
                 continue
@@ -208,7 +212,12 @@ def list_json(root: Path) -> PairListing:
             if not text:
                 listing.skipped.append({"file": where, "reason": "empty text"})
                 continue
-            listing.pairs.append(Pair(f"{split}/{rec['id']}", split, index[label], root / str(rec["img_path"]), text))
+            image = root / str(rec["img_path"])
+            if not image.resolve().is_relative_to(root.resolve()):
+                listing.skipped.append({"file": where, "reason": f"img_path {str(rec['img_path'])[:60]!r} leads out "
+                                                                 f"of {root}"})
+                continue
+            listing.pairs.append(Pair(f"{split}/{rec['id']}", split, index[label], image, text))
     keys = [p.key for p in listing.pairs]
     if len(set(keys)) != len(keys):
         raise UserError(f"{root}: an id occurs twice in one of {', '.join(JSON_FILES.values())}: ids must be unique")

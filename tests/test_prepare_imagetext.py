@@ -81,6 +81,7 @@ def test_food101_bad_files_and_rows_are_skipped_and_reported(tmp_path, food_raw,
         fh.write('apple_pie_7.jpg,"  ",apple_pie\n')  # empty text
         fh.write("apple_pie_8.jpg,some text,apple_crumble\n")  # unknown class
         fh.write("apple_pie_2.jpg,again,apple_pie\n")  # a second row for one image
+        fh.write("../../pizza/pizza_2.jpg,a path,pizza\n")  # not a file name of its class folder
     write_jpeg(raw / "images/train/apple_pie/apple_pie_7.jpg", (1, 2, 3), 7)
     lines: list[str] = []
     manifest = food101.prepare(raw, tmp_path / "c", preset="px64", log=lines.append)
@@ -93,12 +94,13 @@ def test_food101_bad_files_and_rows_are_skipped_and_reported(tmp_path, food_raw,
     assert reasons["train_titles.csv line 19"] == "empty text"
     assert reasons["train_titles.csv line 20"] == "unknown class 'apple_crumble'"
     assert reasons["train_titles.csv line 21"] == "a second row for apple_pie_2.jpg"
-    assert len(manifest.skipped) == 8 and sum(manifest.splits.values()) == 24 - 4
+    assert reasons["train_titles.csv line 22"] == "'../../pizza/pizza_2.jpg' is not an image file name"
+    assert len(manifest.skipped) == 9 and sum(manifest.splits.values()) == 24 - 4
     for image in (raw / "images/train/sushi").iterdir():  # sushi left in test only: it cannot be learnt
         image.unlink()
     manifest = food101.prepare(raw, tmp_path / "c2", preset="px64")
     assert any("class(es) sushi have pairs in val/test but none in train" in w for w in manifest.warnings)
-    monkeypatch.setattr(food101, "EXPECTED", {"train": 21, "test": 6})  # the rows the CSVs have: no count problem
+    monkeypatch.setattr(food101, "EXPECTED", {"train": 22, "test": 6})  # the rows the CSVs have: no count problem
     with pytest.raises(UserError, match="sushi have pairs in val/test but none in train: .*--strict"):
         food101.prepare(raw, tmp_path / "c3", preset="px64", strict=True)
     assert any(line.startswith("skipped ") and "sushi_1.jpg" in line for line in lines)
@@ -141,12 +143,14 @@ def test_cggms_json_form_is_read_with_its_joined_tokens(tmp_path, food_raw):
         records = [{"id": f"{cls}_{i}", "text_tokens": ["best", cls.replace("_", " "), "recipe"],
                     "img_path": f"images/{split}/{cls}/{cls}_{i}.jpg", "label": cls}
                    for cls in FOOD_CLASSES for i in range(n)]
+        records.append({"id": "x", "text_tokens": ["a"], "img_path": "../../etc/passwd", "label": "pizza"})
         (raw / f"{split}.json").parent.mkdir(parents=True, exist_ok=True)
         (raw / f"{split}.json").write_text(json.dumps(records))
     shutil.copytree(food_raw / "images", raw / "images")
     manifest = food101.prepare(raw, tmp_path / "c", preset="px64", max_length=6)
     assert manifest.splits == {"train": 15, "val": 3, "test": 6} and manifest.params["layout"].startswith("CGGM")
     assert "count_check" not in manifest.sources  # CGGM states no count for its form
+    assert [s["reason"] for s in manifest.skipped] == [f"img_path '../../etc/passwd' leads out of {raw}"] * 2
     test = load_split(tmp_path / "c", manifest, "test")
     vocab = (tmp_path / "c" / "tokenizers" / "text" / "vocab.txt").read_text().split()
     row = test.ids.index("test/sushi_0")
