@@ -194,7 +194,7 @@ def list_pairs(root: Path) -> PairListing:
     seen: set[str] = set()
     for line, fields in rows:
         where = f"{path} line {line}"
-        labels = fields[1].split(",") if len(fields) == 2 else []
+        labels = fields[1].split(",") if len(fields) == 2 and fields[0].isdigit() else []
         if len(labels) != 2 or not all(lb in CLASSES for lb in labels):
             listing.skipped.append({"file": where, "reason": f"not '<id> <text label>,<image label>' with labels "
                                                              f"{', '.join(CLASSES)}: {' '.join(fields)[:60]!r}"})

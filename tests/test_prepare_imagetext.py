@@ -202,6 +202,7 @@ def test_mvsa_cleans_splits_8_1_1_and_reports_bad_files(tmp_path, capsys):
     (raw / "data/3.jpg").write_bytes(b"\xff\xd8 broken")  # corrupt image
     with open(raw / "labelResultAll.txt", "a") as fh:
         fh.write("99\tpositive,happy\n")  # an unknown label
+        fh.write("../1\tpositive,positive\n")  # not a tweet id
     code, out, err = run_cli(capsys, "prepare", "mvsa_single", "--raw", tmp_path / "MVSA", "--out", tmp_path / "c",
                              "--preset", "px64", "--seed", "3")
     assert code == 0, out + err
@@ -209,10 +210,10 @@ def test_mvsa_cleans_splits_8_1_1_and_reports_bad_files(tmp_path, capsys):
     manifest = read_manifest(tmp_path / "c")
     assert manifest.classes == list(LABELS)
     assert manifest.sources["after_cleaning"] == {"positive": 20, "neutral": 10, "negative": 10}
-    assert manifest.sources["dropped_conflicts"] == 6 and manifest.sources["label_lines"] == 47
+    assert manifest.sources["dropped_conflicts"] == 6 and manifest.sources["label_lines"] == 48
     reasons = {Path(s["file"]).name: s["reason"] for s in manifest.skipped}
     assert reasons["1.txt"] == "empty text" and reasons["3.jpg"].startswith("corrupt image")
-    assert "labelResultAll.txt line 48" in {Path(s["file"]).name for s in manifest.skipped}
+    assert {"labelResultAll.txt line 48", "labelResultAll.txt line 49"} <= {Path(s["file"]).name for s in manifest.skipped}
     # 40 cleaned pairs, 39 with text: 10% test (4), then 1/9 of the rest (4) for validation: 8:1:1; one image lost
     assert sum(manifest.splits.values()) == 38 and manifest.splits["test"] == 4 and manifest.splits["val"] == 4
     splits = {s: load_split(tmp_path / "c", manifest, s) for s in manifest.splits}
