@@ -175,8 +175,8 @@ def prepare_pairs(dataset: str, out: Path, listing: PairListing, *, preset: str,
     warnings = list(warnings or [])
     untrained = sorted({p.label for p in pairs} - {p.label for p in pairs if p.split == "train"})
     if untrained:
-        message = (f"{dataset}: class(es) {', '.join(listing.classes[k] for k in untrained[:10])} have pairs in val/test "
-                   "but none in train: the model cannot learn them")
+        names = ", ".join(listing.classes[k] for k in untrained[:10])
+        message = f"{dataset}: class(es) {names} have pairs in val/test but none in train: the model cannot learn them"
         if strict:
             raise UserError(f"{message} (--strict): add their training pairs, or drop --strict")
         log(f"warning: {message}")

@@ -213,7 +213,8 @@ def test_mvsa_cleans_splits_8_1_1_and_reports_bad_files(tmp_path, capsys):
     assert manifest.sources["dropped_conflicts"] == 6 and manifest.sources["label_lines"] == 48
     reasons = {Path(s["file"]).name: s["reason"] for s in manifest.skipped}
     assert reasons["1.txt"] == "empty text" and reasons["3.jpg"].startswith("corrupt image")
-    assert {"labelResultAll.txt line 48", "labelResultAll.txt line 49"} <= {Path(s["file"]).name for s in manifest.skipped}
+    skipped_names = {Path(s["file"]).name for s in manifest.skipped}
+    assert {"labelResultAll.txt line 48", "labelResultAll.txt line 49"} <= skipped_names
     # 40 cleaned pairs, 39 with text: 10% test (4), then 1/9 of the rest (4) for validation: 8:1:1; one image lost
     assert sum(manifest.splits.values()) == 38 and manifest.splits["test"] == 4 and manifest.splits["val"] == 4
     splits = {s: load_split(tmp_path / "c", manifest, s) for s in manifest.splits}
