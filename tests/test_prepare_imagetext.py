@@ -206,7 +206,7 @@ def test_mvsa_cleans_splits_8_1_1_and_reports_bad_files(tmp_path, capsys):
     code, out, err = run_cli(capsys, "prepare", "mvsa_single", "--raw", tmp_path / "MVSA", "--out", tmp_path / "c",
                              "--preset", "px64", "--seed", "3")
     assert code == 0, out + err
-    assert "not the published pairs 4,869" in out and "not the published positive 2,683" in out
+    assert "not the published positive 2,683 / neutral 470 / negative 1,358" in " ".join(out.split())
     manifest = read_manifest(tmp_path / "c")
     assert manifest.classes == list(LABELS)
     assert manifest.sources["after_cleaning"] == {"positive": 20, "neutral": 10, "negative": 10}
@@ -247,8 +247,7 @@ def test_clmlfs_split_files_decide_the_split_when_given(tmp_path, monkeypatch):
     assert got == {"train": chosen["train.json"], "val": chosen["dev.json"], "test": chosen["test.json"]}
     assert any("not in CLMLF's split files" in s["reason"] and s["file"].endswith("14.txt") for s in manifest.skipped)
     assert manifest.sources["clmlf_split"]["label_differs"] == 1 and any("(2)" in w for w in manifest.warnings)
-    monkeypatch.setattr(mvsa_single, "RAW_PAIRS", 14)  # the counts of this tree: --strict finds only the label
-    monkeypatch.setattr(mvsa_single, "EXPECTED", {"positive": 6, "neutral": 4, "negative": 4})
+    monkeypatch.setattr(mvsa_single, "EXPECTED", {"positive": 6, "neutral": 4, "negative": 4})  # --strict: the label
     with pytest.raises(UserError, match="another label in CLMLF's split files"):
         mvsa_single.prepare(raw, tmp_path / "strict", preset="px64", strict=True, overwrite=True)
     (raw / "10-flod-1" / "dev.json").unlink()

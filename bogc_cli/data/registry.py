@@ -136,7 +136,7 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "mvsa_single",
             "MVSA-Single: tweet text + image, 3 sentiments after the standard cleaning (agree, or neutral "
-            "yields; positive vs negative dropped: 4,869 -> 4,511 pairs); no official split: stratified, "
+            "yields; positive vs negative dropped: 4,511 pairs); no official split: stratified, "
             "seeded 8:1:1; --max-length default 128",
             ("image", "text"),
             prepare_presets={
