@@ -9,7 +9,9 @@ Raw layouts read under ``--raw`` (the folder itself or one up to three levels be
   (``apple_pie_0.jpg,"Apple pie recipe ...",apple_pie``); the image of a row is
   ``images/<split>/<class>/<file>``. A header row (a first row whose first field is no image file name
   and whose third is no class name) is skipped. Published: 67,988 train + 22,716 test rows (90,704 pairs,
-  the size commonly reported for the release);
+  the size reported for the release, and what a public analysis of it counts: MarihamR/UPMC-Food101-
+  ImageText-Fusion's notebooks print ``Train_set: 67988, Test_set: 22716``). Texts are kept as written
+  (web-page titles, HTML entities such as ``&#8217;`` included);
 - CGGM's pre-processed form (zrguo/CGGM ``datasets/FOODDataset.py``): ``train.json`` and ``test.json``,
   each a JSON list of ``{"id", "text_tokens", "img_path", "label"}`` (``img_path`` relative to the folder,
   ``label`` a class name); the text is ``" ".join(text_tokens)`` as CGGM joins it. ``dev.json``, which CGGM
