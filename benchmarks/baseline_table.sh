@@ -1,23 +1,18 @@
 #!/usr/bin/env bash
-# The all-methods comparison (README "Baselines"): every recipe under recipes/<dataset>/ -- joint,
-# uniform, unimodal-*, bogc and each baseline -- 3 seeds on avdigits and mfeat weak3, one run at a
-# time (the step-time column is only meaningful when runs do not share the CPU), then the report.
-# Runs that already have an eval.json are skipped, so an interrupted table resumes.
-#   bash benchmarks/baseline_table.sh [RESULTS_DIR] [DATASETS] [METHODS]
-# Needs the prepared caches data/avdigits and data/mfeat (see README).
+# The all-methods comparison (README "All methods compared"): accuracy from the sweep
+# recipes/paper/all-methods.yaml (every method's own recipe under recipes/<dataset>/, 3 seeds, on
+# mfeat weak3, avdigits-avmnist and avdigits; finished cells are skipped, so an interrupted table
+# resumes), then the report, then the step-time ratios to joint from benchmarks/step_time.py: every
+# method interleaved in one process per dataset shape, so each ratio shares one machine load (the
+# sweep's own step times do not when --jobs is above 1).
+#   bash benchmarks/baseline_table.sh [RESULTS_DIR] [JOBS]
+# Needs the prepared caches data/avdigits, data/avdigits-avmnist and data/mfeat (see the sweep's header).
 set -euo pipefail
-out=${1:-results/baselines}
-datasets=${2:-"mfeat avdigits"}
-methods=${3:-""}
-for d in $datasets; do
-  for recipe in recipes/"$d"/*.yaml; do
-    name=$(basename "$recipe" .yaml)
-    if [[ -n "$methods" && " $methods " != *" $name "* ]]; then continue; fi
-    for seed in 0 1 2; do
-      label=$d; [[ $d == mfeat ]] && label=mfeat-weak3
-      if [[ -f "$out/baselines/$label/$name/seed$seed/eval.json" ]]; then continue; fi
-      bogc train "$recipe" --out "$out" --set experiment=baselines --seeds "$seed" --overwrite  # an unfinished run restarts
-    done
-  done
+out=${1:-results}
+jobs=${2:-2}
+export OMP_NUM_THREADS=1   # one single-threaded run per core
+bogc reproduce recipes/paper/all-methods.yaml --out "$out" --jobs "$jobs"
+for preset in mfeat-cpu avmnist-cpu avdigits-cpu; do
+  echo "== step time, preset $preset (CPU time per step, ratio to joint)"
+  python benchmarks/step_time.py --preset "$preset" --clock cpu
 done
-bogc report "$out"

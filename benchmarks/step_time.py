@@ -3,6 +3,7 @@
     python benchmarks/step_time.py                       # CPU: avdigits-shaped data, cnn-small encoders
     python benchmarks/step_time.py --preset cremad-gpu   # GPU: resnet18 x2, 3 frames at 224 px, 257x188 spectrograms
     OMP_NUM_THREADS=1 python benchmarks/step_time.py --preset mfeat-cpu --clock cpu   # mfeat's MLPs, CPU time
+    OMP_NUM_THREADS=1 python benchmarks/step_time.py --preset avmnist-cpu --clock cpu # avdigits-avmnist's shapes
 
 Methods are measured in interleaved rounds within one process, so every ratio comes from
 the same run under the same machine load. Prints one row per method:
@@ -30,6 +31,12 @@ PRESETS = {
                                 "image": ModalitySpec("image", [1, 28, 28], "uint8")},
                          encoders="cnn-small", batch=64, classes=10,
                          model=dict(cnn_channels=[16, 32, 64], feature_dim=64)),
+    # avdigits prepared with --preset avmnist (40-bin log-mel of noisy speech, PCA-reduced images), as
+    # recipes/avdigits-avmnist/*.yaml and the avdigits-avmnist cells of recipes/paper/all-methods.yaml
+    "avmnist-cpu": dict(specs={"audio": ModalitySpec("audio", [1, 40, 51], "float16"),
+                               "image": ModalitySpec("image", [1, 28, 28], "float16")},
+                        encoders="cnn-small", batch=64, classes=10,
+                        model=dict(cnn_channels=[16, 32, 64], feature_dim=64)),
     # mfeat preset weak3 (fou 76, zer 47, mor 6 features) as recipes/mfeat/*.yaml: mlp 128 -> 64, dropout 0.2
     "mfeat-cpu": dict(specs={"fou": ModalitySpec("vector", [76], "float32"),
                              "zer": ModalitySpec("vector", [47], "float32"),
