@@ -280,22 +280,34 @@ def train(
 
 
 def _summary_table(results) -> Table:
-    modalities = list(results[0].test.get("unimodal_accuracy", {}))
+    """Per seed: the best epoch, its validation score and the test metrics of the run's task (classification:
+    accuracy, macro-F1, each head's accuracy; multilabel and regression: ``tasks.metrics.TABLE_METRICS`` and
+    each head's selection metric); mean ± std over seeds below."""
+    from bogc_cli.tasks.metrics import METRIC_TITLES, TABLE_METRICS
+
     first = results[0].test
-    table = Table(title=f"{first['dataset']} / {first['method']}: test metrics at the best-validation epoch")
-    for col in ["seed", "best epoch", "val acc", "test acc", "macro-F1", *[f"{m} head acc" for m in modalities], "time"]:
+    task, metric = first.get("task", "classification"), results[0].select_metric
+    heads_key = "unimodal_accuracy" if task == "classification" else f"unimodal_{metric}"
+    modalities = list(first.get(heads_key, {}))
+    shown = TABLE_METRICS[task]
+    table = Table(title=f"{first['dataset']} / {first['method']}: test metrics at the best-validation epoch "
+                        f"({task}; selected on validation {metric})")
+    val_title = "val acc" if metric == "accuracy" else f"val {METRIC_TITLES.get(metric, metric)}"
+    head_title = "acc" if task == "classification" else METRIC_TITLES.get(metric, metric)
+    titles = {"accuracy": "test acc", "macro_f1": "macro-F1"} if task == "classification" else METRIC_TITLES
+    for col in ["seed", "best epoch", val_title, *[titles.get(k, k) for k in shown],
+                *[f"{m} head {head_title}" for m in modalities], "time"]:
         table.add_column(col, justify="right")
     for r in results:
         t = r.test
-        table.add_row(str(r.seed), str(r.best_epoch), f"{r.val_accuracy:.3f}", f"{t['accuracy']:.3f}",
-                      f"{t['macro_f1']:.3f}", *[f"{t['unimodal_accuracy'][m]:.3f}" for m in modalities],
-                      f"{r.seconds:.0f}s")
+        table.add_row(str(r.seed), str(r.best_epoch), f"{r.val_score:.3f}", *[f"{t[k]:.3f}" for k in shown],
+                      *[f"{t[heads_key][m]:.3f}" for m in modalities], f"{r.seconds:.0f}s")
     if len(results) > 1:
         def ms(values):
             return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
-        table.add_row("mean ± std", "", ms([r.val_accuracy for r in results]),
-                      ms([r.test["accuracy"] for r in results]), ms([r.test["macro_f1"] for r in results]),
-                      *[ms([r.test["unimodal_accuracy"][m] for r in results]) for m in modalities], "",
+        table.add_row("mean ± std", "", ms([r.val_score for r in results]),
+                      *[ms([r.test[k] for r in results]) for k in shown],
+                      *[ms([r.test[heads_key][m] for r in results]) for m in modalities], "",
                       style="bold")
     return table
 
@@ -312,7 +324,9 @@ def eval_(
 ) -> None:
     """Accuracy, macro-F1, per-class accuracy, each modality head's accuracy, and the balance metrics: each
     modality's Shapley contribution and the imbalance degree, linear-probe accuracy per modality,
-    calibration (ECE, NLL, Brier; reliability.png) and cost (parameters, FLOPs)."""
+    calibration (ECE, NLL, Brier; reliability.png) and cost (parameters, FLOPs). Multilabel runs: micro-,
+    macro-, weighted- and samples-F1 and mAP; regression runs: MAE, Corr, Acc-2 (both forms), F1, Acc-7
+    (the classification-only balance metrics are reported as not applicable)."""
     from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import evaluate_run, load_run
     from bogc_cli.writable import require_writable
@@ -326,22 +340,41 @@ def eval_(
                         f"({run.checkpoint.name}, epoch {run.epoch}, n={result['n']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("accuracy", f"{result['accuracy']:.4f}")
-    table.add_row("macro-F1", f"{result['macro_f1']:.4f}")
-    for m, acc in result["unimodal_accuracy"].items():
-        table.add_row(f"{m} head accuracy", f"{acc:.4f}")
+    for name, value in _task_rows(result):
+        table.add_row(name, value)
     for name, value in _balance_rows(result):
         table.add_row(name, value)
-    for c, acc in result["per_class_accuracy"].items():
+    for c, acc in result.get("per_class_accuracy", {}).items():
         table.add_row(f"class {c} accuracy", f"{acc:.4f}")
     _show(table)
     if "skipped" in result["contribution"]:
         console.print(f"Shapley contributions skipped: {result['contribution']['skipped']}", highlight=False)
+    for name, block in result.items():
+        if isinstance(block, dict) and "not_applicable" in block:
+            console.print(f"{name}: not applicable ({block['not_applicable']})", highlight=False)
     console.print(f"written to {path}")
 
 
+def _task_rows(result: dict) -> list[tuple[str, str]]:
+    """The task's metrics of an eval result (and each head's) as (name, value) rows."""
+    from bogc_cli.tasks.metrics import METRIC_TITLES, TABLE_METRICS
+
+    task, metric = result.get("task", "classification"), result.get("select_metric", "accuracy")
+    if task == "classification":
+        rows = [("accuracy", f"{result['accuracy']:.4f}"), ("macro-F1", f"{result['macro_f1']:.4f}")]
+        return rows + [(f"{m} head accuracy", f"{v:.4f}") for m, v in result["unimodal_accuracy"].items()]
+    rows = [(METRIC_TITLES[k] + (" (selection metric)" if k == metric else ""), f"{result[k]:.4f}")
+            for k in TABLE_METRICS[task]]
+    return rows + [(f"{m} head {METRIC_TITLES[metric]}", f"{v:.4f}")
+                   for m, v in result[f"unimodal_{metric}"].items()]
+
+
 def _balance_rows(result: dict) -> list[tuple[str, str]]:
-    """The balance metrics of an eval result as (name, value) rows."""
+    """The balance metrics of an eval result as (name, value) rows (none for a block that is not applicable)."""
+    rows = [("parameters", f"{result['parameters']:,}"),
+            ("forward MFLOPs / sample", f"{result['forward_flops_per_sample'] / 1e6:.3f}")]
+    if "not_applicable" in result["calibration"]:
+        return rows
     rows = []
     contribution = result["contribution"]
     if "accuracy" in contribution:
@@ -384,7 +417,8 @@ def missing_modality(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     data: Optional[Path] = _data_option(),
 ) -> None:
-    """Test accuracy with a seeded fraction of samples missing each modality; adds the rows to the run's
+    """Test accuracy (the run's selection metric: micro-F1 for multilabel, MAE for regression runs) with a
+    seeded fraction of samples missing each modality; adds the rows to the run's
     missing_modality.csv (earlier calls' rows are kept) and redraws its plot."""
     from bogc_cli.engine.checkpoint import resolve_checkpoint
     from bogc_cli.engine.inference import load_run
@@ -406,17 +440,20 @@ def missing_modality(
     merged = results.add(df)
     csv_path, png = results.csv, results.png
     single = df[~df["missing"].str.contains(r"\+")]
-    table = Table(title=f"missing-modality accuracy ({run.model.fill}, mask seed {seed})")
+    metric = run.model.task.metric
+    better = "higher" if run.model.task.higher_is_better else "lower"
+    table = Table(title=f"missing-modality {metric} ({run.model.task.task} run's selection metric, {better} is "
+                        f"better; {run.model.fill}, mask seed {seed})")
     table.add_column("missing")
     for r in rate_list:
         table.add_column(f"{r:g}", justify="right")
     for m, rows in single.groupby("missing", sort=False):
-        by_rate = dict(zip(rows["rate"], rows["accuracy"]))
+        by_rate = dict(zip(rows["rate"], rows["score"]))
         table.add_row(m, *[f"{by_rate[r]:.3f}" for r in rate_list])
     _show(table)
     multi = df[df["missing"].str.contains(r"\+")]
     for _, row in multi.iterrows():
-        console.print(f"all of {row['missing']} missing: accuracy {row['accuracy']:.3f}", highlight=False)
+        console.print(f"all of {row['missing']} missing: {metric} {row['score']:.3f}", highlight=False)
     kept = len(merged) - len(df)
     console.print(f"written to {csv_path} and {png}" + (f" ({kept} row(s) of earlier calls kept)" if kept else ""))
 

@@ -48,6 +48,8 @@ class DatasetBlock(OpenModel):
     split_seed: Seed = Field(0, description="seed of that carve-out (fixed across training seeds)")
     kinds: dict[str, Kind] | None = Field(None, description="arrays: modality kind overrides")
     label: PathPart | None = Field(None, description="name in reports and run paths; default name[-preset]")
+    task: Literal["classification", "multilabel", "regression"] | None = Field(
+        None, description="the task type; default the data's (its manifest's task): a recipe may only restate it")
 
 
 class ModelBlock(StrictModel):
@@ -144,6 +146,11 @@ class TrainBlock(StrictModel):
                                 "(conflict.cos.<m> in metrics.jsonl; engine/conflict.py); 0: off")
     max_bad_steps: int = Field(10, ge=1, description="stop after this many steps in a row whose loss or gradient "
                                "is NaN/inf (each such step is skipped and counted)")
+    regression_loss: Literal["l1", "mse"] = Field("l1", description="regression runs: L1 (MulT's and CGGM's for "
+                                                  "CMU-MOSI) or mean squared error")
+    select_metric: str | None = Field(None, description="validation metric best.pt is chosen on; default: "
+                                      "accuracy (classification), micro_f1 (multilabel), mae (regression, lower "
+                                      "is better)")
     modality_dropout: dict[str, Annotated[float, Field(ge=0, lt=1)]] | Annotated[float, Field(ge=0, lt=1)] | None = \
         Field(None, description="robustness training: {modality: p} (or one p for every modality), each training "
               "sample loses that modality's input (zeroed, as model.fill zero-input) with probability p")

@@ -178,6 +178,10 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     ``round(fraction * n_c)`` of its rows, drawn by ``numpy.random.default_rng(seed)``. Either way every
     class keeps at least one row on the kept side: a carve-out never takes a class's only training sample.
     ``fraction`` 0 carves nothing. Used for every validation, test and held-out carve-out in bogc.
+
+    Targets that are not class indices (multilabel rows ``[N, C]``, float regression values ``[N]``) have no
+    class to stratify by: their carve-out is ``train_test_split`` without ``stratify`` (seeded), and at least
+    one row stays on the kept side.
     """
     from sklearn.model_selection import train_test_split
 
@@ -185,6 +189,12 @@ def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     index = np.arange(labels.shape[0])
     if fraction <= 0 or index.size == 0:
         return index, index[:0]
+    if labels.ndim != 1 or np.issubdtype(labels.dtype, np.floating):
+        take = min(index.size - 1, int(round(fraction * index.size)))
+        if take <= 0:
+            return index, index[:0]
+        kept, carved = train_test_split(index, test_size=take, random_state=seed)
+        return np.sort(np.asarray(kept, np.int64)), np.sort(np.asarray(carved, np.int64))
     try:
         kept, carved = train_test_split(index, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError:

@@ -17,7 +17,8 @@ from bogc_cli.engine.graceful_stop import loader_worker_init
 
 @dataclass
 class Batch:
-    """``inputs[m]``: ``[B, *shape_m]`` float32 on the device; ``labels``: ``[B]`` int64; ``index``: rows in the split;
+    """``inputs[m]``: ``[B, *shape_m]`` float32 on the device; ``labels``: ``[B]`` int64 (classification),
+    ``[B, C]`` uint8 (multilabel) or ``[B]`` float32 (regression), as the cache stores them; ``index``: rows in the split;
     ``variant``: ``[B]`` int64 (CPU), which re-sampled variant of its row each sample is (0: the row as stored; a
     method that re-samples the training set says what the others mean: ``Method.training_entries``), or None."""
 

@@ -40,9 +40,42 @@ def validate_dataset_options(recipe: Recipe, source: str) -> None:
         else:
             valid = f"{name} has no view presets (prepare presets are chosen with `bogc prepare --preset`)"
         raise UserError(f"{where(source, 'dataset', 'preset')}: dataset.preset {preset!r} is not a preset of {name}; {valid}")
+    task = recipe.dataset.task
+    if task is not None and task not in info.tasks:
+        raise UserError(f"{where(source, 'dataset', 'task')}: dataset.task {task!r}: {name} data is "
+                        f"{' or '.join(info.tasks)} (`bogc list` shows each dataset's task types); remove "
+                        "dataset.task or choose a dataset with such targets")
+    _check_select_metric(recipe, source)
     schema = dataset_option_model(name)
     try:
         schema.model_validate(recipe.dataset_options())
     except ValidationError as exc:
         # the dataset block's common keys (name, root, preset, ...) come from its schema, recipe.DatasetBlock
         raise options_error(source, "dataset", exc, schema, name, list(type(recipe.dataset).model_fields)) from None
+
+
+def known_task(recipe: Recipe) -> str | None:
+    """The run's task when the recipe alone tells it: ``dataset.task``, or the dataset's only task type;
+    None when it depends on how the data was prepared (read from its manifest when the run is built)."""
+    if recipe.dataset.task is not None:
+        return recipe.dataset.task
+    tasks = DATASETS[recipe.dataset.name].tasks if recipe.dataset.name in DATASETS else ()
+    return tasks[0] if len(tasks) == 1 else None
+
+
+def _check_select_metric(recipe: Recipe, source: str) -> None:
+    from bogc_cli.tasks import SELECTION, check_select_metric
+
+    metric = recipe.train.select_metric
+    if metric is None:
+        return
+    task = known_task(recipe)
+    if task is not None:
+        reason = check_select_metric(task, metric)
+    elif not any(metric in s.metrics for s in SELECTION.values()):
+        reason = ("train.select_metric " + repr(metric) + " is not a metric of any task; choose one of " +
+                  "; ".join(f"{t}: {', '.join(s.metrics)}" for t, s in SELECTION.items()))
+    else:
+        reason = None
+    if reason:
+        raise UserError(f"{where(source, 'train', 'select_metric')}: {reason}")

@@ -4,6 +4,9 @@ Two kinds of preset:
 - *prepare presets* change how raw files become arrays (``bogc prepare --preset``), and are
   recorded in the cache's manifest;
 - *view presets* choose a subset of a cache's modalities at recipe time (``dataset.preset``).
+
+``tasks``: the task types (``data/cache.py`` ``TASKS``) the dataset's caches can hold; which one a cache
+holds is its manifest's ``task`` (e.g. CMU-MOSI prepared with ``--preset regression``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ class DatasetInfo:
     prepare_presets: dict[str, str] = field(default_factory=dict)
     view_presets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     needs_prepare: bool = True
+    tasks: tuple[str, ...] = ("classification",)
 
     @property
     def default_root(self) -> str:
@@ -98,7 +102,9 @@ DATASETS: dict[str, DatasetInfo] = {
             prepare_presets={
                 "acc2": "binary sentiment: negative (< 0) vs non-negative (>= 0) (default)",
                 "acc7": "7 classes: sentiment rounded and clipped to -3..3",
+                "regression": "the continuous sentiment in [-3, 3] (task regression; MAE, Corr, Acc-2, F1, Acc-7)",
             },
+            tasks=("classification", "regression"),
         ),
         DatasetInfo(
             "mosi",
@@ -108,7 +114,9 @@ DATASETS: dict[str, DatasetInfo] = {
             prepare_presets={
                 "acc2": "binary sentiment: negative (< 0) vs non-negative (>= 0) (default)",
                 "acc7": "7 classes: sentiment rounded and clipped to -3..3",
+                "regression": "the continuous sentiment in [-3, 3] (task regression; MAE, Corr, Acc-2, F1, Acc-7)",
             },
+            tasks=("classification", "regression"),
         ),
         DatasetInfo(
             "brats_grade",
@@ -148,8 +156,9 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo(
             "arrays",
             "your own data: <split>/<modality>.npy + <split>/labels.npy, or <split>.npz per split; "
-            "optional classes.txt",
+            "optional classes.txt; a cache written with data.cache.write_cache may hold any task type",
             (),
+            tasks=("classification", "multilabel", "regression"),
         ),
     ]
 }

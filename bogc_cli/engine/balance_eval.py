@@ -16,6 +16,9 @@ eval.json gets (see each module for the rule and its source):
   the reliability diagram's bins; ``reliability.png`` in the run directory;
 - ``parameters``, ``forward_flops_per_sample`` (engine/cost.py).
 
+Multilabel and regression runs: the contributions, linear probes and calibration are classification-only
+and each block says so (``{"not_applicable": reason}``); parameters and FLOPs are reported as ever.
+
 Every figure comes from one pass of the frozen encoders over each split: the subsets' predictions are
 the fusion head applied to the stored test features, with the fill's feature in place of a missing one,
 and the same pass gives the test predictions that accuracy, macro-F1 and the heads' accuracy are read from.
@@ -108,19 +111,36 @@ def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device,
         passes = {s: split_pass(model, loaders[s], device, autocast) for s in ("test", "train", "val")}
         test = passes["test"]
         out: dict = {}
-        out["contribution"] = _contribution(model, test, loaders["test"], device, autocast, shapley, strict)
-        out["calibration"] = calibration(test.predictions.fused, test.predictions.labels)
-        out["linear_probe"] = probes(model, passes)
+        task = model.task.task
+        if task == "classification":
+            out["contribution"] = _contribution(model, test, loaders["test"], device, autocast, shapley, strict)
+            out["calibration"] = calibration(test.predictions.fused, test.predictions.labels)
+            out["linear_probe"] = probes(model, passes)
+        else:
+            out.update(not_applicable(task))
         out["parameters"] = parameter_count(model)
         out["forward_flops_per_sample"] = forward_flops_per_sample(model, test.example)
     finally:
         model.train(was_training)
-    if run_dir is not None:
+    if run_dir is not None and "ece" in out["calibration"]:
         from bogc_cli.report.balance_plots import plot_reliability
 
         plot_reliability({"": out["calibration"]}, Path(run_dir) / RELIABILITY_PNG, title or "reliability diagram",
                          pdf=False)
     return BalanceResult(out, test.predictions)
+
+
+#: Why each classification-only balance metric is left out of a multilabel or regression run's eval.json.
+NOT_APPLICABLE = {
+    "contribution": "its value functions (accuracy, true-class probability) are defined for classification",
+    "calibration": "ECE, NLL and Brier score read a softmax over classes",
+    "linear_probe": "the probe is a multinomial logistic regression on class labels",
+}
+
+
+def not_applicable(task: str) -> dict:
+    """``{metric: {"not_applicable": reason}}`` for the classification-only balance metrics of a ``task`` run."""
+    return {k: {"not_applicable": f"{task} run: {why}"} for k, why in NOT_APPLICABLE.items()}
 
 
 def balance_loaders(splits: dict, evaluated: str, batch_size: int) -> dict:
@@ -171,5 +191,5 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-__all__ = ["BalanceResult", "C_GRID", "RELIABILITY_PNG", "SplitPass", "balance_loaders", "balance_metrics", "probes",
+__all__ = ["BalanceResult", "C_GRID", "NOT_APPLICABLE", "RELIABILITY_PNG", "not_applicable", "SplitPass", "balance_loaders", "balance_metrics", "probes",
            "run_balance_metrics", "split_pass"]

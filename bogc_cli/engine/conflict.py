@@ -34,11 +34,11 @@ import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from bogc_cli.data.loader import ArrayDataset, Batch, to_device
 from bogc_cli.engine.callbacks import Callback, RunStart
 from bogc_cli.models.multimodal import MultimodalModel
+from bogc_cli.tasks.losses import task_loss
 
 PREFIX = "conflict.cos."
 
@@ -61,7 +61,7 @@ def conflict_cosines(model: MultimodalModel, fused_loss: Callable, batch: Batch,
     g0 = torch.autograd.grad(fused, every, retain_graph=True, allow_unused=True)
     start = 0
     for i, m in enumerate(mods):
-        own = F.cross_entropy(out.unimodal_logits[m].float(), batch.labels)
+        own = task_loss(model.task, out.unimodal_logits[m], batch.labels)  # the run's task loss (tasks/losses.py)
         gm = torch.autograd.grad(own, params[m], retain_graph=i < len(mods) - 1, allow_unused=True)
         a = _flat(g0[start:start + len(params[m])], params[m])
         b = _flat(gm, params[m])

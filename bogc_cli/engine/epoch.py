@@ -27,6 +27,7 @@ from bogc_cli.engine.runtime import peak_memory_mb
 from bogc_cli.engine.tally import EpochTally
 from bogc_cli.errors import UserError
 from bogc_cli.fusion.base import Method
+from bogc_cli.tasks.losses import batch_hits
 
 
 class Diverged(UserError):
@@ -101,7 +102,7 @@ def train_epoch(method: Method, model: torch.nn.Module, batches: Iterable[Batch]
             tally.in_a_row = 0
             n = len(batch)
             tally.loss_sum += result.loss * n
-            tally.correct += (result.fused_logits.argmax(1) == batch.labels).sum()
+            tally.correct += batch_hits(model.task, result.fused_logits, batch.labels)
             for k, v in result.logs.items():
                 tally.log_sums[k] = tally.log_sums.get(k, 0) + v.detach().float() * n
             tally.seen += n
@@ -118,7 +119,8 @@ def train_epoch(method: Method, model: torch.nn.Module, batches: Iterable[Batch]
 
 
 def epoch_record(tally: EpochTally, epoch: int) -> dict:
-    """The finished epoch's figures: train loss and accuracy over its good steps, the method's logged
+    """The finished epoch's figures: train loss and accuracy over its good steps (``train_accuracy``: rows
+    right as ``tasks.losses.batch_hits`` counts them: the class, every label, or the sign), the method's logged
     values (``method.*``, their means over rows), time in and out of the steps, steps and bad steps.
     Raises ``Diverged`` when no step of the epoch was good."""
     if tally.seen == 0:

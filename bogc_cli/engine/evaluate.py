@@ -1,4 +1,5 @@
-"""Predictions and metrics: accuracy, macro-F1, per-class accuracy, each modality head's accuracy."""
+"""Predictions and metrics: accuracy, macro-F1, per-class accuracy, each modality head's accuracy
+(classification); the task's metrics (tasks/metrics.py) and each head's for multilabel and regression runs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import torch
 
 from bogc_cli.data.loader import to_device
 from bogc_cli.models.multimodal import MultimodalModel
+from bogc_cli.tasks import TaskSpec
+from bogc_cli.tasks.metrics import classification_metrics, task_metrics
 
 
 @dataclass
 class Predictions:
-    """``labels``: ``[N]``; ``fused``: ``[N, C]`` logits; ``unimodal[m]``: ``[N, C]`` logits (float32, CPU)."""
+    """``labels``: ``[N]`` (``[N, C]`` multilabel); ``fused``: ``[N, C]`` logits (``[N, 1]`` regression);
+    ``unimodal[m]``: the same per head (float32, CPU)."""
 
     labels: np.ndarray
     fused: np.ndarray
@@ -41,31 +45,21 @@ def predict(model: MultimodalModel, loader, device: torch.device, autocast,
     return Predictions(np.concatenate(labels), np.concatenate(fused), {m: np.concatenate(v) for m, v in uni.items()})
 
 
-def classification_metrics(labels: np.ndarray, logits: np.ndarray, classes: list[str]) -> dict:
-    """accuracy, macro_f1 (over all classes), per-class accuracy (recall), n."""
-    pred = logits.argmax(axis=1)
-    c = len(classes)
-    per_class = {}
-    for k, name in enumerate(classes):
-        sel = labels == k
-        per_class[name] = float((pred[sel] == k).mean()) if sel.any() else float("nan")
-    return {
-        "n": int(labels.shape[0]),
-        "accuracy": float((pred == labels).mean()),
-        "macro_f1": float(_f1_score()(labels, pred, labels=list(range(c)), average="macro", zero_division=0)),
-        "per_class_accuracy": per_class,
-    }
+def evaluate_predictions(p: Predictions, classes: list[str], spec: TaskSpec | None = None) -> dict:
+    """The fused prediction's metrics and each head's. Classification (the default ``spec``): accuracy,
+    macro-F1, per-class accuracy, ``unimodal_accuracy``. Multilabel and regression: the task's metrics
+    (tasks/metrics.py), ``unimodal_<selection metric>`` ``{m: value}`` and ``unimodal_metrics`` ``{m: {...}}``.
+    Every result names its ``task`` and ``select_metric``."""
+    spec = spec or TaskSpec()
+    if spec.task == "classification":
+        result = classification_metrics(p.labels, p.fused, classes)
+        result["unimodal_accuracy"] = {m: float((v.argmax(1) == p.labels).mean()) for m, v in p.unimodal.items()}
+    else:
+        result = task_metrics(spec.task, p.labels, p.fused, classes)
+        heads = {m: task_metrics(spec.task, p.labels, v, classes) for m, v in p.unimodal.items()}
+        result[f"unimodal_{spec.metric}"] = {m: h[spec.metric] for m, h in heads.items()}
+        result["unimodal_metrics"] = heads
+    return {"task": spec.task, "select_metric": spec.metric, **result}
 
 
-def evaluate_predictions(p: Predictions, classes: list[str]) -> dict:
-    result = classification_metrics(p.labels, p.fused, classes)
-    result["unimodal_accuracy"] = {m: float((v.argmax(1) == p.labels).mean()) for m, v in p.unimodal.items()}
-    return result
-
-
-def _f1_score():
-    """scikit-learn's ``f1_score``, imported when first needed: scikit-learn (with SciPy and pandas) takes as
-    long to import as torch, and every ``bogc`` command would pay for it, even one refused at its first option."""
-    from sklearn.metrics import f1_score
-
-    return f1_score
+__all__ = ["Predictions", "classification_metrics", "evaluate_predictions", "predict"]

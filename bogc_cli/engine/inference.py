@@ -103,7 +103,7 @@ def evaluate_run(run: LoadedRun, split: str = "test", shapley: bool = True) -> t
     loaders = balance_loaders(run.parts.data.splits, split, run.recipe.train.eval_batch_size)
     balance = balance_metrics(run.model, loaders, run.device, run.autocast, shapley=shapley, strict=True,
                               run_dir=run.run_dir if _is_main_eval(run, split) else None, title=title)
-    result = evaluate_predictions(balance.test, run.parts.data.classes)
+    result = evaluate_predictions(balance.test, run.parts.data.classes, run.model.task)
     result = {**run_identity(run.recipe), "split": split,
               "checkpoint": run.checkpoint.name, "epoch": run.epoch, **result, **balance.fields}
     if _is_main_eval(run, split):

@@ -1,4 +1,5 @@
-"""Missing-modality evaluation: accuracy when a seeded fraction of test samples lacks a modality.
+"""Missing-modality evaluation: accuracy (the run's selection metric: micro-F1 for multilabel, MAE for
+regression runs, ``score`` in each row) when a seeded fraction of test samples lacks a modality.
 
 For each modality m and rate r, the first ``round(r * N)`` rows of a seeded permutation (one
 per modality) miss m, so the missing sets are nested as r grows. At rate 1.0 every non-empty
@@ -21,9 +22,10 @@ import numpy as np
 import pandas as pd
 
 from bogc_cli.atomic import atomic_path
-from bogc_cli.engine.evaluate import classification_metrics, predict
+from bogc_cli.engine.evaluate import predict
 from bogc_cli.engine.inference import LoadedRun
 from bogc_cli.errors import UserError
+from bogc_cli.tasks.metrics import TABLE_METRICS, task_metrics
 
 DEFAULT_RATES = (0.0, 0.1, 0.3, 0.5, 0.7, 1.0)
 
@@ -42,7 +44,10 @@ def missing_masks(n: int, modalities: list[str], rate: float, missing: tuple[str
 
 def evaluate_missing(run: LoadedRun, modalities: list[str] | None, rates: list[float], fill: str | None,
                      seed: int, split: str = "test") -> pd.DataFrame:
-    """One row per (missing set, rate): missing, rate, fill, mask_seed, accuracy, macro_f1, n."""
+    """One row per (missing set, rate): missing, rate, fill, mask_seed, the task's metrics (classification:
+    accuracy, macro_f1; multilabel and regression: ``tasks.metrics.TABLE_METRICS``), n, and ``metric`` /
+    ``score``: the run's selection metric (``tasks.TaskSpec.metric``) and its value, which the tables and the
+    area under the curve read."""
     model = run.model
     all_mods = list(model.modalities)
     chosen = modalities or all_mods
@@ -57,6 +62,7 @@ def evaluate_missing(run: LoadedRun, modalities: list[str] | None, rates: list[f
     loader = run.loader(split)
     n = len(run.parts.data.splits[split])
     classes = run.parts.data.classes
+    spec = model.task
     settings = [((m,), r) for m in chosen for r in rates]
     if len(chosen) > 1:
         settings += [(subset, 1.0) for k in range(2, len(chosen) + 1) for subset in combinations(chosen, k)]
@@ -64,9 +70,10 @@ def evaluate_missing(run: LoadedRun, modalities: list[str] | None, rates: list[f
     for missing, rate in settings:
         present = missing_masks(n, chosen, rate, missing, all_mods, seed)
         p = predict(model, loader, run.device, run.autocast, present=present)
-        metrics = classification_metrics(p.labels, p.fused, classes)
+        metrics = task_metrics(spec.task, p.labels, p.fused, classes)
         rows.append({"missing": "+".join(missing), "rate": rate, "fill": model.fill, "mask_seed": seed,
-                     "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]})
+                     **{k: metrics[k] for k in TABLE_METRICS[spec.task]}, "n": metrics["n"],
+                     "metric": spec.metric, "score": metrics[spec.metric]})
     return pd.DataFrame(rows)
 
 

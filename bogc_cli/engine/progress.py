@@ -11,8 +11,10 @@ class TrainProgress:
     """Shows epoch, step, the last step's loss, last validation accuracy and the run's ETA (``-`` for a figure
     not known yet: the loss before the first step, validation accuracy before the first epoch ends)."""
 
-    def __init__(self, console: Console, title: str, epochs: int, steps_per_epoch: int):
+    def __init__(self, console: Console, title: str, epochs: int, steps_per_epoch: int, metric: str = "accuracy"):
         self.console = console
+        self.metric = metric  # the validation figure shown: the run's selection metric
+        label = "acc" if metric == "accuracy" else metric
         self.title = title
         self.epochs = epochs
         self.steps = steps_per_epoch
@@ -27,7 +29,7 @@ class TrainProgress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("loss {task.fields[loss]}"),
-                TextColumn("val acc {task.fields[val]}"),
+                TextColumn(f"val {label} " + "{task.fields[val]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
@@ -58,13 +60,14 @@ class TrainProgress:
         self.console.print(f"[yellow]warning:[/yellow] {rich_escape(str(message))}", highlight=False)
 
     def epoch_done(self, record: dict) -> None:
-        self.val_acc = record["val_accuracy"]
+        self.val_acc = record[f"val_{self.metric}"]
+        label = "acc" if self.metric == "accuracy" else self.metric
         if self.progress is not None:
             self.progress.update(self.task, val=f"{self.val_acc:.3f}")
         else:
             self.console.print(
                 f"{self.title} epoch {record['epoch']}/{self.epochs}  loss {record['train_loss']:.4f}  "
-                f"train acc {record['train_accuracy']:.3f}  val acc {record['val_accuracy']:.3f}  "
+                f"train acc {record['train_accuracy']:.3f}  val {label} {self.val_acc:.3f}  "
                 f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s"
                 + (f"  skipped {record['bad_steps']} non-finite step(s)" if record.get("bad_steps") else ""),
                 highlight=False)

@@ -9,7 +9,7 @@
         rng       Python, NumPy and torch generators (runtime.rng_state)
         loader    the batch-order generator (the training loader's ``generator``)
         records   metrics.jsonl's records so far
-        best      [best validation accuracy, its epoch]
+        best      [best validation score (the task's selection metric), its epoch]
         <name>    each batch transform's generator (augment, modality_dropout)
         conflict  the gradient-conflict sampling's sums of the epoch in progress (engine/conflict.py)
         partial   only in a checkpoint written inside an epoch (engine/mid_epoch.py)
@@ -45,15 +45,24 @@ class RunState:
         self.conflict = conflict  # GradientConflict (engine/conflict.py), or None when train.conflict_every is 0
         self.epoch = 0  # epochs complete
         self.records: list[dict] = []
-        self.best_accuracy = -1.0
+        self.best_score = -1.0  # the selection metric's best value (tasks.TaskSpec.metric); epoch 0: none yet
         self.best_epoch = 0
         self.val: dict = {}  # the last validation metrics
         self.partial: dict | None = None  # the epoch a mid-epoch checkpoint stopped in (engine/mid_epoch.py)
 
+    @property
+    def best_accuracy(self) -> float:
+        """``best_score`` under its classification name (the validation accuracy of a default run)."""
+        return self.best_score
+
+    @best_accuracy.setter
+    def best_accuracy(self, value: float) -> None:
+        self.best_score = value
+
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint's content (see the module docstring); the global RNG state is read now."""
         resume = {"rng": rng_state(), "loader": self.order.get_state(), "records": self.records,
-                  "best": [self.best_accuracy, self.best_epoch], **self.transforms.state_dict()}
+                  "best": [self.best_score, self.best_epoch], **self.transforms.state_dict()}
         if self.conflict is not None:
             resume["conflict"] = self.conflict.state_dict()
         if self.partial is not None:
@@ -70,7 +79,7 @@ class RunState:
         self.method.load_state_dict(state["method"])
         resume = state["resume"]
         self.records, self.val = resume["records"], state["val"]
-        self.best_accuracy, self.best_epoch = resume["best"]
+        self.best_score, self.best_epoch = resume["best"]
         self.order.set_state(resume["loader"])
         set_rng_state(resume["rng"])
         self.transforms.load_state_dict(resume)

@@ -8,11 +8,12 @@ from pathlib import Path
 from bogc_cli.data.bundle import DataBundle, dataset_root, load_data
 from bogc_cli.engine.optim import check_backbone_lr
 from bogc_cli.errors import UserError
-from bogc_cli.fusion import Method, method_class, method_label, method_options
+from bogc_cli.fusion import Method, check_method_task, method_class, method_label, method_options
 from bogc_cli.models.build import build_model
 from bogc_cli.models.encoder_options import with_absolute_paths
 from bogc_cli.models.multimodal import MultimodalModel
 from bogc_cli.recipe import Recipe, StrictModel
+from bogc_cli.tasks import TaskSpec, check_select_metric, resolve_task
 
 
 @dataclass
@@ -51,11 +52,25 @@ def build_parts(recipe: Recipe, load_weights: bool = True) -> RunParts:
     used = cls.used_modalities(options, available)
     if used != available:
         data = load_data(recipe, use=used)
+    task = run_task(recipe, data)
     model = build_model(recipe.model, data.modalities, data.num_classes,
-                        all_modalities=list(data.manifest.modalities), load_weights=load_weights)
+                        all_modalities=list(data.manifest.modalities), load_weights=load_weights, task=task)
     cls.adapt_model(options, model)
     check_backbone_lr(recipe.optim, model.backbone_parameters())
     return RunParts(data, model, cls, options)
+
+
+def run_task(recipe: Recipe, data: DataBundle) -> TaskSpec:
+    """The run's task: the data's (its manifest's ``task``), which ``dataset.task`` may only restate; the
+    method must be defined for it and ``train.select_metric`` must be one of its metrics (``UserError``
+    otherwise, before anything is written: recipe validation checks what the recipe alone tells)."""
+    where = str(dataset_root(recipe)) if recipe.dataset.name != "synthetic" else "(generated)"
+    task = resolve_task(data.manifest.task, recipe.dataset.task, recipe.dataset.name, where)
+    check_method_task(recipe, task, f"the {recipe.dataset.name} data at {where} is {task} data")
+    reason = check_select_metric(task, recipe.train.select_metric)
+    if reason:
+        raise UserError(reason)
+    return TaskSpec(task, recipe.train.regression_loss, recipe.train.select_metric)
 
 
 def resolved_recipe(recipe: Recipe) -> Recipe:
@@ -72,4 +87,4 @@ def resolved_recipe(recipe: Recipe) -> Recipe:
     return Recipe.model_validate(data)
 
 
-__all__ = ["RunParts", "build_parts", "resolved_recipe", "run_dir_for", "run_identity"]
+__all__ = ["RunParts", "build_parts", "resolved_recipe", "run_dir_for", "run_identity", "run_task"]

@@ -2,7 +2,7 @@
 
 Run directory (``results/<experiment>/<dataset>/<method>/seed<N>/``):
 ``recipe.yaml`` (resolved) and ``environment.json``, ``metrics.jsonl`` (one line per epoch),
-``best.pt`` (highest validation accuracy; never chosen on test), ``last.pt`` (with optimiser
+``best.pt`` (best validation score: accuracy, or the task's selection metric; never chosen on test), ``last.pt`` (with optimiser
 and scheduler state), ``eval.json`` (test metrics of best.pt).
 
 A run is a few named parts (docs/engine.md): this module builds them and runs the epochs;
@@ -116,7 +116,9 @@ def train_run(recipe: Recipe, console: Console, overwrite: bool = False, resume:
 def _finished(run_dir: Path, console: Console) -> RunResult:
     done = json.loads((run_dir / "eval.json").read_text())
     console.print(f"{run_dir} is already finished (eval.json): nothing to resume")
-    return RunResult(run_dir, done["seed"], done["epoch"], done["val_accuracy"], done, done.get("train_seconds", 0.0))
+    metric = done.get("select_metric", "accuracy")
+    return RunResult(run_dir, done["seed"], done["epoch"], done[f"val_{metric}"], done, done.get("train_seconds", 0.0),
+                     metric)
 
 
 def _train_locked(resolved: Recipe, parts: RunParts, run_dir: Path, console: Console, started: float,
@@ -205,7 +207,8 @@ def _fit(ctx: RunContext, state: RunState) -> list[float]:
     recipe = ctx.recipe
     title = f"{recipe.dataset_label()}/{method_label(recipe)}/seed{recipe.seed}"
     step_ms: list[float] = []
-    with GracefulStop() as stop, TrainProgress(ctx.console, title, recipe.train.epochs, len(ctx.loaders.train)) \
+    with GracefulStop() as stop, TrainProgress(ctx.console, title, recipe.train.epochs, len(ctx.loaders.train),
+                                                  ctx.parts.model.task.metric) \
             as progress:
         for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
             step_ms += _run_epoch(ctx, state, epoch, stop, progress)

@@ -65,6 +65,26 @@ def validate_method_options(recipe: Recipe, source: str) -> None:
     reason = METHODS[recipe.method.name].check_config(options, recipe)
     if reason:
         raise UserError(f"{where(source, 'method')}: {reason}")
+    from bogc_cli.data.options import known_task
+
+    task = known_task(recipe)
+    if task is not None:
+        check_method_task(recipe, task, where(source, "method", "name"))
+
+
+def methods_for_task(task: str) -> list[str]:
+    """The methods whose rule is defined for ``task`` (``Method.tasks``), in `bogc list`'s order."""
+    return [name for name, cls in METHODS.items() if task in cls.tasks]
+
+
+def check_method_task(recipe: Recipe, task: str, place: str) -> None:
+    """Refuse a method that cannot train a ``task`` run: one ``UserError`` naming the method, the task and the
+    methods that support it (``place``: where the method was chosen, or the data the task came from)."""
+    cls = method_class(recipe.method.name)
+    reason = cls.check_task(method_options(recipe), task)
+    if reason:
+        raise UserError(f"{place}: {reason}. Methods defined for {task}: {', '.join(methods_for_task(task))} "
+                        "(`bogc list` shows each method's task types)")
 
 
 def method_label(recipe: Recipe) -> str:
@@ -73,4 +93,5 @@ def method_label(recipe: Recipe) -> str:
     return f"{label}-{recipe.method.tag}" if recipe.method.tag else label
 
 
-__all__ = ["METHODS", "Method", "StepContext", "StepResult", "method_class", "method_label", "method_options"]
+__all__ = ["METHODS", "Method", "StepContext", "StepResult", "check_method_task", "method_class", "method_label",
+           "method_options", "methods_for_task"]

@@ -25,6 +25,12 @@ optimiser's state (``reset_optimizer_state``: a fresh optimiser per phase) or ch
 (whose turn it is); the engine checkpoints after the epoch, so a resume at an epoch boundary runs the hook
 again on the same state and one inside the epoch (``on_epoch_resume``) finds its result in the checkpoint.
 A method that re-samples the training set returns the epoch's entries from ``training_entries``.
+
+Task types. ``tasks`` lists the task types the method's rule is defined for (default: classification
+only); recipe validation refuses the others (``check_task``, with ``task_note`` saying how the rule was
+generalised, shown by ``bogc list``). The shared losses (``fused_loss``, ``source_losses``,
+``probe_losses``) are the run's task loss (``task_loss``: cross-entropy, binary cross-entropy with logits,
+L1 or MSE; tasks/losses.py) on the model's heads, so a rule built only from them carries over unchanged.
 """
 
 from __future__ import annotations
@@ -34,11 +40,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from bogc_cli.data.loader import Batch
 from bogc_cli.models.multimodal import FUSED, MultimodalModel, Outputs
 from bogc_cli.schema import StrictModel
+from bogc_cli.tasks.losses import task_loss
 
 
 class NoOptions(StrictModel):
@@ -83,6 +89,9 @@ class Method:
     fidelity: ClassVar[str] = ""
     # the number the reference code gives its first epoch (0 or 1): the count of epoch-valued options
     epoch_base: ClassVar[int] = 1
+    # the task types the rule is defined for (tasks/__init__.py), and how it was carried past classification
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    task_note: ClassVar[str] = ""
 
     def __init__(self, options: StrictModel, model: MultimodalModel, ctx: StepContext):
         self.options = options
@@ -109,6 +118,13 @@ class Method:
             return (f"method {cls.name!r} is defined for at most {cls.max_modalities} modalities, the run has {m} "
                     f"({', '.join(modalities)}); choose fewer with dataset.modalities or dataset.preset")
         return None
+
+    @classmethod
+    def check_task(cls, options: StrictModel, task: str) -> str | None:
+        """Return a reason this method (with these options) cannot train a ``task`` run, or None."""
+        if task in cls.tasks:
+            return None
+        return f"method {cls.name!r} is defined for {' and '.join(cls.tasks)} only, not for {task}"
 
     @classmethod
     def check_config(cls, options: StrictModel, recipe) -> str | None:
@@ -300,14 +316,18 @@ class Method:
         return whole.detach() + (local - local.detach())
 
     # ------------------------------------------------------------ shared pieces
+    def task_loss(self, outputs: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The run's task loss (``model.task``; tasks/losses.py) of one head's outputs ``[B, C]`` / ``[B, 1]``."""
+        return task_loss(self.model.task, outputs, labels, reduction)
+
     def fused_loss(self, out: Outputs, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.fused_logits.float(), labels)
+        return self.task_loss(out.fused_logits, labels)
 
     def source_losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """``L_0`` and every unimodal ``L_m``, keyed by gradient source (``fused``, modality names)."""
         losses = {FUSED: self.fused_loss(out, labels)}
         for m, logits in out.unimodal_logits.items():
-            losses[m] = F.cross_entropy(logits.float(), labels)
+            losses[m] = self.task_loss(logits, labels)
         return losses
 
     def probe_losses(self, out: Outputs, labels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -316,7 +336,7 @@ class Method:
         unimodal losses. With fusion-slices unimodal logits there is nothing to probe."""
         if self.model.slice_unimodal:
             return {}
-        return {f"probe:{m}": F.cross_entropy(self.model.unimodal_heads[m](z.detach()).float(), labels)
+        return {f"probe:{m}": self.task_loss(self.model.unimodal_heads[m](z.detach()), labels)
                 for m, z in out.features.items()}
 
 

@@ -64,6 +64,16 @@ class BOGC(Method):
                "Dempster-Shafer fusion -> weights on L_0 and each L_m")
     Options = BOGCOptions
     min_modalities = 1
+    tasks = ("classification", "multilabel", "regression")
+    task_note = ("the calibration reads the gradients of L_0 and each L_m, whatever loss they are (the task's: CE, "
+                 "BCE with logits, L1/MSE); moments: laplace needs the softmax GGN, so classification only")
+
+    @classmethod
+    def check_task(cls, options: BOGCOptions, task: str) -> str | None:
+        if options.moments == "laplace" and task != "classification":
+            return (f"method bogc with moments: laplace samples a last-layer Laplace posterior built on the softmax "
+                    f"cross-entropy's curvature, which a {task} run does not have; use moments: microbatch or ema")
+        return super().check_task(options, task)
 
     def __init__(self, options: BOGCOptions, model, ctx):
         super().__init__(options, model, ctx)

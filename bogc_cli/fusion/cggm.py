@@ -68,6 +68,13 @@ Cost: one more forward of the heads and one heads-only optimiser step per batch 
 linear concat fusion head and separate unimodal heads (refused at recipe validation otherwise).
 Any M >= 2, as in the paper (up to four modalities in the reference's BraTS script).
 
+Task types: classification and regression, as the reference (``src/msatrain.py`` trains CMU-MOSI with
+``criterion = L1Loss`` and one output). For regression the classifiers and the fusion head have one output,
+every loss is the run's regression loss (``train.regression_loss``, L1 by default as the reference), and
+``acc_m`` is the reference's ``train_eval_senti``: the fraction of the batch whose sign is right, positive
+(``> 0``) against not positive, zero-labelled rows included. ``direction: gradients`` uses the softmax
+cross-entropy's closed-form gradient, so it is classification only (refused otherwise).
+
 Data-parallel: ``acc_m`` (and ``G_m^cls``, ``G_m^fus`` for ``direction: gradients``) are the
 global batch's (each process's batch means, weighted by its share, in one all-reduce); the
 heads' gradients are averaged before their own step; the weights are the same on every process,
@@ -106,8 +113,12 @@ class CGGMOptions(StrictModel):
     classifier_weight_decay: float = Field(3e-3, ge=0, description="weight decay of the classifiers' own optimiser")
 
 
-def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Fraction of ``[B, C]`` logits whose argmax is the ``[B]`` label; scalar float tensor."""
+def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor, task: str = "classification") -> torch.Tensor:
+    """Classification: the fraction of ``[B, C]`` logits whose argmax is the ``[B]`` label. Regression: the
+    fraction of ``[B, 1]`` outputs whose sign agrees with the ``[B]`` target's, positive (``> 0``) against not
+    (zrguo/CGGM ``src/eval_metrics.py`` ``train_eval_senti``). Scalar float tensor."""
+    if task == "regression":
+        return ((logits.reshape(-1) > 0) == (labels > 0)).float().mean()
     return (logits.argmax(dim=1) == labels).float().mean()
 
 
@@ -169,6 +180,17 @@ class CGGM(Method):
                 "loss on output-layer weights, own unclipped classifier optimiser (lr 5e-4, wd 3e-3); options give "
                 "the paper's gradient cosine (direction: gradients) and the same-batch change; deviation: "
                 "coefficients 1 when |sum Delta| < eps instead of the reference's 1e8 blow-up; linear classifiers")
+
+    tasks = ("classification", "regression")
+    task_note = ("regression as the reference's CMU-MOSI script: one output, the regression loss for every head, "
+                 "acc_m = sign accuracy (> 0) of each classifier; direction: gradients is classification only")
+
+    @classmethod
+    def check_task(cls, options: CGGMOptions, task: str) -> str | None:
+        if options.direction == "gradients" and task != "classification":
+            return ("method cggm with direction: gradients compares closed-form softmax cross-entropy gradients, "
+                    f"which a {task} run does not have; use direction: weights (the reference's)")
+        return super().check_task(options, task)
 
     @classmethod
     def check_config(cls, options: CGGMOptions, recipe) -> str | None:
@@ -239,8 +261,9 @@ class CGGM(Method):
             detached = {m: out.features[m].detach() for m in names}
             before = {m: heads[m](detached[m]).float() for m in names}
         fused = self.fused_loss(out, labels)
-        probes = {f"probe:{m}": F.cross_entropy(before[m], labels) for m in names}
-        accuracy = torch.stack([batch_accuracy(before[m].detach(), labels) for m in names])
+        probes = {f"probe:{m}": self.task_loss(before[m], labels) for m in names}
+        task = self.model.task.task
+        accuracy = torch.stack([batch_accuracy(before[m].detach(), labels, task) for m in names])
         classifier_weights = {m: heads[m].weight.detach().clone() for m in names}  # before their update
 
         # 1. the auxiliary classifiers' own update: only the heads hold gradients for this step
@@ -254,7 +277,7 @@ class CGGM(Method):
         stats = {"accuracy": accuracy}
         if o.delta == "same-batch":
             with torch.no_grad(), self.ctx.autocast():
-                after = torch.stack([batch_accuracy(heads[m](detached[m]).float(), labels) for m in names])
+                after = torch.stack([batch_accuracy(heads[m](detached[m]).float(), labels, task) for m in names])
             stats["after"] = after
         fused_logits = out.fused_logits.float()
         if o.direction == "gradients":

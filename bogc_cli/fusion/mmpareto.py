@@ -87,6 +87,9 @@ def pareto_update(g0: torch.Tensor, gm: torch.Tensor, seg: Segments, gamma: floa
 
 class MMPareto(Method):
     name = "mmpareto"
+    tasks = ("classification", "multilabel", "regression")
+    task_note = ("MGDA on the gradients of L_0 and L_m, whatever loss they are: the task's loss (CE, BCE with "
+                 "logits, L1/MSE)")
     summary = "per encoder, Pareto (MGDA) integration of fusion and unimodal gradients when they conflict"
     Options = MMParetoOptions
     fidelity = ("MMPareto_ICML2024 MMPareto.py/min_norm_solvers.py: solver corners 0.001/0.999 (a zero unimodal "

@@ -10,6 +10,8 @@ from bogc_cli.fusion.base import Method
 
 class Uniform(Method):
     name = "uniform"
+    tasks = ("classification", "multilabel", "regression")
+    task_note = "L_0 + sum_m L_m with each loss the task's loss (a sum of per-modality losses)"
     summary = "L_0 + sum_m L_m (fusion + unimodal losses, fixed equal weights)"
     fidelity = "MMPareto_ICML2024 uniform_baseline.py (fusion + unimodal losses, separate heads); equal"
 

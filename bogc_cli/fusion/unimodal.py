@@ -19,6 +19,8 @@ class Unimodal(Method):
     fidelity = ("AGM_ICCV2023 run/CREMAD_main.py --modality Audio/Visual (one encoder, one linear head); equal with "
                 "a linear fusion head over the one feature")
     Options = UnimodalOptions
+    tasks = ("classification", "multilabel", "regression")
+    task_note = "one head's task loss"
 
     @classmethod
     def label(cls, options: UnimodalOptions) -> str:

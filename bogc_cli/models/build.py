@@ -8,6 +8,7 @@ from bogc_cli.models.encoder_options import EncoderSpec, as_spec
 from bogc_cli.models.encoders import DEFAULT_ENCODER
 from bogc_cli.models.multimodal import MultimodalModel
 from bogc_cli.recipe import ModelBlock
+from bogc_cli.tasks import TaskSpec, output_dim
 
 
 def resolve_encoders(cfg: ModelBlock, modalities: dict[str, ModalitySpec], all_modalities: list[str] | None = None
@@ -27,14 +28,17 @@ def resolve_encoders(cfg: ModelBlock, modalities: dict[str, ModalitySpec], all_m
 
 
 def build_model(cfg: ModelBlock, modalities: dict[str, ModalitySpec], num_classes: int,
-                all_modalities: list[str] | None = None, load_weights: bool = True) -> MultimodalModel:
+                all_modalities: list[str] | None = None, load_weights: bool = True,
+                task: TaskSpec | None = None) -> MultimodalModel:
     """``load_weights``: read pretrained encoders' weights from their files (False when a checkpoint will fill
-    the model, e.g. ``bogc eval``: only a Hugging Face model's config.json is read then)."""
+    the model, e.g. ``bogc eval``: only a Hugging Face model's config.json is read then). ``num_classes``: the
+    data's classes (labels, for multilabel); every head gets ``tasks.output_dim`` outputs for ``task``."""
+    task = task or TaskSpec()
     encoders = resolve_encoders(cfg, modalities, all_modalities)
     if cfg.fusion == "film" and len(modalities) < 2:
         raise UserError("model.fusion 'film' needs at least two modalities; use concat for one")
     if cfg.unimodal_logits == "fusion-slices" and not cfg.linear_concat_head:
         raise UserError("model.unimodal_logits 'fusion-slices' needs model.fusion 'concat' with "
                         "model.fusion_hidden 0; use 'heads' otherwise")
-    return MultimodalModel(modalities, num_classes, encoders, cfg, fusion=cfg.fusion,
-                           unimodal_logits=cfg.unimodal_logits, fill=cfg.fill, load_weights=load_weights)
+    return MultimodalModel(modalities, output_dim(task.task, num_classes), encoders, cfg, fusion=cfg.fusion,
+                           unimodal_logits=cfg.unimodal_logits, fill=cfg.fill, load_weights=load_weights, task=task)

@@ -25,6 +25,7 @@ from bogc_cli.models.encoder_options import EncoderSpec
 from bogc_cli.models.encoders import build_encoder
 from bogc_cli.models.pretrained.base import PretrainedEncoder
 from bogc_cli.models.fusion_heads import ConcatHead, build_fusion_head
+from bogc_cli.tasks import TaskSpec
 
 FUSED = "fused"
 FILLS = ("zero-input", "zero-feature", "mean-feature")
@@ -67,14 +68,19 @@ class MultimodalModel(nn.Module):
 
     ``encoders[m]``: an encoder name or a ``model.encoders.<m>`` block (``EncoderSpec``); ``load_weights``:
     pretrained encoders read their weights files (False: the architecture only, a checkpoint fills it).
+
+    ``num_classes`` is the width of every head: ``C`` logits (classification), ``C`` independent logits
+    (multilabel), 1 value (regression; ``tasks.output_dim``). ``task`` (``tasks.TaskSpec``, default
+    classification) is the run's task: the methods' losses (``Method.task_loss``) and the evaluation read it.
     """
 
     def __init__(self, modalities: dict[str, ModalitySpec], num_classes: int, encoders: dict[str, str | EncoderSpec],
                  cfg, fusion: str = "concat", unimodal_logits: str = "heads", fill: str = "zero-feature",
-                 load_weights: bool = True):
+                 load_weights: bool = True, task: TaskSpec | None = None):
         super().__init__()
         self.modalities = list(modalities)
         self.num_classes = num_classes
+        self.task = task or TaskSpec()
         self.fill = fill
         # to build more encoders of the same kind (and from the same weights)
         self._encoder_recipe = (dict(encoders), dict(modalities), cfg, load_weights)

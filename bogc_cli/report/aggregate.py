@@ -38,7 +38,22 @@ SCALARS: list[str] = [
 ]
 """Numeric metrics copied from ``eval.json``; any of them may be absent (then NaN)."""
 
+TASK_SCALARS: list[str] = [
+    "micro_f1", "weighted_f1", "samples_f1", "map",
+    "mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7",
+    "val_micro_f1", "val_weighted_f1", "val_samples_f1", "val_map", "val_macro_f1",
+    "val_mae", "val_corr", "val_acc2_has0", "val_acc2_non0", "val_f1_has0", "val_f1_non0", "val_acc7",
+]
+"""The multilabel and regression metrics of ``eval.json`` (tasks/metrics.py) and the validation score of the
+selection metric a run was chosen on (``val_<metric>``); NaN where a run's task has none of them."""
+SCALARS += TASK_SCALARS
+
 UNIMODAL_PREFIX = "unimodal_accuracy."
+UNIMODAL_TASK_PREFIXES: tuple[str, ...] = ("unimodal_micro_f1.", "unimodal_macro_f1.", "unimodal_weighted_f1.",
+                                           "unimodal_samples_f1.", "unimodal_map.", "unimodal_mae.",
+                                           "unimodal_corr.", "unimodal_acc2_has0.", "unimodal_acc2_non0.",
+                                           "unimodal_f1_has0.", "unimodal_f1_non0.", "unimodal_acc7.")
+"""Each head's selection metric in a multilabel or regression run (``unimodal_<metric>.<modality>``)."""
 
 BALANCE_PREFIXES: tuple[str, ...] = (
     "contribution.accuracy.shapley.", "contribution.accuracy.imbalance_degree",
@@ -53,8 +68,10 @@ PROTOCOL = "protocol"
 """Column naming the protocol a run was trained under (the recipe key ``protocol``)."""
 DEFAULT_PROTOCOL = "custom"
 
-MISSING_REQUIRED: list[str] = ["missing", "rate", "accuracy"]
-MISSING_OPTIONAL: list[str] = ["fill", "macro_f1", "n"]
+MISSING_REQUIRED: list[str] = ["missing", "rate", "score"]
+MISSING_OPTIONAL: list[str] = ["fill", "accuracy", "macro_f1", "n", "metric"]
+"""``score`` is the run's selection metric (named in ``metric``); files written before task types existed
+have ``accuracy`` only, which is then their score."""
 
 
 def read_jsonl(path: Path, warnings: list[str] | None = None) -> list[dict]:
@@ -181,9 +198,10 @@ def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None)
     warnings = [] if warnings is None else warnings
     records = _run_records(Path(results_dir), warnings)
     flat = pd.json_normalize(records) if records else pd.DataFrame()
-    unimodal = sorted(c for c in flat.columns if c.startswith(UNIMODAL_PREFIX))
+    unimodal = sorted(c for c in flat.columns if c.startswith((UNIMODAL_PREFIX, *UNIMODAL_TASK_PREFIXES)))
     balance = sorted(c for c in flat.columns if c.startswith(BALANCE_PREFIXES))
-    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + balance + [PROTOCOL, "run_dir"])
+    df = flat.reindex(columns=IDENTITY + SCALARS + unimodal + balance + [PROTOCOL, "task", "run_dir"])
+    df["task"] = df["task"].fillna("classification").astype(str)
     numeric = SCALARS + unimodal + balance
     df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
     df[["experiment", "dataset", "method"]] = df[["experiment", "dataset", "method"]].astype(str)
@@ -195,7 +213,7 @@ def find_runs(results_dir: str | os.PathLike, warnings: list[str] | None = None)
 def read_missing_csv(path: Path, warnings: list[str] | None = None) -> pd.DataFrame:
     """Read one ``missing_modality.csv``; optional columns are added when absent.
 
-    A row without a readable ``missing``, ``rate`` or ``accuracy`` (a copy cut short in mid-row, an
+    A row without a readable ``missing``, ``rate`` or ``score`` (a copy cut short in mid-row, an
     edit gone wrong) is left out and named in ``warnings`` with its line number; the others are kept.
 
     Raises:
@@ -204,16 +222,19 @@ def read_missing_csv(path: Path, warnings: list[str] | None = None) -> pd.DataFr
     """
     warnings = [] if warnings is None else warnings
     df = pd.read_csv(path, skip_blank_lines=False)  # row i is line i + 2 of the file
+    if "score" not in df.columns and "accuracy" in df.columns:  # a classification run's file of earlier versions
+        df = df.assign(score=df["accuracy"], metric="accuracy")
     absent = [c for c in MISSING_REQUIRED if c not in df.columns]
     if absent:
         raise ValueError(f"missing column(s): {', '.join(absent)}")
     df = df.dropna(how="all").reindex(columns=MISSING_REQUIRED + MISSING_OPTIONAL)
-    num = ["rate", "accuracy", "macro_f1", "n"]
+    df["metric"] = df["metric"].fillna("accuracy").astype(str)
+    num = ["rate", "score", "accuracy", "macro_f1", "n"]
     df[num] = df[num].apply(pd.to_numeric, errors="coerce")
     broken = df[MISSING_REQUIRED].isna().any(axis=1)
     if broken.any():
         lines = ", ".join(str(i + 2) for i in df.index[broken])
-        warnings.append(f"{path}, line(s) {lines}: no readable missing/rate/accuracy (cut short?); left out, "
+        warnings.append(f"{path}, line(s) {lines}: no readable missing/rate/score (cut short?); left out, "
                         f"the other {int((~broken).sum())} row(s) are used")
         df = df[~broken]
     df = df.reset_index(drop=True)
@@ -230,8 +251,8 @@ def find_missing(
     """All ``missing_modality.csv`` rows of the runs under ``results_dir``.
 
     Each row gets the identity columns of its run (from that run's ``eval.json``; the CSV's own
-    ``seed`` column is ignored). Columns: identity, ``missing, rate, fill, accuracy, macro_f1, n,
-    run_dir``. Pass ``runs`` (from :func:`find_runs`) to avoid reading the tree twice.
+    ``seed`` column is ignored). Columns: identity, ``missing, rate, score, fill, accuracy, macro_f1, n,
+    metric, run_dir`` (``score``: the run's selection metric, named by ``metric``). Pass ``runs`` (from :func:`find_runs`) to avoid reading the tree twice.
     """
     warnings = [] if warnings is None else warnings
     runs = find_runs(results_dir, warnings) if runs is None else runs

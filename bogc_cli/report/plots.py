@@ -101,19 +101,38 @@ def save_figure(fig: Figure, path_png: str | os.PathLike, pdf: bool = True) -> l
     return [path for path, _ in targets]
 
 
+def with_score(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (missing-modality rows) with its ``score`` (the run's selection metric) and ``metric`` filled in
+    from ``accuracy`` where a row has none (rows of classification runs written before task types existed)."""
+    if "accuracy" in df:
+        score = df["score"].fillna(df["accuracy"]) if "score" in df else df["accuracy"]
+    else:
+        score = df["score"]
+    metric = df["metric"].fillna("accuracy") if "metric" in df else pd.Series("accuracy", index=df.index)
+    return df.assign(score=score, metric=metric.astype(str))
+
+
+def score_label(df: pd.DataFrame) -> str:
+    """The name of the metric the ``score`` of ``df``'s rows is ("accuracy", "micro_f1", "mae", or several)."""
+    names = sorted(with_score(df)["metric"].unique()) if len(df) else ["accuracy"]
+    return " / ".join(names)
+
+
 def missing_rate_stats(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof=1) and seed count of accuracy per (method, missing modality, fill, rate).
+    """Mean, std (ddof=1) and seed count of the score (the run's selection metric: accuracy for classification)
+    per (method, missing modality, fill, rate).
 
     Only single-modality rows are kept (``missing`` without ``"+"``). Repeated rows of one run
     (same ``run_dir``/seed, e.g. several masking draws) are averaged first; fills are kept apart.
     """
+    df = with_score(df)
     single = df[~df["missing"].astype(str).str.contains("+", regex=False)]
     if "fill" in single:
         single = single.assign(fill=single["fill"].fillna("").astype(str))
     run_key = "run_dir" if "run_dir" in single else "seed"
     keys = [k for k in ("method", "missing", "fill", "rate") if k in single]
-    per_run = single.groupby([*keys, run_key], as_index=False)["accuracy"].mean()
-    stats = per_run.groupby(keys)["accuracy"].agg(mean="mean", std="std", n="count")
+    per_run = single.groupby([*keys, run_key], as_index=False)["score"].mean()
+    stats = per_run.groupby(keys)["score"].agg(mean="mean", std="std", n="count")
     return stats.reset_index()
 
 
@@ -150,7 +169,7 @@ def plot_missing_modality(
                 linestyle=styles.get(key[-1], "-") if several_fills else "-", **marked(len(line)))
         spread(ax, line["rate"], line["mean"], line["std"], colour)
         hollow_where_fewer(ax, line["rate"], line["mean"], line["n"], int(stats["n"].max()), colour)
-    ax.set(xlabel="missing rate", ylabel="test accuracy", title=title)
+    ax.set(xlabel="missing rate", ylabel=f"test {score_label(df)}", title=title)
     rate_axis(ax, stats["rate"])
     ax.grid(alpha=0.3)
     legend_title = " / ".join(["method"] * several_methods + ["missing modality"] + ["fill"] * several_fills)

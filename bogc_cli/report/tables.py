@@ -47,7 +47,9 @@ from bogc_cli.errors import UserError
 from .aggregate import (
     IDENTITY,
     PROTOCOL,
+    TASK_SCALARS,
     UNIMODAL_PREFIX,
+    UNIMODAL_TASK_PREFIXES,
     find_coefficients,
     find_missing,
     find_runs,
@@ -278,12 +280,19 @@ def accuracy_table(runs: pd.DataFrame, metric: str = "accuracy") -> Table | None
     """Rows = methods, columns = datasets; ``metric`` is ``"accuracy"`` or ``"macro_f1"``."""
     if metric not in runs or runs[metric].isna().all():
         return None
+    from bogc_cli.tasks.metrics import METRIC_TITLES
+
     label = {"accuracy": "Test accuracy", "macro_f1": "Test macro-F1",
-             "val_accuracy": "Validation accuracy"}.get(metric, metric)
+             "val_accuracy": "Validation accuracy"}.get(metric)
+    if label is None:  # a multilabel or regression metric (tasks/metrics.py), or its validation score
+        name = metric.removeprefix("val_")
+        label = ("Validation " if metric.startswith("val_") else "Test ") + METRIC_TITLES.get(name, name)
+        if name == "mae":
+            label += " (lower is better)"
     title = f"{label} at the best-validation epoch"
     table = Table.from_values(metric, title, runs, metric, ["method"], "dataset")
     if table is not None:
-        table.best = True
+        table.best = metric.removeprefix("val_") != "mae"  # the bold cell marks the highest mean
         add_significance(table, runs, metric)
     return table
 
@@ -299,17 +308,22 @@ def add_significance(table: Table, per_run: pd.DataFrame, value: str) -> None:
     table.stats = stats.assign(mark=marks(stats["p"]))
 
 
-def unimodal_table(runs: pd.DataFrame) -> Table | None:
-    """Rows = methods, columns = ``<dataset>/<modality>``: accuracy of each modality's own head."""
-    heads = [c for c in runs.columns if c.startswith(UNIMODAL_PREFIX)]
-    if not heads:
+def unimodal_table(runs: pd.DataFrame, prefix: str = UNIMODAL_PREFIX) -> Table | None:
+    """Rows = methods, columns = ``<dataset>/<modality>``: accuracy of each modality's own head (``prefix``
+    ``unimodal_<metric>.``: that metric, a multilabel or regression run's selection metric)."""
+    from bogc_cli.tasks.metrics import METRIC_TITLES
+
+    heads = [c for c in runs.columns if c.startswith(prefix)]
+    if not heads or runs[heads].isna().all().all():
         return None
+    metric = prefix.removeprefix("unimodal_").rstrip(".")
     long = runs[IDENTITY + heads].melt(
-        id_vars=IDENTITY, value_vars=heads, var_name="modality", value_name="accuracy"
+        id_vars=IDENTITY, value_vars=heads, var_name="modality", value_name=metric
     )
-    long["head"] = long["dataset"] + "/" + long["modality"].str.removeprefix(UNIMODAL_PREFIX)
-    title = "Unimodal-head test accuracy"
-    return Table.from_values("unimodal", title, long, "accuracy", ["method"], "head")
+    long["head"] = long["dataset"] + "/" + long["modality"].str.removeprefix(prefix)
+    title = "Unimodal-head test " + ("accuracy" if metric == "accuracy" else METRIC_TITLES.get(metric, metric))
+    name = "unimodal" if prefix == UNIMODAL_PREFIX else f"unimodal_{metric}"
+    return Table.from_values(name, title, long, metric, ["method"], "head")
 
 
 STEP_COLUMN = "step/joint"
@@ -349,16 +363,20 @@ def robustness_tables(missing: pd.DataFrame) -> list[Table]:
     (missing, rate, fill) are averaged first, so std is always across training seeds."""
     if missing.empty:
         return []
+    from .plots import score_label, with_score
+
+    missing = with_score(missing)
     keys = [*IDENTITY, "missing", "rate", "fill"]
-    per_run = missing.groupby(keys, as_index=False)[["accuracy"]].mean()
+    per_run = missing.groupby(keys, as_index=False)[["score"]].mean()
     tables: list[Table | None] = []
     for dataset, part in per_run.groupby("dataset", sort=True):
+        metric = score_label(missing[missing["dataset"] == dataset])  # the runs' selection metric
         fill = ["fill"] if part["fill"].nunique() > 1 else []
         several = part["missing"].str.contains("+", regex=False)
-        title = f"{dataset}: test accuracy with one modality missing at rate r"
+        title = f"{dataset}: test {metric} with one modality missing at rate r"
         single = part[~several]
-        table = Table.from_values(f"robustness_{slug(dataset)}", title + "; AUC: area under accuracy vs "
-                                  "rate, divided by the rate range", single, "accuracy", ["method", "missing", *fill],
+        table = Table.from_values(f"robustness_{slug(dataset)}", title + f"; AUC: area under {metric} vs "
+                                  "rate, divided by the rate range", single, "score", ["method", "missing", *fill],
                                   "rate")
         if table is not None:
             auc = mean_std(area_under_rates(single, [*IDENTITY, "missing", *fill]), "auc",
@@ -367,10 +385,10 @@ def robustness_tables(missing: pd.DataFrame) -> list[Table]:
                                       table.rows, "rate")
         tables.append(table)
         subsets = part[several & np.isclose(part["rate"], 1.0)]
-        title = f"{dataset}: test accuracy with several modalities missing (rate 1.0)"
+        title = f"{dataset}: test {metric} with several modalities missing (rate 1.0)"
         tables.append(
             Table.from_values(
-                f"robustness_{slug(dataset)}_subsets", title, subsets, "accuracy",
+                f"robustness_{slug(dataset)}_subsets", title, subsets, "score",
                 ["method", *fill], "missing",
             )
         )
@@ -381,12 +399,14 @@ AUC_COLUMN = "AUC"
 
 
 def area_under_rates(per_run: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Per run and missing modality: the trapezoid area under accuracy vs missing rate, divided by the
-    rate range (so 1.0 = perfect at every rate). Columns ``*keys, auc``; needs two rates or more."""
+    """Per run and missing modality: the trapezoid area under the score (the run's selection metric:
+    accuracy, micro-F1, MAE ...; ``score`` column, else ``accuracy``) vs missing rate, divided by the rate
+    range (so 1.0 = perfect accuracy at every rate). Columns ``*keys, auc``; needs two rates or more."""
     rows = []
+    value = "score" if "score" in per_run else "accuracy"
     for key, part in per_run.groupby(keys, sort=False):
         part = part.sort_values("rate")
-        rates, acc = part["rate"].to_numpy(float), part["accuracy"].to_numpy(float)
+        rates, acc = part["rate"].to_numpy(float), part[value].to_numpy(float)
         if len(rates) >= 2 and rates[-1] > rates[0]:
             area = np.sum((acc[1:] + acc[:-1]) / 2 * np.diff(rates))  # trapezoids (np.trapezoid needs numpy 2)
             rows.append({**dict(zip(keys, key)), "auc": float(area / (rates[-1] - rates[0]))})
@@ -397,7 +417,9 @@ def _experiment_tables(runs: pd.DataFrame, missing: pd.DataFrame) -> list[Table]
     """All tables for the runs of one experiment."""
     tables = [
         accuracy_table(runs, "accuracy"), accuracy_table(runs, "macro_f1"), accuracy_table(runs, "val_accuracy"),
-        unimodal_table(runs), methods_table(runs), coefficients_table(runs),
+        *[accuracy_table(runs, metric) for metric in TASK_SCALARS],  # multilabel and regression runs' metrics
+        unimodal_table(runs), *[unimodal_table(runs, prefix) for prefix in UNIMODAL_TASK_PREFIXES],
+        methods_table(runs), coefficients_table(runs),
     ]
     from .balance_tables import balance_tables
 
