@@ -716,7 +716,7 @@ def list_() -> None:
     t = Table(title="datasets (dataset.name)", caption="every dataset block also takes: "
               + ", ".join(f"{k} ({f.description})" for k, f in DatasetBlock.model_fields.items()
                           if k != "name" and not (f.description or "").startswith("arrays:")))
-    for col in ("name", "modalities", "presets", "options", "about"):
+    for col in ("name", "modalities", "tasks", "presets", "options", "about"):
         t.add_column(col, overflow="fold")
     for info in DATASETS.values():
         presets = [f"{p} (prepare)" for p in info.prepare_presets] + [f"{p} (view)" for p in info.view_presets]
@@ -726,8 +726,8 @@ def list_() -> None:
                 f"{k} ({(f.description or '').removeprefix('arrays: ')}; default {_default_text(f)})"
                 for k, f in DatasetBlock.model_fields.items()
                 if (f.description or "").startswith("arrays:") or k in ("val_fraction", "split_seed")] + opts
-        _add_plain_row(t, info.name, ", ".join(info.modalities) or "yours", ", ".join(presets) or "-", ", ".join(opts) or "-",
-                  info.description)
+        _add_plain_row(t, info.name, ", ".join(info.modalities) or "yours", ", ".join(info.tasks),
+                       ", ".join(presets) or "-", ", ".join(opts) or "-", info.description)
     console.print(t)
     t = Table(title="encoders (model.encoders.<m>: a name, or {name, weights | path, freeze, pooling, normalize}; "
               "optim.backbone_lr: learning rate of pretrained encoders)")
@@ -745,15 +745,18 @@ def list_() -> None:
     for name, about in FUSION_HEADS.items():
         _add_plain_row(t, name, about)
     console.print(t)
-    t = Table(title="methods (method.name); docs/fidelity.md compares each with its reference code")
-    for col in ("name", "options", "modalities", "about"):
+    t = Table(title="methods (method.name); docs/fidelity.md compares each with its reference code",
+              caption="tasks: the task types (classification, multilabel, regression) the method's rule is defined "
+              "for; a run of another task is refused when the recipe is read")
+    for col in ("name", "options", "modalities", "tasks", "about"):
         t.add_column(col, overflow="fold")
     for name, cls in METHODS.items():
         opts = ", ".join(f"{k}={_default_text(f)}" for k, f in cls.Options.model_fields.items())
         mods = f">= {cls.min_modalities}" + (f", <= {cls.max_modalities}" if cls.max_modalities else "")
         mods += f"; {cls.modality_note}" if cls.modality_note else ""
         about = f"{cls.summary}\nfidelity: {cls.fidelity}" if cls.fidelity else cls.summary
-        _add_plain_row(t, name, opts or "-", mods, about)
+        tasks = ", ".join(cls.tasks) + (f"; {cls.task_note}" if cls.task_note else "")
+        _add_plain_row(t, name, opts or "-", mods, tasks, about)
     console.print(t)
 
 

@@ -20,7 +20,9 @@ Cache: three ``sequence`` modalities ``[T, D]`` float32 (the features span sever
 magnitude, so float16 would lose the small ones), the pickle's own splits (``valid`` becomes
 ``val``; no carve-out). Non-finite values (the MOSEI audio has -inf) become 0, as MulT does, and
 are counted in the manifest. Labels: preset ``acc2`` = negative (< 0) vs non-negative (>= 0);
-``acc7`` = sentiment rounded and clipped to -3..3. Pickles can run code when loaded: only prepare
+``acc7`` = sentiment rounded and clipped to -3..3; ``regression`` = the sentiment itself, float32 in
+[-3, 3] as the pickle holds it (task ``regression``: MulT's, CGGM's and MMSA's protocol, trained with an L1
+loss and scored with MAE, Corr, Acc-2, F1, Acc-7). Pickles can run code when loaded: only prepare
 files you trust.
 """
 
@@ -47,7 +49,9 @@ KEYS = {"text": ("text",), "audio": ("audio", "acoustic"), "vision": ("vision", 
 TEXT_DIMS = (300, 768)  # GloVe (MulT), BERT features (MMSA)
 MMSA_NAMES = ("aligned_50.pkl", "unaligned_50.pkl")
 SEARCH_DEPTH = 2
-PRESETS = {"acc2": ["negative", "non-negative"], "acc7": [str(k) for k in range(-3, 4)]}
+PRESETS = {"acc2": ["negative", "non-negative"], "acc7": [str(k) for k in range(-3, 4)], "regression": ["sentiment"]}
+TASKS = {"acc2": "classification", "acc7": "classification", "regression": "regression"}
+"""The task type each preset's cache holds (``Manifest.task``)."""
 DEFAULT_PRESET = "acc2"
 
 
@@ -97,7 +101,8 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
     start_rewrite(out)
     log(f"writing the cache to {out}")
     return write_cache(out, dataset=dataset, classes=PRESETS[preset], kinds={m: "sequence" for m in MODALITIES},
-                       splits=splits, preset=preset, params=params, sources={**sources, "fingerprint": fingerprint})
+                       splits=splits, preset=preset, params=params, sources={**sources, "fingerprint": fingerprint},
+                       task=TASKS[preset])
 
 
 def find_pickle(raw: Path, names: tuple[str, ...], log: Log = no_log) -> Path:
@@ -136,7 +141,10 @@ def load_pickle(path: Path) -> dict[str, Any]:
 
 
 def labels_for(sentiment: np.ndarray, preset: str) -> np.ndarray:
-    """Sentiment ``[N]`` in [-3, 3] -> int64 class ``[N]`` (``acc2``: >= 0 is 1; ``acc7``: round + 3)."""
+    """Sentiment ``[N]`` in [-3, 3] -> int64 class ``[N]`` (``acc2``: >= 0 is 1; ``acc7``: round + 3), or the
+    float32 sentiment itself (``regression``)."""
+    if preset == "regression":
+        return np.asarray(sentiment, dtype=np.float32)
     if preset == "acc2":
         return (sentiment >= 0).astype(np.int64)
     return (np.round(np.clip(sentiment, -3, 3)) + 3).astype(np.int64)

@@ -12,7 +12,7 @@ import torch
 
 from bogc_cli.data.cache import load_split, read_manifest
 from bogc_cli.models.encoders import SequenceTransformer
-from cli_helpers import run_cli
+from cli_helpers import run_bogc, run_cli
 
 SIZES = {"train": 40, "valid": 10, "test": 12}
 
@@ -103,6 +103,58 @@ def test_mosi_dims(tmp_path):
     _write_pickle(tmp_path / "mosi_data.pkl", dims=(300, 5, 20))
     manifest = prepare(tmp_path, tmp_path / "c")
     assert manifest.dataset == "mosi" and manifest.modalities["vision"].shape == [50, 20]
+
+
+def test_mosi_regression_preset_prepares_and_trains_one_epoch(capsys, tmp_path):
+    """Preset regression keeps the continuous sentiment (task regression); CGGM's MOSI recipe trains on it one
+    epoch, and eval.json's metrics are those of the best checkpoint's test predictions."""
+    import pandas as pd
+
+    from bogc_cli.engine.evaluate import predict
+    from bogc_cli.engine.inference import load_run
+
+    data = _write_pickle(tmp_path / "mosi_data.pkl", dims=(300, 5, 20))
+    code, out, err = run_cli(capsys, "prepare", "mosi", "--raw", tmp_path, "--out", tmp_path / "c", "--preset",
+                             "regression")
+    assert code == 0, out + err
+    manifest = read_manifest(tmp_path / "c")
+    assert manifest.task == "regression" and manifest.classes == ["sentiment"] and manifest.preset == "regression"
+    test = load_split(tmp_path / "c", manifest, "test")
+    assert test.labels.dtype == np.float32
+    np.testing.assert_array_equal(test.labels, data["test"]["labels"][:, 0, 0])
+    done = run_bogc("train", "recipes/mosi/cggm-regression.yaml", "--seeds", "0", "--set",
+                    f"dataset.root={tmp_path / 'c'}", "--set", "train.epochs=1", "--set", "train.batch_size=16",
+                    "--set", "model.hidden_dim=32", "--set", "model.mlp_layers=1", "--set", "model.feature_dim=8",
+                    "--set", "train.conflict_every=0", "--out", tmp_path / "r", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "selected on validation mae" in " ".join(done.stdout.split())
+    run = next((tmp_path / "r").rglob("eval.json")).parent
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["task"] == "regression" and ev["select_metric"] == "mae" and ev["n"] == 12
+    loaded = load_run(run, device="cpu")
+    p = predict(loaded.model, loaded.loader("test"), loaded.device, loaded.autocast)
+    y, yhat = p.labels, p.fused[:, 0]
+    assert p.fused.shape == (12, 1)  # one output
+    assert ev["mae"] == pytest.approx(float(np.abs(yhat - y).mean()), abs=1e-6)
+    assert ev["acc2_has0"] == pytest.approx(float(((yhat >= 0) == (y >= 0)).mean()))
+    nonzero = y != 0
+    assert ev["acc2_non0"] == pytest.approx(float(((yhat[nonzero] > 0) == (y[nonzero] > 0)).mean()))
+    assert ev["acc7"] == pytest.approx(float((np.round(np.clip(yhat, -3, 3)) == np.round(np.clip(y, -3, 3))).mean()))
+    assert ev["corr"] == pytest.approx(float(np.corrcoef(yhat, y)[0, 1]), abs=1e-6)
+    assert {"method.cggm.coeff.text", "val_mae"} <= set(json.loads((run / "metrics.jsonl").read_text().splitlines()[0]))
+    assert ev["calibration"] == {"not_applicable": "regression run: ECE, NLL and Brier score read a softmax over "
+                                 "classes"}
+    # eval, missing-modality and report show the regression metrics; the curve is of the selection metric (MAE)
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0 and "MAE (selection metric)" in out and "Acc-7" in out, out + err
+    code, out, err = run_cli(capsys, "missing-modality", run, "--rates", "0,1", "--modalities", "text")
+    assert code == 0 and "missing-modality mae" in " ".join(out.split()), out + err
+    rows = pd.read_csv(run / "missing_modality.csv")
+    assert set(rows["metric"]) == {"mae"} and rows.loc[rows["rate"] == 0, "score"].iloc[0] == pytest.approx(ev["mae"])
+    code, out, err = run_cli(capsys, "report", tmp_path / "r")
+    text = " ".join(out.split())
+    assert code == 0 and "Test MAE (lower is better)" in text and "Test Acc-2 (neg/pos, non-zero)" in text
+    assert "AUC: area under mae" in text
 
 
 def test_transformer_ignores_padding_steps():

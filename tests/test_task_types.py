@@ -1,0 +1,222 @@
+"""Task types (issue 21 item 4): multilabel and regression metrics against values computed by hand, the task
+losses, model selection's direction, the refusals at recipe validation, and one tiny end-to-end run per task
+through the real ``bogc`` entry point."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bogc_cli.tasks import TaskSpec
+from bogc_cli.tasks.losses import batch_hits, task_loss
+from bogc_cli.tasks.metrics import multilabel_metrics, regression_metrics
+from cli_helpers import run_bogc, run_cli
+
+# ------------------------------------------------------------------ metrics, by hand
+
+ML_LABELS = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=np.uint8)
+ML_LOGITS = np.array([[2.0, -1.0, -0.5], [0.5, 1.0, -2.0], [1.5, -0.2, 0.3], [-1.0, -3.0, 0.0]])
+
+
+def test_multilabel_f1s_and_map_by_hand():
+    """Predicted (sigmoid > 0.5, so logit 0 is not a prediction): [1,0,0] [1,1,0] [1,0,1] [0,0,0].
+    Per label (TP, FP, FN): 0: (2, 1, 0) F1 4/5; 1: (1, 0, 1) F1 2/3; 2: (0, 1, 1) F1 0.
+    micro: TP 3, FP 2, FN 2 -> 6/10; macro: (4/5 + 2/3 + 0)/3; weighted by positives (2, 2, 1):
+    (2*4/5 + 2*2/3)/5; samples: rows 2/3, 2/3, 2/4 and 0 (nothing true, nothing predicted) -> mean.
+    AP: label 0 and 1 rank both positives first (1, 1); label 2's one positive (p = sigmoid(-0.5)) is ranked
+    third, below sigmoid(0.3) and sigmoid(0) = 0.5: precision 1/3 -> mAP (1 + 1 + 1/3)/3."""
+    got = multilabel_metrics(ML_LABELS, ML_LOGITS)
+    assert got["n"] == 4
+    assert got["micro_f1"] == pytest.approx(0.6)
+    assert got["macro_f1"] == pytest.approx((4 / 5 + 2 / 3) / 3)
+    assert got["weighted_f1"] == pytest.approx((2 * 4 / 5 + 2 * 2 / 3) / 5)
+    assert got["samples_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1 / 2 + 0) / 4)
+    assert got["map"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+    assert got["subset_accuracy"] == pytest.approx(1 / 4)  # only the empty row is all right
+
+
+def test_map_leaves_out_a_label_without_positives():
+    labels = ML_LABELS.copy()
+    labels[:, 2] = 0  # label 2 has no positive in the split: no precision-recall curve
+    assert multilabel_metrics(labels, ML_LOGITS)["map"] == pytest.approx(1.0)
+    assert math.isnan(multilabel_metrics(np.zeros((4, 3), np.uint8), ML_LOGITS)["map"])
+
+
+Y = np.array([-2.4, 0.0, 1.2, 0.5, -0.6, 0.0])
+YHAT = np.array([-1.9, 0.3, 2.6, -0.2, -0.5, -0.1])
+
+
+def test_regression_metrics_by_hand():
+    """MAE: (0.5 + 0.3 + 1.4 + 0.7 + 0.1 + 0.1)/6.
+    Acc-2 negative / non-negative (all rows; >= 0): truth F T T T F T, prediction F T T F F F -> 4/6;
+    weighted F1: non-negative (4 rows) TP 2 FN 2 -> 2/3, negative (2) TP 2 FP 2 -> 2/3.
+    Acc-2 negative / positive without the two zero-labelled rows: truth F T T F, prediction F T F F -> 3/4;
+    weighted F1: positive (2) TP 1 FN 1 -> 2/3; negative (2) TP 2 FP 1 -> 4/5 -> (2/3 + 4/5)/2.
+    Acc-7 (clip to [-3, 3], round half to even): truth -2 0 1 0 -1 0, prediction -2 0 3 -0 -0 -0 -> 4/6."""
+    got = regression_metrics(Y, YHAT.reshape(-1, 1))  # a regression head's [N, 1] output
+    assert got["n"] == 6
+    assert got["mae"] == pytest.approx(3.1 / 6)
+    dx, dy = YHAT - YHAT.mean(), Y - Y.mean()
+    assert got["corr"] == pytest.approx((dx * dy).sum() / math.sqrt((dx ** 2).sum() * (dy ** 2).sum()))
+    assert got["corr"] == pytest.approx(0.880617, abs=1e-6)
+    assert got["acc2_has0"] == pytest.approx(4 / 6)
+    assert got["f1_has0"] == pytest.approx(2 / 3)
+    assert got["acc2_non0"] == pytest.approx(3 / 4)
+    assert got["f1_non0"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert got["acc7"] == pytest.approx(4 / 6)
+
+
+def test_regression_corr_of_constant_predictions_is_nan_and_selection_skips_it():
+    assert math.isnan(regression_metrics(Y, np.zeros(6))["corr"])
+    spec = TaskSpec("regression", select_metric="corr")
+    assert spec.better(float("nan"), None)  # the first epoch is kept even so: a run always has a best epoch
+    assert not spec.better(float("nan"), 0.1) and spec.better(0.2, float("nan"))
+
+
+def test_selection_metric_and_direction_per_task():
+    assert (TaskSpec().metric, TaskSpec("multilabel").metric, TaskSpec("regression").metric) == \
+        ("accuracy", "micro_f1", "mae")
+    mae = TaskSpec("regression")
+    assert mae.better(0.7, 0.8) and not mae.better(0.8, 0.7) and not mae.better(0.7, 0.7)  # tie: the earlier
+    acc2 = TaskSpec("regression", select_metric="acc2_non0")
+    assert acc2.better(0.8, 0.7) and not acc2.better(0.7, 0.8)
+
+
+# ------------------------------------------------------------------ losses
+
+
+def test_task_losses_by_hand():
+    out = torch.tensor([[1.0], [-1.0]])
+    y = torch.tensor([0.5, 0.0])
+    assert task_loss(TaskSpec("regression"), out, y).item() == pytest.approx((0.5 + 1.0) / 2)
+    assert task_loss(TaskSpec("regression", "mse"), out, y).item() == pytest.approx((0.25 + 1.0) / 2)
+    assert task_loss(TaskSpec("regression"), out, y, reduction="none").tolist() == pytest.approx([0.5, 1.0])
+    bce = task_loss(TaskSpec("multilabel"), torch.tensor([[0.0, 2.0]]), torch.tensor([[1, 0]], dtype=torch.uint8))
+    assert bce.item() == pytest.approx((math.log(2) + math.log(1 + math.e ** 2)) / 2)
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    assert task_loss(TaskSpec(), logits, labels).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item())
+
+
+def test_training_hits_per_task():
+    assert batch_hits(TaskSpec("regression"), torch.tensor([[0.2], [-0.1], [0.0]]), torch.tensor([1.0, 0.5, 0.0])) == 2
+    assert batch_hits(TaskSpec("multilabel"), torch.tensor([[1.0, -1.0], [1.0, 1.0]]),
+                      torch.tensor([[1, 0], [1, 0]], dtype=torch.uint8)) == 1
+
+
+def test_cggm_accuracy_for_regression_is_the_references_sign_accuracy():
+    """zrguo/CGGM train_eval_senti: (prediction > 0) == (truth > 0), zero-labelled rows included."""
+    from bogc_cli.fusion.cggm import batch_accuracy
+
+    got = batch_accuracy(torch.tensor([[0.3], [-0.2], [0.1], [0.0]]), torch.tensor([1.0, 0.0, -0.5, 0.0]), "regression")
+    # prediction > 0: T F T F; truth > 0: T F F F (a zero target is "not positive") -> rows 0, 1, 3 right
+    assert got.item() == pytest.approx(3 / 4)
+
+
+# ------------------------------------------------------------------ tiny caches, refusals, end to end
+
+
+def write_task_cache(root: Path, task: str, n: int = 24) -> Path:
+    """A two-modality vector cache of ``task`` (its storage form, data/cache.py) with a learnable target."""
+    from bogc_cli.data.cache import SplitArrays, write_cache
+
+    rng = np.random.default_rng(0)
+
+    def split(rows: int) -> SplitArrays:
+        a = rng.normal(size=(rows, 6)).astype(np.float32)
+        b = rng.normal(size=(rows, 4)).astype(np.float32)
+        if task == "regression":
+            y = np.clip(1.5 * a[:, 0] + b[:, 0], -3, 3).astype(np.float32)
+            y[:2] = 0.0  # zero-labelled rows, which one form of Acc-2 leaves out
+        elif task == "multilabel":
+            y = np.stack([a[:, 0] > 0, b[:, 0] > 0, a[:, 1] + b[:, 1] > 0], axis=1).astype(np.uint8)
+        else:
+            y = (a[:, 0] > 0).astype(np.int64)
+        return SplitArrays({"a": a, "b": b}, y)
+
+    classes = {"regression": ["sentiment"], "multilabel": ["x", "y", "z"], "classification": ["neg", "pos"]}[task]
+    write_cache(root, dataset="arrays", classes=classes, kinds={"a": "vector", "b": "vector"},
+                splits={"train": split(n), "val": split(12), "test": split(12)}, task=task)
+    return root
+
+
+TINY = ["--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "model.hidden_dim=16",
+        "--set", "model.feature_dim=8", "--set", "train.conflict_every=0"]
+
+
+def _train_args(cache: Path, out: Path, method: str, *extra: str) -> list[str]:
+    return ["train", "recipes/quickstart.yaml", "--set", "dataset.name=arrays", "--set", f"dataset.root={cache}",
+            "--set", f"method.name={method}", "--out", str(out), *TINY, *extra]
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["dataset.name=mosi", "dataset.task=regression", "method.name=ogm_ge"],
+     ["method.name", "'ogm_ge' is defined for classification only, not for regression", "cggm", "joint"]),
+    (["dataset.name=cremad", "dataset.task=multilabel"], ["dataset.task", "cremad data is classification"]),
+    (["dataset.name=cremad", "train.select_metric=mae"], ["train.select_metric", "'mae' is not a classification"]),
+    (["dataset.name=mosi", "train.select_metric=f1"], ["train.select_metric", "not a metric of any task"]),
+    (["dataset.name=mosi", "dataset.task=regression", "method.name=cggm", "method.direction=gradients"],
+     ["direction: gradients", "softmax", "Methods defined for regression"]),
+    (["dataset.name=mosi", "dataset.task=regression", "method.name=bogc", "method.moments=laplace"],
+     ["moments: laplace", "microbatch"]),
+    (["dataset.name=arrays", "dataset.task=ranking"], ["dataset.task", "classification", "regression"]),
+])
+def test_recipe_validation_refuses_what_the_task_does_not_allow(capsys, tmp_path, overrides, words):
+    args = [a for o in overrides for a in ("--set", o)]
+    code, out, err = run_cli(capsys, "train", "recipes/quickstart.yaml", *args, "--out", tmp_path / "r")
+    assert code == 2, out + err
+    message = " ".join(err.split())
+    for word in words:
+        assert word in message, message
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_recipe_cannot_turn_a_caches_task_into_another(capsys, tmp_path):
+    cache = write_task_cache(tmp_path / "cls", "classification")
+    code, out, err = run_cli(capsys, *_train_args(cache, tmp_path / "r", "joint", "--set", "dataset.task=regression"))
+    message = " ".join(err.split())
+    assert code == 2 and "holds classification targets" in message and "--preset regression" in message, out + err
+    assert not (tmp_path / "r").exists()
+    reg = write_task_cache(tmp_path / "reg", "regression")  # the method is refused once the manifest tells the task
+    code, out, err = run_cli(capsys, *_train_args(reg, tmp_path / "r", "ogm_ge"))
+    message = " ".join(err.split())
+    assert code == 2 and "is regression data" in message and "defined for classification only" in message
+    assert not (tmp_path / "r").exists()
+
+
+def test_multilabel_end_to_end_through_the_real_entry_point(capsys, tmp_path):
+    """joint on a multilabel cache: C independent logits, BCE, selection on validation micro-F1; eval,
+    missing-modality and report show the multilabel metrics. (The regression run end to end, CGGM on a
+    CMU-MOSI-style cache prepared with --preset regression: tests/test_prepare_mosei.py.)"""
+    import pandas as pd
+
+    cache = write_task_cache(tmp_path / "ml", "multilabel")
+    done = run_bogc(*_train_args(cache, tmp_path / "r", "joint"), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "selected on validation micro_f1" in " ".join(done.stdout.split())
+    run = tmp_path / "r/quickstart/arrays/joint/seed0"
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["task"] == "multilabel" and ev["select_metric"] == "micro_f1" and ev["n"] == 12
+    for key in ("micro_f1", "macro_f1", "weighted_f1", "samples_f1", "map", "val_micro_f1"):
+        assert 0.0 <= ev[key] <= 1.0, key
+    assert set(ev["unimodal_micro_f1"]) == {"a", "b"} and "accuracy" not in ev
+    assert ev["linear_probe"]["not_applicable"].startswith("multilabel run")
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["val_micro_f1"] == ev["val_micro_f1"] and "val_accuracy" not in record
+    code, out, err = run_cli(capsys, "eval", run)
+    assert code == 0 and "Micro-F1 (selection metric)" in out and "mAP" in out, out + err
+    assert json.loads((run / "eval.json").read_text())["map"] == pytest.approx(ev["map"], abs=1e-6)
+    code, out, err = run_cli(capsys, "missing-modality", run, "--rates", "0,1")
+    assert code == 0 and "missing-modality micro_f1" in " ".join(out.split()), out + err
+    rows = pd.read_csv(run / "missing_modality.csv")
+    assert set(rows["metric"]) == {"micro_f1"}
+    assert rows.loc[rows["rate"] == 0, "score"].iloc[0] == pytest.approx(ev["micro_f1"], abs=1e-6)
+    code, out, err = run_cli(capsys, "report", tmp_path / "r")
+    text = " ".join(out.split())
+    assert code == 0 and "Test Micro-F1" in text and "Test mAP" in text and "AUC: area under micro_f1" in text, \
+        out + err
