@@ -220,3 +220,53 @@ def test_multilabel_end_to_end_through_the_real_entry_point(capsys, tmp_path):
     text = " ".join(out.split())
     assert code == 0 and "Test Micro-F1" in text and "Test mAP" in text and "AUC: area under micro_f1" in text, \
         out + err
+
+
+# ------------------------------------------------------------------ every method that declares a task trains on it
+
+
+def _declared() -> list[tuple[str, str]]:
+    from bogc_cli.fusion import METHODS
+
+    return [(name, task) for name, cls in METHODS.items() for task in cls.tasks if task != "classification"]
+
+
+@pytest.mark.parametrize("name, task", _declared())
+def test_every_method_declaring_a_task_steps_on_it(name, task):
+    """A method that declares multilabel or regression takes finite steps that lower the task's loss on a
+    fixed batch, with heads of the task's width (C logits, or one value)."""
+    from bogc_cli.data.cache import ModalitySpec
+    from bogc_cli.data.loader import Batch
+    from bogc_cli.fusion import METHODS, StepContext
+    from bogc_cli.models.build import build_model
+    from bogc_cli.recipe import ModelBlock
+
+    torch.manual_seed(0)
+    specs = {"a": ModalitySpec("vector", [6], "float32"), "b": ModalitySpec("vector", [5], "float32")}
+    spec = TaskSpec(task)
+    cls = METHODS[name]
+    options = cls.Options.model_validate({"modality": "a"} if name == "unimodal" else {})
+    chosen = cls.used_modalities(options, list(specs))
+    model = build_model(ModelBlock(encoders="mlp", feature_dim=8, hidden_dim=16), {m: specs[m] for m in chosen}, 3,
+                        task=spec)
+    cls.adapt_model(options, model)
+    assert model.fusion_head(  # the heads' width follows the task
+        [torch.zeros(2, model.encoders[m].out_dim) for m in model.modalities]).shape[1] == (1 if task == "regression"
+                                                                                        else 3)
+    method = cls(options, model, StepContext(torch.device("cpu"), torch.optim.Adam(model.parameters(), lr=1e-2)))
+    g = torch.Generator().manual_seed(1)
+    x = {m: torch.randn(32, *specs[m].shape, generator=g) for m in model.modalities}
+    y = (torch.randn(32, generator=g).clamp(-3, 3) if task == "regression"
+         else (torch.rand(32, 3, generator=g) > 0.5).to(torch.uint8))
+    batch = Batch(x, y, torch.arange(32))
+    method.on_epoch_start(1)
+
+    def fused_loss() -> float:
+        with torch.no_grad():
+            return task_loss(spec, model(x).fused_logits, y).item()
+
+    before = fused_loss()
+    for _ in range(20):
+        result = method.step(batch)
+        assert torch.isfinite(result.loss) and not method.ctx.skipped_step
+    assert fused_loss() < before

@@ -23,6 +23,10 @@ can read the repository should pin ``lam``, ``temperature`` and ``recipes/*/mimo
 
 Hyper-parameters (``method.*``): ``lam`` (1.0), ``temperature`` (1.0). Works for any M >= 2.
 
+Task types: the objective combines per-modality losses only, so each ``L_m`` (and ``L_0``) is the run's task
+loss (binary cross-entropy with logits for multilabel, L1 or MSE for regression). ``temperature`` is in the
+loss's units: the default was chosen for cross-entropy.
+
 Data-parallel: the smooth max is of the global batch's unimodal losses (each process's batch
 means, weighted by its share, in one all-reduce of M numbers per step); each process's rows reach
 it through their own losses, weighted by the global ``softmax(L / T)``, so the averaged gradients
@@ -55,6 +59,9 @@ class MIMO(Method):
     Options = MIMOOptions
     min_modalities = 2
     modality_note = "the smooth max runs over any number of unimodal losses"
+    tasks = ("classification", "multilabel", "regression")
+    task_note = ("L_0 + a smooth max of the L_m, each the task's loss (CE, BCE with logits, L1/MSE); the temperature "
+                 "is in loss units, so the default T = 1 set for cross-entropy may need retuning for another loss")
     fidelity = ("reconstructed from the paper's abstract; its code (github.com/heshandevaka/MIMO) could not be "
                 "read here, so lam, temperature and the penalty schedule (constant here) are unchecked against it")
 

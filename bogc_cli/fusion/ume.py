@@ -25,6 +25,10 @@ the gradients are exactly those of M separate unimodal trainings on the same bat
 
 Hyper-parameters (``method.*``): none; the paper's ensemble has none (equal weights).
 
+Task types: the rule is a sum of per-modality losses, so it carries over unchanged to multilabel (each
+``L_m`` the binary cross-entropy of head m's C logits) and regression (each ``L_m`` the L1 or MSE of its one
+output; the ensemble averages the M predictions).
+
 Deviations, all from training the M models in one run rather than M runs: (1) one model selection for
 the ensemble (the epoch with the best validation accuracy of ``f``), where separate runs would each keep
 their own best epoch; (2) a recipe's ``optim.grad_clip`` clips the norm of all modalities' gradients
@@ -56,6 +60,9 @@ class UME(Method):
                "prediction is the mean of the unimodal logits")
     min_modalities = 2
     modality_note = "any M: every modality's model trains on its own loss; the prediction averages all M"
+    tasks = ("classification", "multilabel", "regression")
+    task_note = ("a sum of per-modality losses (each the task's: CE, BCE with logits, L1/MSE); the ensemble's mean "
+                 "of the heads' outputs is the mean prediction (regression) or mean logit per label (multilabel)")
     fidelity = ("follows the paper (Du et al. 2023; no authors' code found, BalanceBenchmark has no UME trainer: "
                 "its unimodal_trainer.py is each member): sum_m CE(o_m), prediction mean_m o_m; deviations: the "
                 "M models trained in one run, so one best epoch for the ensemble and one NaN-skip/clip for all")
@@ -74,7 +81,10 @@ class UME(Method):
         model.fusion_head = UnimodalMean(model.unimodal_heads, model.modalities)
 
     def losses(self, out, labels):
-        return ume_loss(out.unimodal_logits, labels)
+        """``{m: L(o_m, y)}``: ``ume_loss`` (each CE) for classification, the run's task loss otherwise."""
+        if self.model.task.task == "classification":
+            return ume_loss(out.unimodal_logits, labels)
+        return {m: self.task_loss(z, labels) for m, z in out.unimodal_logits.items()}
 
 
 METHOD = UME

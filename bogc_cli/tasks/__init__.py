@@ -74,6 +74,18 @@ class TaskSpec:
         return value > best if self.higher_is_better else value < best
 
 
+def record_score(record: dict, select_metric: str | None = None) -> float:
+    """The validation score in an epoch's ``metrics.jsonl`` record (or ``eval.json``), signed so that higher is
+    better (an error such as MAE is negated): what a search that maximises (``bogc tune``) optimises.
+    ``select_metric``: ``train.select_metric`` (None: the task's default, read from which figures the record
+    holds: ``val_accuracy`` classification, ``val_micro_f1`` multilabel, ``val_mae`` regression)."""
+    if select_metric is None:
+        select_metric = next(s.default for s in SELECTION.values() if f"val_{s.default}" in record)
+    value = float(record[f"val_{select_metric}"])
+    lower = any(select_metric in s.lower_is_better for s in SELECTION.values())
+    return -value if lower else value
+
+
 def output_dim(task: str, num_classes: int) -> int:
     """Outputs of every head: ``C`` logits (classification), ``C`` independent logits (multilabel), 1 value
     (regression)."""
@@ -104,4 +116,4 @@ def resolve_task(declared: str, asked: str | None, dataset: str, where: str) -> 
 
 
 __all__ = ["REGRESSION_LOSSES", "SELECTION", "Selection", "TASKS", "TaskSpec", "check_select_metric", "output_dim",
-           "resolve_task"]
+           "record_score", "resolve_task"]

@@ -1,10 +1,12 @@
-"""One trial of a tune: an ordinary run of the trial's recipe, its validation accuracy the objective.
+"""One trial of a tune: an ordinary run of the trial's recipe, its validation score the objective.
 
 The run directory is ``<out>/<experiment>-tune/<dataset>/<method>-trial<N>/seed<S>`` (``method.tag`` =
 ``trial<N>``, after the recipe's own tag), so it can be inspected, resumed (``bogc train
 <run>/recipe.yaml --resume``) and tabulated by ``bogc report <out>/<experiment>-tune`` like any run. The
 objective is ``eval.json``'s ``val_accuracy``: the best validation accuracy, at the epoch model selection
-keeps; test figures are never looked at. ``Pruning`` reports each epoch's validation accuracy to Optuna
+keeps (multilabel and regression runs: their selection metric, ``val_micro_f1`` or minus ``val_mae``, as
+``tasks.record_score`` signs it for a study that maximises); test figures are never looked at.
+``Pruning`` reports each epoch's validation score to Optuna
 and stops the run at that epoch boundary when the pruner says so (engine/callbacks.py: the run's
 checkpoint is complete, so even a pruned trial can be resumed by hand).
 """
@@ -22,6 +24,7 @@ from bogc_cli.engine.epoch import Diverged
 from bogc_cli.engine.setup import run_dir_for
 from bogc_cli.engine.trainer import train_run
 from bogc_cli.errors import UserError
+from bogc_cli.tasks import record_score
 from bogc_cli.tune.study import ERROR, EXCESS, INTERRUPTED, RUN_DIR, SLOT, TRIAL_LOCK, is_excess
 
 
@@ -40,16 +43,19 @@ class Pruning(Callback):
 
     def __init__(self, trial: optuna.Trial):
         self.trial = trial
+        self.metric: str | None = None  # train.select_metric of the run (None: its task's default)
 
     def on_run_start(self, run: RunStart) -> None:
+        self.metric = (run.recipe.get("train") or {}).get("select_metric")
         for record in run.records:  # a retry is a new Optuna trial: the epochs its run did before
-            self.trial.report(record["val_accuracy"], record["epoch"])
+            self.trial.report(record_score(record, self.metric), record["epoch"])
 
     def on_epoch_end(self, epoch: int, record: dict) -> str | None:
-        self.trial.report(record["val_accuracy"], epoch)
+        score = record_score(record, self.metric)
+        self.trial.report(score, epoch)
         if self.trial.should_prune():
-            return (f"trial {self.trial.number} pruned by Optuna at epoch {epoch} (validation accuracy "
-                    f"{record['val_accuracy']:.3f})")
+            return (f"trial {self.trial.number} pruned by Optuna at epoch {epoch} (validation score "
+                    f"{score:.3f})")
         return None
 
 
@@ -105,7 +111,7 @@ def objective(trial: optuna.Trial, target, budget: int, console: Console, held: 
         trial.set_user_attr(INTERRUPTED, True)
         trial.set_user_attr(ERROR, f"{type(exc).__name__}: {exc}"[:500])
         raise
-    return float(result.val_accuracy)
+    return record_score({f"val_{result.select_metric}": result.val_score}, result.select_metric)
 
 
 def _short(value) -> str:
