@@ -172,9 +172,12 @@ def prepare(
     table = Table(title=f"{dataset} prepared in {out}" + (f" (preset {manifest.preset})" if manifest.preset else ""))
     table.add_column("split")
     table.add_column("samples", justify="right")
-    table.add_column("per class", overflow="fold")
+    per = {"multilabel": "positives per label", "regression": f"target ({manifest.task})"}.get(manifest.task,
+                                                                                             "per class")
+    table.add_column(per, overflow="fold")
     for split, n in manifest.splits.items():
-        table.add_row(split, str(n), _per_class(manifest.class_counts.get(split, {})))
+        counts = manifest.class_counts.get(split, {})
+        table.add_row(split, str(n), _per_class(counts) if manifest.task != "regression" else manifest.classes[0])
     _show(table)
     mods = ", ".join(f"{m} {s.kind} {tuple(s.shape)} {s.dtype}" + (
         f" ({s.tokenizer.get('kind')} tokenizer, {s.tokenizer.get('vocab_size')} tokens)" if s.tokenizer else "")
@@ -370,11 +373,8 @@ def _task_rows(result: dict) -> list[tuple[str, str]]:
 
 
 def _balance_rows(result: dict) -> list[tuple[str, str]]:
-    """The balance metrics of an eval result as (name, value) rows (none for a block that is not applicable)."""
-    rows = [("parameters", f"{result['parameters']:,}"),
-            ("forward MFLOPs / sample", f"{result['forward_flops_per_sample'] / 1e6:.3f}")]
-    if "not_applicable" in result["calibration"]:
-        return rows
+    """The balance metrics of an eval result as (name, value) rows; a block that is not applicable to the run's
+    task (multilabel, regression: contributions, probes, calibration) gives none."""
     rows = []
     contribution = result["contribution"]
     if "accuracy" in contribution:
@@ -382,11 +382,13 @@ def _balance_rows(result: dict) -> list[tuple[str, str]]:
             rows.append((f"{m} Shapley contribution (accuracy)", f"{phi:+.4f}"))
         degree = contribution["accuracy"]["imbalance_degree"]
         rows.append(("imbalance degree (accuracy)", "-" if degree is None else f"{degree:.4f}"))
-    for m, acc in result["linear_probe"]["accuracy"].items():
+    for m, acc in result["linear_probe"].get("accuracy", {}).items():
         rows.append((f"{m} linear-probe accuracy", f"{acc:.4f} (C={result['linear_probe']['C'][m]:g})"))
     cal = result["calibration"]
-    rows += [(f"ECE ({cal['bins']} bins)", f"{cal['ece']:.4f}"), ("NLL", f"{cal['nll']:.4f}"),
-             ("Brier score", f"{cal['brier']:.4f}"), ("parameters", f"{result['parameters']:,}"),
+    if "ece" in cal:
+        rows += [(f"ECE ({cal['bins']} bins)", f"{cal['ece']:.4f}"), ("NLL", f"{cal['nll']:.4f}"),
+                 ("Brier score", f"{cal['brier']:.4f}")]
+    rows += [("parameters", f"{result['parameters']:,}"),
              ("forward MFLOPs / sample", f"{result['forward_flops_per_sample'] / 1e6:.3f}")]
     return rows
 

@@ -78,6 +78,15 @@ def test_regression_corr_of_constant_predictions_is_nan_and_selection_skips_it()
     assert not spec.better(float("nan"), 0.1) and spec.better(0.2, float("nan"))
 
 
+def test_every_selection_metric_is_in_the_tables():
+    from bogc_cli.tasks import SELECTION
+    from bogc_cli.tasks.metrics import METRIC_TITLES, TABLE_METRICS
+
+    for task, selection in SELECTION.items():
+        assert set(selection.metrics) <= set(TABLE_METRICS[task]) <= set(METRIC_TITLES)
+        assert selection.default in selection.metrics
+
+
 def test_selection_metric_and_direction_per_task():
     assert (TaskSpec().metric, TaskSpec("multilabel").metric, TaskSpec("regression").metric) == \
         ("accuracy", "micro_f1", "mae")
@@ -85,6 +94,16 @@ def test_selection_metric_and_direction_per_task():
     assert mae.better(0.7, 0.8) and not mae.better(0.8, 0.7) and not mae.better(0.7, 0.7)  # tie: the earlier
     acc2 = TaskSpec("regression", select_metric="acc2_non0")
     assert acc2.better(0.8, 0.7) and not acc2.better(0.7, 0.8)
+
+
+def test_tune_maximises_the_selection_metric_signed():
+    from bogc_cli.tasks import record_score
+
+    assert record_score({"val_accuracy": 0.7, "val_macro_f1": 0.6}) == 0.7
+    assert record_score({"val_accuracy": 0.7, "val_macro_f1": 0.6}, "macro_f1") == 0.6
+    assert record_score({"val_micro_f1": 0.4, "val_macro_f1": 0.3}) == 0.4
+    assert record_score({"val_mae": 0.8, "val_corr": 0.5}) == -0.8  # lower MAE is better: maximise -MAE
+    assert record_score({"val_mae": 0.8, "val_corr": 0.5}, "corr") == 0.5
 
 
 # ------------------------------------------------------------------ losses

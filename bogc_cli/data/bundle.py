@@ -136,9 +136,12 @@ def _ensure_validation(splits: dict[str, SplitArrays], recipe: Recipe, manifest:
         return splits
     fraction, seed = recipe.dataset.val_fraction, recipe.dataset.split_seed
     train_idx, val_idx = carve_validation(splits["train"].labels, fraction, seed)
+    stratified = manifest.task == "classification"  # other targets have no class to stratify by (carve_validation)
     if len(val_idx) == 0:
         raise UserError(f"{where} has no validation split and its {len(splits['train'])} training samples are too "
-                        "few to carve one (every class keeps a training sample): add training samples or a val split")
+                        "few to carve one" + (" (every class keeps a training sample)" if stratified else "") +
+                        ": add training samples or a val split")
     notes.append(f"{where} has no validation split: carving {len(val_idx)} of its {len(splits['train'])} training "
-                 f"samples (dataset.val_fraction {fraction:g}, split_seed {seed}, stratified) to pick the best epoch")
+                 f"samples (dataset.val_fraction {fraction:g}, split_seed {seed}"
+                 + (", stratified" if stratified else "") + ") to pick the best epoch")
     return {**splits, "train": splits["train"].subset(train_idx), "val": splits["train"].subset(val_idx)}

@@ -24,6 +24,8 @@ from bogc_cli.atomic import atomic_path  # noqa: E402
 from bogc_cli.report.aggregate import read_jsonl  # noqa: E402
 
 VAL_UNIMODAL_PREFIX = "val_unimodal_accuracy."
+CURVE_METRICS = ("val_accuracy", "val_micro_f1", "val_mae")
+"""The validation figure a training curve shows: classification's, multilabel's, regression's selection metric."""
 MAX_MARKERS = 30
 """Points marked per line: every point up to this many, else every k-th (a 1-point line stays visible)."""
 
@@ -215,7 +217,10 @@ def plot_training_curves(
     where several runs reached that epoch. Points are marked, epochs are integer ticks. Unreadable files
     (and unreadable lines) are skipped with a message in ``warnings``.
 
-    Returns the written paths, or ``[]`` when no file had ``val_accuracy``.
+    Multilabel and regression runs (no ``val_accuracy``): their default selection metric's curves instead,
+    ``val_micro_f1`` or ``val_mae`` and the heads' ``val_unimodal_<metric>.<modality>``.
+
+    Returns the written paths, or ``[]`` when no file had ``val_accuracy`` (or ``val_micro_f1``, ``val_mae``).
     """
     warnings = [] if warnings is None else warnings
     frames = []
@@ -225,11 +230,14 @@ def plot_training_curves(
         except (OSError, ValueError) as exc:
             warnings.append(f"skipped {path}: {exc}")
             continue
-        if "val_accuracy" in frame:
+        if any(c in frame for c in CURVE_METRICS):
             frames.append(frame)
     if not frames:
         return []
-    heads = ["val_accuracy"] + sorted({c for f in frames for c in f.columns if c.startswith(VAL_UNIMODAL_PREFIX)})
+    metric = next(c for c in CURVE_METRICS if any(c in f for f in frames))  # the runs' selection metric
+    frames = [f for f in frames if metric in f]
+    prefix = VAL_UNIMODAL_PREFIX if metric == "val_accuracy" else f"val_unimodal_{metric.removeprefix('val_')}."
+    heads = [metric] + sorted({c for f in frames for c in f.columns if c.startswith(prefix)})
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     counts: list[int] = []
     stats_by_head = {}
@@ -239,14 +247,14 @@ def plot_training_curves(
     most = max(int(st["n"].max()) for st in stats_by_head.values())
     for i, column in enumerate(heads):
         stats = stats_by_head[column]
-        fused = column == "val_accuracy"
-        label = "fused" if fused else column.removeprefix(VAL_UNIMODAL_PREFIX)
+        fused = column == metric
+        label = "fused" if fused else column.removeprefix(prefix)
         ax.plot(stats["epoch"], stats["mean"], color=f"C{i % 10}", linestyle="-" if fused else "--",
                 lw=2 if fused else 1.3, label=label, **marked(len(stats)))
         spread(ax, stats["epoch"], stats["mean"], stats["std"], f"C{i % 10}", alpha=0.15)
         hollow_where_fewer(ax, stats["epoch"], stats["mean"], stats["n"], most, f"C{i % 10}")
         counts += stats["n"].tolist()
-    ax.set(xlabel="epoch", ylabel="validation accuracy", title=title)
+    ax.set(xlabel="epoch", ylabel="validation " + metric.removeprefix("val_"), title=title)
     epoch_axis(ax, pd.concat([f["epoch"] for f in frames]))
     ax.grid(alpha=0.3)
     ax.legend(title="head", fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
