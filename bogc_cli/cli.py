@@ -134,6 +134,9 @@ def prepare(
                                    "parameters (refused otherwise; an interrupted prepare resumes without it)."),
     kinds: Optional[str] = typer.Option(None, "--kinds", help="arrays: each modality's kind, e.g. "
                                         "audio=sequence,eeg=audio (default: from its per-sample rank)."),
+    task: Optional[str] = typer.Option(None, "--task", help="arrays: what labels holds: classification (class "
+                                       "indices [N], default), multilabel (0/1 rows [N, C]) or regression "
+                                       "(values [N])."),
     tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="Text: tokenise with the tokenizer of this "
                                              "local Hugging Face model directory (use the same directory as "
                                              "model.encoders.<m>.path); default: a word vocabulary built from the "
@@ -159,6 +162,15 @@ def prepare(
     extra = {"kinds": _kinds_option(kinds)} if dataset == "arrays" and kinds is not None else {}
     if kinds is not None and dataset != "arrays":
         raise UserError(f"--kinds is for `bogc prepare arrays`; the kinds of {dataset}'s modalities are fixed")
+    if task is not None:
+        from bogc_cli.tasks import TASKS
+
+        if dataset != "arrays":
+            raise UserError(f"--task is for `bogc prepare arrays`; {dataset}'s task is set by its preset "
+                            "(`bogc list` shows each dataset's presets and task types)")
+        if task not in TASKS:
+            raise UserError(f"--task {task!r}: valid are {', '.join(TASKS)}")
+        extra["task"] = task
     for option, value in (("--tokenizer", tokenizer), ("--max-length", max_length)):
         if value is not None and dataset not in TEXT_PREPARERS:
             raise UserError(f"{option} is for datasets with text ({', '.join(sorted(TEXT_PREPARERS))}); {dataset} "

@@ -4,7 +4,8 @@ See ``bogc_cli.data.arrays`` for the folder format (``<split>/<modality>.npy`` +
 ``<split>.npz``; optional ``classes.txt``; text as ``<split>/<modality>.txt`` or strings, tokenised here
 with ``--tokenizer DIR`` or a word vocabulary of train, ``--max-length`` tokens, the tokenizer saved in
 the cache's ``tokenizers/<modality>/``). A recipe may also point at such a folder directly; preparing
-it once saves the validation carve-out and gives memory-mappable arrays for every split.
+it once saves the validation carve-out and gives memory-mappable arrays for every split. ``--task``
+(``task``): how ``labels`` is read (classification, multilabel, regression; ``bogc_cli.data.arrays``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ DEFAULT_VAL_FRACTION = 0.1
 def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
             workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False,
             kinds: dict[str, str] | None = None, tokenizer: str | Path | None = None,
-            max_length: int | None = None) -> Manifest:
+            max_length: int | None = None, task: str | None = None) -> Manifest:
     """Validate the arrays folder ``raw`` and write it to ``out`` as a cache; returns its manifest.
 
     Without a ``val`` split, ``val_fraction`` (default 0.1) of train is carved out, stratified and seeded.
@@ -45,7 +46,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     text = text_fingerprint(tokenizer, max_length)
     fingerprint = digest({"files": [str(p.relative_to(raw)) for p in files], "sha": file_list_checksum(files),
                           "seed": seed, "val_fraction": val_fraction, "kinds": dict(sorted((kinds or {}).items())),
-                          "version": __version__, **({"text": text} if text else {})})
+                          "version": __version__, **({"text": text} if text else {}),
+                          **({"task": task} if task else {})})
     if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this arrays cache; nothing to do")
         return done
@@ -53,7 +55,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     log(f"reading and checking {raw}")
     tokenizers: dict = {}
     manifest, splits = read_arrays_folder(raw, kinds=kinds, val_fraction=val_fraction, seed=seed, strict=strict,
-                                          tokenizer=tokenizer, max_length=max_length, tokenizers=tokenizers)
+                                          tokenizer=tokenizer, max_length=max_length, tokenizers=tokenizers,
+                                          task=task or "classification")
     for warning in manifest.warnings:
         log(f"warning: {warning}")
     start_rewrite(out)
@@ -63,7 +66,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     return write_cache(out, dataset="arrays", classes=manifest.classes, kinds=describe_kinds(manifest),
                        splits=splits, params=manifest.params,
                        sources={**manifest.sources, "fingerprint": fingerprint}, warnings=manifest.warnings,
-                       tokenizers={m: manifest.modalities[m].tokenizer for m in tokenizers})
+                       tokenizers={m: manifest.modalities[m].tokenizer for m in tokenizers}, task=manifest.task)
 
 
 def _input_files(raw: Path) -> list[Path]:

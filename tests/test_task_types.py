@@ -289,3 +289,63 @@ def test_every_method_declaring_a_task_steps_on_it(name, task):
         result = method.step(batch)
         assert torch.isfinite(result.loss) and not method.ctx.skipped_step
     assert fused_loss() < before
+
+
+# ------------------------------------------------------------------ your own arrays: dataset.task says how labels read
+
+
+def _raw_arrays(root: Path, labels: dict[str, np.ndarray]) -> Path:
+    rng = np.random.default_rng(0)
+    for split, y in labels.items():
+        (root / split).mkdir(parents=True, exist_ok=True)
+        np.save(root / split / "a.npy", rng.normal(size=(len(y), 4)).astype(np.float32))
+        np.save(root / split / "labels.npy", y)
+    return root
+
+
+def test_arrays_folder_read_as_each_task(tmp_path):
+    from bogc_cli.data.arrays import read_arrays_folder
+
+    values = {"train": np.linspace(-2, 2, 20), "test": np.array([0.5, -1.0, 0.0])}
+    root = _raw_arrays(tmp_path / "reg", values)
+    manifest, splits = read_arrays_folder(root, task="regression", val_fraction=0.25)
+    assert manifest.task == "regression" and manifest.classes == ["target"] and manifest.class_counts["test"] == {}
+    assert splits["test"].labels.dtype == np.float32 and splits["test"].labels.tolist() == [0.5, -1.0, 0.0]
+    assert len(splits["val"]) == 5 and len(splits["train"]) == 15  # seeded, unstratified carve-out
+    rows = {"train": np.array([[1, 0, 1], [0, 1, 0]] * 5), "test": np.array([[1, 1, 0], [0, 0, 1]])}
+    root = _raw_arrays(tmp_path / "ml", rows)
+    (root / "classes.txt").write_text("drama\ncomedy\nhorror\n")
+    manifest, splits = read_arrays_folder(root, task="multilabel")
+    assert manifest.classes == ["drama", "comedy", "horror"] and splits["test"].labels.dtype == np.uint8
+    assert sum(manifest.class_counts[s]["drama"] for s in ("train", "val")) == 5  # positives per label
+
+
+@pytest.mark.parametrize("task, labels, words", [
+    ("classification", np.linspace(-1, 1, 6), ["dtype float64", "dataset.task: regression"]),
+    ("classification", np.ones((6, 2), np.int64), ["labels must be 1-D", "dataset.task: multilabel"]),
+    ("multilabel", np.full((6, 2), 2), ["values other than 0 and 1"]),
+    ("regression", np.array([0.0, 1.0, np.nan, 2.0, 1.0, 0.5]), ["NaN or infinite"]),
+])
+def test_arrays_labels_that_do_not_fit_the_task_are_refused(tmp_path, task, labels, words):
+    from bogc_cli.data.arrays import read_arrays_folder
+    from bogc_cli.errors import UserError
+
+    root = _raw_arrays(tmp_path / "d", {"train": labels, "test": labels})
+    with pytest.raises(UserError) as exc:
+        read_arrays_folder(root, task=task)
+    for word in words:
+        assert word in str(exc.value)
+
+
+def test_prepare_arrays_task_option(capsys, tmp_path):
+    root = _raw_arrays(tmp_path / "raw", {"train": np.linspace(-2, 2, 12), "test": np.array([0.5, -1.0])})
+    code, out, err = run_cli(capsys, "prepare", "arrays", "--raw", root, "--out", tmp_path / "c", "--task",
+                             "regression")
+    assert code == 0, out + err
+    from bogc_cli.data.cache import read_manifest
+
+    assert read_manifest(tmp_path / "c").task == "regression"
+    code, out, err = run_cli(capsys, "prepare", "arrays", "--raw", root, "--out", tmp_path / "d", "--task", "ranking")
+    assert code == 2 and "--task 'ranking': valid are classification, multilabel, regression" in err
+    code, out, err = run_cli(capsys, "prepare", "mosi", "--raw", root, "--out", tmp_path / "e", "--task", "regression")
+    assert code == 2 and "--task is for `bogc prepare arrays`" in err and "preset" in err

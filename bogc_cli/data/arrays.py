@@ -35,6 +35,13 @@ model directory (``tokenizer``, ``bogc prepare arrays --tokenizer DIR``), else w
 built from the train split; ``max_length`` tokens each (``--max-length``, default 128). The cache holds
 the ``[N, 2, L]`` int32 ids and mask.
 
+Task types (``task``: the recipe's ``dataset.task`` for a folder read directly, ``bogc prepare arrays
+--task``; default classification): ``labels`` holds integer class indices ``[N]`` (classification, as
+above), 0/1 rows ``[N, C]`` (multilabel: ``classes.txt`` names the C labels, else they are "0".."C-1")
+or finite real values ``[N]`` (regression: ``classes.txt`` names the target, else "target"; stored as
+float32). The class rules above apply to classification only; a multilabel or regression carve-out is
+seeded but not stratified (``cache.carve_validation``).
+
 A modality's kind is inferred from its per-sample rank when not given: ``[D]`` -> vector,
 ``[F, T]`` -> audio (a channel axis is added: ``[1, F, T]``), ``[C, H, W]`` -> image,
 ``[T, C, H, W]`` -> video; ``kinds`` (``bogc prepare arrays --kinds``, or the recipe's
@@ -66,7 +73,7 @@ _FORMAT_HELP = ("expected <split>/<modality>.npy + <split>/labels.npy, or <split
 
 def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_fraction: float = 0.1,
                        seed: int = 0, strict: bool = False, tokenizer: str | Path | None = None,
-                       max_length: int | None = None, tokenizers: dict | None = None
+                       max_length: int | None = None, tokenizers: dict | None = None, task: str = "classification"
                        ) -> tuple[Manifest, dict[str, SplitArrays]]:
     """Read and validate an arrays folder; returns an (unwritten) manifest and the splits.
 
@@ -84,25 +91,30 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
     if not root.is_dir():
         raise UserError(f"arrays folder {root} does not exist: {_FORMAT_HELP}")
     layout = _layout(root)
-    raw = {split: _read_split(root, split, layout[split]) for split in layout}
+    raw = {split: _read_split(root, split, layout[split], task) for split in layout}
     modalities = _check_modalities(root, raw, layout)
     notes = _unify_dtypes(root, raw, layout, modalities)
     given_kinds = dict(kinds or {})
     kinds = _resolve_kinds(root, raw, modalities, layout, given_kinds)
-    classes, label_map, class_notes = _classes(root, raw, layout)
-    raw = {split: (inputs, np.searchsorted(np.array(sorted(label_map)), labels).astype(np.int64))
-           for split, (inputs, labels) in raw.items()}
-    problems = class_notes + _class_presence(raw, classes)
+    if task == "classification":
+        classes, label_map, class_notes = _classes(root, raw, layout)
+        raw = {split: (inputs, np.searchsorted(np.array(sorted(label_map)), labels).astype(np.int64))
+               for split, (inputs, labels) in raw.items()}
+        problems = class_notes + _class_presence(raw, classes)
+    else:
+        classes, label_map, problems = _target_names(root, raw, layout, task), {}, []
     splits = {split: SplitArrays({m: _with_channel(a, kinds[m]) for m, a in inputs.items()}, labels,
                                  [f"{split}:{i}" for i in range(len(labels))])
               for split, (inputs, labels) in raw.items()}
     val_source = "given"
     if "val" not in splits:
         train_rows, val_rows = carve_validation(splits["train"].labels, val_fraction, seed)
-        problems += carve_warnings(splits["train"].labels, val_rows, classes, str(root))
+        if task == "classification":
+            problems += carve_warnings(splits["train"].labels, val_rows, classes, str(root))
         if len(val_rows) == 0:
             raise UserError(f"{root} has no val split and its {len(train_rows)} training samples are too few to carve "
-                            "one (every class keeps a training sample): add a val split or more training samples")
+                            "one" + (" (every class keeps a training sample)" if task == "classification" else "") +
+                            ": add a val split or more training samples")
         splits["val"] = splits["train"].subset(val_rows)
         splits["train"] = splits["train"].subset(train_rows)
         val_source = "carved from train"
@@ -123,10 +135,11 @@ def read_arrays_folder(root: Path, kinds: dict[str, str] | None = None, val_frac
         modalities={m: ModalitySpec(kinds[m], list(splits["train"].inputs[m].shape[1:]),
                                     str(splits["train"].inputs[m].dtype), described.get(m)) for m in modalities},
         splits={s: len(a) for s, a in splits.items()},
-        class_counts={s: class_counts(a.labels, classes) for s, a in splits.items()},
+        class_counts={s: class_counts(a.labels, classes, task) for s, a in splits.items()},
         params=params,
         sources={"root": str(root), "layout": {s: _describe(root, s, layout[s]) for s in layout}},
         warnings=notes + problems,
+        task=task,
     )
     return manifest, splits
 
@@ -178,14 +191,16 @@ def _describe(root: Path, split: str, form: str) -> str:
     return str(root / split) + ("/" if form == "npy" else ".npz")
 
 
-def _read_split(root: Path, split: str, form: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """One split's modality arrays ``{name: [N, ...]}`` and its labels ``[N]``, checked against each other."""
+def _read_split(root: Path, split: str, form: str, task: str = "classification"
+                ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One split's modality arrays ``{name: [N, ...]}`` and its labels (``task``'s form), checked against each
+    other."""
     arrays = _read_npy_folder(root / split) if form == "npy" else _read_npz(root / f"{split}.npz")
     where = _describe(root, split, form)
     if LABELS not in arrays:
         raise UserError(f"{where} has no labels: add {'labels.npy' if form == 'npy' else 'an array named labels'} "
                         "holding the integer class index of each sample")
-    labels = _check_labels(arrays.pop(LABELS), f"{where}{'labels.npy' if form == 'npy' else ' (labels)'}")
+    labels = _check_labels(arrays.pop(LABELS), f"{where}{'labels.npy' if form == 'npy' else ' (labels)'}", task)
     if not arrays:
         raise UserError(f"{where} holds labels but no modality arrays: {_FORMAT_HELP}")
     if labels.size == 0:
@@ -291,14 +306,34 @@ def _file(root: Path, split: str, form: str, name: str) -> str:
 # validation
 
 
-def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
-    """Labels must be a 1-D integer array of non-negative class indices; returns int64 ``[N]``."""
+def _check_labels(labels: np.ndarray, where: str, task: str = "classification") -> np.ndarray:
+    """Labels in ``task``'s form: a 1-D integer array of non-negative class indices (int64 ``[N]``), 0/1 rows
+    (multilabel: uint8 ``[N, C]``) or finite real values (regression: float32 ``[N]``)."""
+    if task == "multilabel":
+        if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+            raise UserError(f"{where} has shape {labels.shape} and dtype {labels.dtype}; multilabel labels are one row "
+                            "of 0/1 per sample, [N, C] integers (column c = label c)")
+        if labels.size and not np.isin(labels, (0, 1)).all():
+            raise UserError(f"{where} holds values other than 0 and 1; multilabel labels are 0/1 rows [N, C]")
+        return np.asarray(labels, dtype=np.uint8)
+    if task == "regression":
+        if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.floating) or np.issubdtype(labels.dtype, np.integer)):
+            raise UserError(f"{where} has shape {labels.shape} and dtype {labels.dtype}; regression labels are one "
+                            "real value per sample, [N] numbers (use labels.reshape(-1))")
+        values = np.asarray(labels, dtype=np.float32)
+        if values.size and not np.isfinite(values).all():
+            raise UserError(f"{where} holds NaN or infinite values (or values beyond float32's range); regression "
+                            "labels must be finite")
+        return values
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{where} has dtype {labels.dtype}; labels must be integer class indices 0..C-1 "
                         "(map class names to indices, save the names in classes.txt, and store "
-                        "labels.astype(numpy.int64))")
+                        "labels.astype(numpy.int64)); real-valued targets: set dataset.task: regression "
+                        "(`bogc prepare arrays --task regression`)")
     if labels.ndim != 1:
-        raise UserError(f"{where} has shape {labels.shape}; labels must be 1-D [N] (use labels.reshape(-1))")
+        raise UserError(f"{where} has shape {labels.shape}; labels must be 1-D [N] (use labels.reshape(-1)); 0/1 "
+                        "rows [N, C] of several labels per sample: set dataset.task: multilabel (`bogc prepare arrays "
+                        "--task multilabel`)")
     if labels.size and labels.min() < 0:
         raise UserError(f"{where} has negative labels; labels must be class indices 0..C-1")
     return np.asarray(labels, dtype=np.int64)
@@ -440,6 +475,26 @@ def _classes(root: Path, raw: dict[str, tuple[dict[str, np.ndarray], np.ndarray]
         notes.append(f"{path} names {len(names)} classes but {len(unused)} of them have no sample in any split "
                      f"({_listing(unused)}): they are left out, so the model has {len(used)} classes")
     return [names[v] for v in used], label_map, notes
+
+
+def _target_names(root: Path, raw: dict, layout: dict[str, str], task: str) -> list[str]:
+    """The names of a multilabel folder's C labels or a regression folder's target: ``classes.txt`` (one per
+    line), else "0".."C-1" / "target". Every split must have the same number of label columns."""
+    widths = {s: (labels.shape[1] if task == "multilabel" else 1) for s, (_, labels) in raw.items()}
+    if len(set(widths.values())) > 1:
+        raise UserError(f"the splits of {root} have different numbers of label columns ({widths}): every split's "
+                        "multilabel rows must have one column per label")
+    width = next(iter(widths.values()))
+    path = root / "classes.txt"
+    if not path.is_file():
+        return [str(k) for k in range(width)] if task == "multilabel" else ["target"]
+    refuse_pointer(path)
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(names) != width or len(set(names)) != len(names):
+        what = f"{width} label names" if task == "multilabel" else "one name (the target's)"
+        raise UserError(f"{path} has {len(names)} line(s); a {task} folder's classes.txt holds {what}, one unique "
+                        "name per line")
+    return names
 
 
 def _listing(values: list, limit: int = 8) -> str:

@@ -71,6 +71,7 @@ def load_data(recipe: Recipe, use: list[str] | None = None) -> DataBundle:
             if not root.is_dir():
                 raise UserError(f"arrays folder {root} does not exist; set dataset.root to your folder")
             manifest, splits = read_arrays_folder(root, kinds=recipe.dataset.kinds,
+                                                  task=recipe.dataset.task or "classification",
                                                   val_fraction=recipe.dataset.val_fraction,
                                                   seed=recipe.dataset.split_seed)
         else:

@@ -7,7 +7,9 @@ rest: how many outputs a head has (``output_dim``), the loss (``tasks/losses.py`
 model-selection metric (``tasks/metrics.py``, ``SELECTION``).
 
 A run's task is its dataset's (``Manifest.task``); ``dataset.task`` in a recipe may only restate it
-(``resolve_task``), and recipe validation refuses a task the dataset cannot hold (``DatasetInfo.tasks``). Each method declares the task types its rule is defined for (``Method.tasks``).
+(``resolve_task``), except for a raw ``arrays`` folder read directly, which declares nothing of its own: there
+it says how ``labels.npy`` is read (``data/arrays.py``). Recipe validation refuses a task the dataset cannot
+hold (``DatasetInfo.tasks``). Each method declares the task types its rule is defined for (``Method.tasks``).
 """
 
 from __future__ import annotations
@@ -105,14 +107,14 @@ def resolve_task(declared: str, asked: str | None, dataset: str, where: str) -> 
 
     ``asked`` may only restate ``declared``: a cache's targets are stored in its task's form, and turning
     one into another (class indices into values, a multi-hot row into one class) would invent a meaning the
-    data does not have; a raw ``arrays`` folder's ``labels.npy`` holds class indices. Raises ``UserError``
-    naming the fix otherwise."""
+    data does not have (a raw ``arrays`` folder is read in the form ``asked`` names, so it always agrees).
+    Raises ``UserError`` naming the fix otherwise."""
     if asked is None or asked == declared:
         return declared
     raise UserError(f"dataset.task {asked!r}: the {dataset} data at {where} holds {declared} targets, and a recipe "
                     f"cannot turn them into {asked} ones; remove dataset.task, or prepare the data for {asked} (e.g. "
-                    "`bogc prepare mosi --preset regression` for CMU-MOSI's continuous sentiment; for your own "
-                    "arrays, a cache written by bogc_cli.data.cache.write_cache with task=...)")
+                    "`bogc prepare mosi --preset regression` for CMU-MOSI's continuous sentiment, `bogc prepare "
+                    "arrays --task ...` for your own arrays)")
 
 
 __all__ = ["REGRESSION_LOSSES", "SELECTION", "Selection", "TASKS", "TaskSpec", "check_select_metric", "output_dim",
