@@ -349,3 +349,26 @@ def test_prepare_arrays_task_option(capsys, tmp_path):
     assert code == 2 and "--task 'ranking': valid are classification, multilabel, regression" in err
     code, out, err = run_cli(capsys, "prepare", "mosi", "--raw", root, "--out", tmp_path / "e", "--task", "regression")
     assert code == 2 and "--task is for `bogc prepare arrays`" in err and "preset" in err
+
+
+def _cell(lines: list[str], name: str, column: int) -> str:
+    """The text of ``column`` in the row of a rich table whose first cell is ``name`` (folded lines joined)."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"│ {name} "))
+    parts = []
+    for line in lines[start:]:
+        cells = line.split("│")[1:-1]
+        if line is not lines[start] and (len(cells) <= column or cells[0].strip()):
+            break
+        parts.append(cells[column].strip())
+    return " ".join(p for p in parts if p)
+
+
+def test_list_shows_task_types_per_dataset_and_method(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0
+    lines = out.splitlines()
+    assert _cell(lines, "mosi", 2) == "classification, regression"
+    assert _cell(lines, "cremad", 2) == "classification"
+    assert _cell(lines, "ogm_ge", 3) == "classification"
+    assert _cell(lines, "cggm", 3).startswith("classification, regression; regression as the reference's")
+    assert _cell(lines, "bogc", 3).startswith("classification, multilabel, regression;")

@@ -13,8 +13,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-#: eval.json keys that are the test split's figures (the rest identify the run or time it)
-_TEST_KEYS = ("accuracy", "macro_f1", "unimodal_accuracy", "per_class_accuracy")
+#: eval.json keys that are the test split's figures (the rest identify the run or time it): classification's, and
+#: the multilabel and regression runs' metrics (tasks/metrics.py) with each head's selection metric
+_TEST_KEYS = ("accuracy", "macro_f1", "unimodal_accuracy", "per_class_accuracy",
+              "micro_f1", "weighted_f1", "samples_f1", "map", "subset_accuracy",
+              "mae", "corr", "acc2_has0", "acc2_non0", "f1_has0", "f1_non0", "acc7",
+              "unimodal_micro_f1", "unimodal_mae")
 
 
 def global_step(epoch: int, step: int, steps_per_epoch: int) -> int:
