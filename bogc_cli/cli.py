@@ -386,14 +386,17 @@ def _task_rows(result: dict) -> list[tuple[str, str]]:
 
 def _balance_rows(result: dict) -> list[tuple[str, str]]:
     """The balance metrics of an eval result as (name, value) rows; a block that is not applicable to the run's
-    task (multilabel, regression: contributions, probes, calibration) gives none."""
+    task (multilabel, regression: linear probes, calibration) gives none."""
+    from bogc_cli.engine.contribution import VALUE_FUNCTIONS_BY_TASK
+
     rows = []
     contribution = result["contribution"]
-    if "accuracy" in contribution:
-        for m, phi in contribution["accuracy"]["shapley"].items():
-            rows.append((f"{m} Shapley contribution (accuracy)", f"{phi:+.4f}"))
-        degree = contribution["accuracy"]["imbalance_degree"]
-        rows.append(("imbalance degree (accuracy)", "-" if degree is None else f"{degree:.4f}"))
+    value = VALUE_FUNCTIONS_BY_TASK[result.get("task", "classification")][0]  # accuracy, or the task's first
+    if value in contribution:
+        for m, phi in contribution[value]["shapley"].items():
+            rows.append((f"{m} Shapley contribution ({value})", f"{phi:+.4f}"))
+        degree = contribution[value]["imbalance_degree"]
+        rows.append((f"imbalance degree ({value})", "-" if degree is None else f"{degree:.4f}"))
     for m, acc in result["linear_probe"].get("accuracy", {}).items():
         rows.append((f"{m} linear-probe accuracy", f"{acc:.4f} (C={result['linear_probe']['C'][m]:g})"))
     cal = result["calibration"]

@@ -144,6 +144,11 @@ def test_mosi_regression_preset_prepares_and_trains_one_epoch(capsys, tmp_path):
     assert {"method.cggm.coeff.text", "val_mae"} <= set(json.loads((run / "metrics.jsonl").read_text().splitlines()[0]))
     assert ev["calibration"] == {"not_applicable": "regression run: ECE, NLL and Brier score read a softmax over "
                                  "classes"}
+    shapley = ev["contribution"]  # regression's value functions: v = -MAE and the sign accuracy
+    assert shapley["negative_absolute_error"]["full"] == pytest.approx(-ev["mae"], abs=1e-6)
+    assert shapley["sign_accuracy"]["full"] == pytest.approx(ev["acc2_has0"])
+    assert sum(shapley["sign_accuracy"]["shapley"].values()) == pytest.approx(
+        shapley["sign_accuracy"]["full"] - shapley["sign_accuracy"]["empty"])
     # eval, missing-modality and report show the regression metrics; the curve is of the selection metric (MAE)
     code, out, err = run_cli(capsys, "eval", run)
     assert code == 0 and "MAE (selection metric)" in out and "Acc-7" in out, out + err

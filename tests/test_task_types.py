@@ -128,6 +128,21 @@ def test_training_hits_per_task():
                       torch.tensor([[1, 0], [1, 0]], dtype=torch.uint8)) == 1
 
 
+def test_contribution_value_functions_per_task_by_hand():
+    """Per row: multilabel, labels right at sigmoid 0.5 and the mean probability of each label's true state;
+    regression, minus the absolute error and the sign (>= 0) right."""
+    from bogc_cli.engine.contribution import row_values
+
+    right, prob = row_values("multilabel", torch.tensor([[0.0, 2.0], [1.0, -1.0]]),
+                             torch.tensor([[1, 0], [1, 0]], dtype=torch.uint8))
+    s2 = 1 / (1 + math.exp(-2.0))
+    s1 = 1 / (1 + math.exp(-1.0))
+    assert right.tolist() == [0.0, 1.0]  # logit 0 is not a prediction; row 1 both right
+    assert prob.tolist() == pytest.approx([(0.5 + (1 - s2)) / 2, (s1 + s1) / 2])
+    err, sign = row_values("regression", torch.tensor([[0.5], [-1.0], [0.0]]), torch.tensor([1.5, 0.0, -0.2]))
+    assert err.tolist() == pytest.approx([-1.0, -1.0, -0.2]) and sign.tolist() == [1.0, 0.0, 0.0]
+
+
 def test_cggm_accuracy_for_regression_is_the_references_sign_accuracy():
     """zrguo/CGGM train_eval_senti: (prediction > 0) == (truth > 0), zero-labelled rows included."""
     from bogc_cli.fusion.cggm import batch_accuracy
@@ -225,6 +240,9 @@ def test_multilabel_end_to_end_through_the_real_entry_point(capsys, tmp_path):
         assert 0.0 <= ev[key] <= 1.0, key
     assert set(ev["unimodal_micro_f1"]) == {"a", "b"} and "accuracy" not in ev
     assert ev["linear_probe"]["not_applicable"].startswith("multilabel run")
+    shapley = ev["contribution"]["label_accuracy"]  # the task's value functions (engine/contribution.py)
+    assert sum(shapley["shapley"].values()) == pytest.approx(shapley["full"] - shapley["empty"])
+    assert 0 <= ev["contribution"]["true_label_probability"]["full"] <= 1
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert record["val_micro_f1"] == ev["val_micro_f1"] and "val_accuracy" not in record
     code, out, err = run_cli(capsys, "eval", run)

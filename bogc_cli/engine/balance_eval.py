@@ -16,8 +16,10 @@ eval.json gets (see each module for the rule and its source):
   the reliability diagram's bins; ``reliability.png`` in the run directory;
 - ``parameters``, ``forward_flops_per_sample`` (engine/cost.py).
 
-Multilabel and regression runs: the contributions, linear probes and calibration are classification-only
-and each block says so (``{"not_applicable": reason}``); parameters and FLOPs are reported as ever.
+Multilabel and regression runs: the contributions play their task's value functions (engine/contribution.py
+``VALUE_FUNCTIONS_BY_TASK``: label accuracy and true-label probability; minus the absolute error and the sign
+accuracy); the linear probes and calibration are classification-only and each block says so
+(``{"not_applicable": reason}``); parameters and FLOPs are reported as ever.
 
 Every figure comes from one pass of the frozen encoders over each split: the subsets' predictions are
 the fusion head applied to the stored test features, with the fill's feature in place of a missing one,
@@ -112,8 +114,8 @@ def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device,
         test = passes["test"]
         out: dict = {}
         task = model.task.task
+        out["contribution"] = _contribution(model, test, loaders["test"], device, autocast, shapley, strict)
         if task == "classification":
-            out["contribution"] = _contribution(model, test, loaders["test"], device, autocast, shapley, strict)
             out["calibration"] = calibration(test.predictions.fused, test.predictions.labels)
             out["linear_probe"] = probes(model, passes)
         else:
@@ -132,7 +134,6 @@ def balance_metrics(model: MultimodalModel, loaders: dict, device: torch.device,
 
 #: Why each classification-only balance metric is left out of a multilabel or regression run's eval.json.
 NOT_APPLICABLE = {
-    "contribution": "its value functions (accuracy, true-class probability) are defined for classification",
     "calibration": "ECE, NLL and Brier score read a softmax over classes",
     "linear_probe": "the probe is a multinomial logistic regression on class labels",
 }
@@ -191,5 +192,5 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
-__all__ = ["BalanceResult", "C_GRID", "NOT_APPLICABLE", "RELIABILITY_PNG", "not_applicable", "SplitPass", "balance_loaders", "balance_metrics", "probes",
-           "run_balance_metrics", "split_pass"]
+__all__ = ["BalanceResult", "C_GRID", "NOT_APPLICABLE", "RELIABILITY_PNG", "SplitPass", "balance_loaders",
+           "balance_metrics", "not_applicable", "probes", "run_balance_metrics", "split_pass"]

@@ -6,7 +6,10 @@ the trained model when only the modalities in S are given and every other one is
 run's ``model.fill`` says (``MultimodalModel.encode``: zero input, zero feature or the training mean
 feature; the same fill ``bogc missing-modality`` uses). ``v(empty set)`` is the model with every
 modality filled. Two metrics are played: test accuracy, and the mean probability the fused prediction
-gives the true class (smooth where accuracy moves in steps of 1/N).
+gives the true class (smooth where accuracy moves in steps of 1/N). Multilabel and regression runs play
+their task's pair (``VALUE_FUNCTIONS_BY_TASK``): the fraction of labels right and the mean probability of
+each label's true state; minus the absolute error (``v`` = -MAE) and the sign accuracy (Acc-2's
+negative / non-negative form).
 
 The Shapley value of modality m (Shapley 1953) is its marginal contribution averaged over the orders in
 which the modalities could join::
@@ -47,6 +50,29 @@ MAX_MODALITIES = 8
 """Exact Shapley values evaluate 2^M subsets; above this many modalities (256 subsets) they are refused."""
 
 VALUE_FUNCTIONS = ("accuracy", "true_class_probability")
+VALUE_FUNCTIONS_BY_TASK: dict[str, tuple[str, str]] = {
+    "classification": VALUE_FUNCTIONS,
+    "multilabel": ("label_accuracy", "true_label_probability"),
+    "regression": ("negative_absolute_error", "sign_accuracy"),
+}
+"""The two value functions of each task type, each the mean over test rows of a per-row figure (``row_values``):
+multilabel, the fraction of a row's labels predicted right (sigmoid > 0.5) and the mean probability the model
+gives each label's true state; regression, minus the absolute error (so ``v`` is minus the MAE) and whether
+the sign is right in Acc-2's negative / non-negative form."""
+
+
+def row_values(task: str, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-row figures of ``task``'s two value functions (``VALUE_FUNCTIONS_BY_TASK``) from a batch's fused
+    outputs (``[B, C]``, ``[B, 1]`` regression) and labels in the task's form; two ``[B]`` tensors."""
+    x = outputs.float()
+    if task == "multilabel":
+        y = labels.bool()
+        p = torch.sigmoid(x)
+        return ((x > 0) == y).float().mean(1), torch.where(y, p, 1 - p).mean(1)
+    if task == "regression":
+        pred, y = x[:, 0], labels.float()
+        return -(pred - y).abs(), ((pred >= 0) == (y >= 0)).float()
+    return (x.argmax(1) == labels).float(), torch.softmax(x, dim=1).gather(1, labels.view(-1, 1)).squeeze(1)
 
 
 class ShapleyTooLarge(UserError):
@@ -105,15 +131,18 @@ def imbalance_degree(phi: dict[str, float]) -> float:
 
 @dataclass
 class SubsetScores:
-    """Per test row and subset: whether the fused prediction is right, and its true-class probability.
+    """Per test row and subset, the figures of the two value functions ``values`` (classification: whether the
+    fused prediction is right, and its true-class probability; other tasks: ``VALUE_FUNCTIONS_BY_TASK``).
 
-    ``correct[s]``, ``true_prob[s]``: ``[N]`` for each subset ``s`` (a tuple of modality names)."""
+    ``correct[s]``, ``true_prob[s]``: ``[N]`` for each subset ``s`` (a tuple of modality names): the first and
+    the second value function's per-row figure."""
 
     correct: dict[tuple[str, ...], np.ndarray]
     true_prob: dict[tuple[str, ...], np.ndarray]
+    values: tuple[str, str] = VALUE_FUNCTIONS
 
     def worth(self, value: str) -> dict[tuple[str, ...], float]:
-        table = self.correct if value == "accuracy" else self.true_prob
+        table = self.correct if value == self.values[0] else self.true_prob
         return {s: float(v.mean()) for s, v in table.items()}
 
 
@@ -140,6 +169,7 @@ def score_subsets(model: MultimodalModel, features: dict[str, torch.Tensor], lab
     without running the encoders again."""
     model.eval()
     mods = list(model.modalities)
+    task = model.task.task
     correct, true_prob = {}, {}
     device = next(iter(absent.values())).device
     for subset in all_subsets(mods):
@@ -151,12 +181,12 @@ def score_subsets(model: MultimodalModel, features: dict[str, torch.Tensor], lab
                      for m in mods}
             with autocast():
                 logits = model.heads(feats).fused_logits.float()
-            p = torch.softmax(logits, dim=1)
-            hits.append((logits.argmax(1) == y).cpu())
-            probs.append(p.gather(1, y.view(-1, 1)).squeeze(1).cpu())
+            first, second = row_values(task, logits, y)
+            hits.append(first.cpu())
+            probs.append(second.cpu())
         correct[subset] = torch.cat(hits).numpy()
         true_prob[subset] = torch.cat(probs).double().numpy()
-    return SubsetScores(correct, true_prob)
+    return SubsetScores(correct, true_prob, VALUE_FUNCTIONS_BY_TASK[task])
 
 
 def interacting_encoders(model: MultimodalModel) -> bool:
@@ -176,19 +206,22 @@ def score_subsets_by_forward(model: MultimodalModel, loader, device: torch.devic
 
     model.eval()
     mods = list(model.modalities)
+    task = model.task.task
     hits: dict[tuple[str, ...], list] = {s: [] for s in all_subsets(mods)}
     probs: dict[tuple[str, ...], list] = {s: [] for s in all_subsets(mods)}
     for raw in loader:
         batch = to_device(raw, device)
         y = batch.labels
+        rows = y.shape[0]
         for subset in hits:
-            present = {m: torch.full_like(y, m in subset, dtype=torch.bool) for m in mods}
+            present = {m: torch.full((rows,), m in subset, dtype=torch.bool, device=y.device) for m in mods}
             with autocast():
                 logits = model(batch.inputs, present).fused_logits.float()
-            hits[subset].append((logits.argmax(1) == y).cpu())
-            probs[subset].append(torch.softmax(logits, 1).gather(1, y.view(-1, 1)).squeeze(1).cpu())
+            first, second = row_values(task, logits, y)
+            hits[subset].append(first.cpu())
+            probs[subset].append(second.cpu())
     return SubsetScores({s: torch.cat(v).numpy() for s, v in hits.items()},
-                        {s: torch.cat(v).double().numpy() for s, v in probs.items()})
+                        {s: torch.cat(v).double().numpy() for s, v in probs.items()}, VALUE_FUNCTIONS_BY_TASK[task])
 
 
 def contributions(scores: SubsetScores, modalities: list[str], fill: str) -> dict:
@@ -197,7 +230,7 @@ def contributions(scores: SubsetScores, modalities: list[str], fill: str) -> dic
     out: dict = {"fill": fill, "max_modalities": MAX_MODALITIES}
     full, empty = tuple(modalities), ()
     subsets = {}
-    for value in VALUE_FUNCTIONS:
+    for value in scores.values:
         worth = scores.worth(value)
         phi = shapley_values(worth, modalities)
         degree = imbalance_degree(phi)
@@ -209,6 +242,7 @@ def contributions(scores: SubsetScores, modalities: list[str], fill: str) -> dic
     return out
 
 
-__all__ = ["MAX_MODALITIES", "ShapleyTooLarge", "SubsetScores", "absent_features", "all_subsets",
+__all__ = ["MAX_MODALITIES", "ShapleyTooLarge", "SubsetScores", "VALUE_FUNCTIONS_BY_TASK", "absent_features",
+           "all_subsets", "row_values",
            "check_modality_count", "contributions", "imbalance_degree", "interacting_encoders", "score_subsets",
            "score_subsets_by_forward", "shapley_values"]
