@@ -58,6 +58,9 @@ UNIMODAL_TASK_PREFIXES: tuple[str, ...] = ("unimodal_micro_f1.", "unimodal_macro
 BALANCE_PREFIXES: tuple[str, ...] = (
     "contribution.accuracy.shapley.", "contribution.accuracy.imbalance_degree",
     "contribution.true_class_probability.shapley.", "contribution.true_class_probability.imbalance_degree",
+    *(f"contribution.{value}.{part}" for value in ("label_accuracy", "true_label_probability",
+                                                    "negative_absolute_error", "sign_accuracy")
+      for part in ("shapley.", "imbalance_degree")),
     "linear_probe.accuracy.", "calibration.ece", "calibration.nll", "calibration.brier",
     "parameters", "forward_flops_per_sample",
 )

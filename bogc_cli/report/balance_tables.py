@@ -2,7 +2,8 @@
 
 * ``imbalance``: per dataset, each modality's exact Shapley contribution to test accuracy and the
   imbalance degree (columns ``<dataset>: <modality>``, ``<dataset>: imbalance``);
-* ``imbalance_probability``: the same for the mean true-class probability;
+* ``imbalance_probability``: the same for the mean true-class probability; multilabel and regression
+  runs: the same for their task's value functions (``imbalance_label_accuracy``, ...);
 * ``probe``: linear-probe test accuracy of each frozen encoder (columns ``<dataset>/<modality>``);
 * ``calibration``: ECE (15 bins), NLL and Brier score of the fused prediction per dataset;
 * cost columns of the ``methods`` table (``cost_stats``): median step time in ms, peak memory in GB,
@@ -58,11 +59,22 @@ def imbalance_table(runs: pd.DataFrame, value: str = "accuracy") -> Table | None
     columns[IMBALANCE.format(value=value)] = f": {IMBALANCE_LABEL}"
     long = _long(runs, columns)
     order = [f"{d}{label}" for d in sorted(runs["dataset"].unique()) for label in columns.values()]
-    what = "test accuracy" if value == "accuracy" else "the mean true-class probability"
+    what = VALUE_TITLES.get(value, value)
     title = (f"Exact Shapley contribution of each modality to {what} (missing modalities filled as each run's "
              "model.fill) and the imbalance degree")
-    name = "imbalance" if value == "accuracy" else "imbalance_probability"
+    name = {"accuracy": "imbalance", "true_class_probability": "imbalance_probability"}.get(value,
+                                                                                        f"imbalance_{value}")
     return _table(name, title, long, order)
+
+
+#: What each value function of the contributions measures (engine/contribution.py VALUE_FUNCTIONS_BY_TASK).
+VALUE_TITLES = {
+    "accuracy": "test accuracy", "true_class_probability": "the mean true-class probability",
+    "label_accuracy": "the fraction of labels right (multilabel runs)",
+    "true_label_probability": "the mean probability of each label's true state (multilabel runs)",
+    "negative_absolute_error": "minus the absolute error, v = -MAE (regression runs)",
+    "sign_accuracy": "the sign accuracy, Acc-2 negative / non-negative (regression runs)",
+}
 
 
 def probe_table(runs: pd.DataFrame) -> Table | None:
@@ -106,8 +118,7 @@ def cost_stats(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
 
 def balance_tables(runs: pd.DataFrame) -> list[Table]:
     """Every balance table the runs have values for."""
-    tables = [imbalance_table(runs, "accuracy"), imbalance_table(runs, "true_class_probability"),
-              probe_table(runs), calibration_table(runs)]
+    tables = [*(imbalance_table(runs, value) for value in VALUE_TITLES), probe_table(runs), calibration_table(runs)]
     return [t for t in tables if t is not None]
 
 
