@@ -257,6 +257,7 @@ def test_multilabel_end_to_end_through_the_real_entry_point(capsys, tmp_path):
     text = " ".join(out.split())
     assert code == 0 and "Test Micro-F1" in text and "Test mAP" in text and "AUC: area under micro_f1" in text, \
         out + err
+    assert "Shapley contribution of each modality to the fraction of labels right" in text
 
 
 # ------------------------------------------------------------------ every method that declares a task trains on it
