@@ -224,6 +224,14 @@ def test_mvsa_cleans_splits_8_1_1_and_reports_bad_files(tmp_path, capsys):
     where = next(s for s, a in splits.items() if "2" in a.ids)
     text = splits[where].inputs["text"][splits[where].ids.index("2")]
     assert [vocab[i] for i in text[0][:2]] == ["café", "au"]
+    # the shipped from-scratch recipe (word vocabulary, no pretrained model) trains one epoch on the cache
+    code, out, err = run_cli(capsys, "train", Path(__file__).resolve().parents[1] / "recipes/mvsa_single/joint-scratch.yaml",
+                             "--seeds", "0", "--out", tmp_path / "res", "--set", f"dataset.root={tmp_path / 'c'}",
+                             "--set", "train.epochs=1", "--set", "train.batch_size=8", "--set", "model.hidden_dim=16",
+                             "--set", "model.feature_dim=16", "--set", "model.cnn_channels=[4]")
+    assert code == 0, out + err
+    result = json.loads(next((tmp_path / "res").rglob("joint/seed0/eval.json")).read_text())
+    assert result["n"] == 4 and 0 <= result["accuracy"] <= 1  # the whole test split, evaluated
     # the split is seeded: the same seed gives the same test ids, another seed other ones
     again = mvsa_single.prepare(tmp_path / "MVSA", tmp_path / "again", preset="px64", seed=3)
     assert set(load_split(tmp_path / "again", again, "test").ids) == ids["test"]
