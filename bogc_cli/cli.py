@@ -648,8 +648,8 @@ def tune(
     worker: Optional[int] = typer.Option(None, "--worker", hidden=True),
     only: Optional[str] = typer.Option(None, "--only", hidden=True),
 ) -> None:
-    """Tune a method's hyper-parameters with Optuna: each trial an ordinary run (objective: validation
-    accuracy, never test), bad trials pruned at epoch boundaries; writes the best recipe. Rerun after an
+    """Tune a method's hyper-parameters with Optuna: each trial an ordinary run (objective: the validation
+    score the run selects on, never test), bad trials pruned at epoch boundaries; writes the best recipe. Rerun after an
     interruption: finished trials are kept and a cut trial continues from its checkpoint."""
     from bogc_cli.tune.runner import results, run_workers, targets_for, tune_target, write_best_sweep
     from bogc_cli.tune.study import default_storage, open_storage

@@ -72,9 +72,9 @@ def test_four_trials_on_the_quickstart_write_run_directories_and_the_best_recipe
     assert tuned.optim.lr == pytest.approx(best.params["optim.lr"])
     assert tuned.method_options()["w_max"] == pytest.approx(best.params["method.w_max"])
     assert tuned.dataset.model_extra["n_train"] == 128 and tuned.train.epochs == 1
-    assert f"validation accuracy {best.value:.4f}" in path.read_text()
+    assert f"validation score {best.value:.4f}" in path.read_text()
     text = " ".join(out.split())
-    assert f"best of synthetic/bogc: trial {best.number}, validation accuracy {best.value:.4f}" in text
+    assert f"best of synthetic/bogc: trial {best.number}, validation score {best.value:.4f}" in text
     assert (path.with_suffix(".trials.csv")).read_text().count("\n") == 5
     # the trials are runs `bogc report` tabulates
     code, out, err = run_cli(capsys, "report", tmp_path / "quickstart-tune")

@@ -2,7 +2,7 @@
 one process, worker processes for ``--jobs`` / ``--gpus``, and what a tune leaves behind.
 
 Each target (a recipe, or a sweep cell) is one Optuna study named ``<dataset>/<method>``, maximising the
-validation accuracy (trial.py), with a TPE sampler and (unless ``--pruner none``) a median pruner, all in
+validation score (trial.py: accuracy, micro-F1 for multilabel, minus MAE for regression), with a TPE sampler and (unless ``--pruner none``) a median pruner, all in
 one storage (study.py). Every target gets the same ``--trials``: the fair-tuning budget. When a target's
 trials are done, ``<out>/<experiment>-tune/best/<dataset>/<method>.yaml`` is its recipe with the best
 parameters (``bogc train`` it with the seeds to report) and ``<method>.trials.csv`` its trials; a sweep
@@ -34,6 +34,10 @@ from bogc_cli.recipe import Recipe, apply_overrides, load_recipe, parse_override
 from bogc_cli.tune.space import SearchSpace, load_space, space_file
 
 INTERRUPT_GRACE_S = 10.0
+
+
+#: What a trial's value is, in words (tune/trial.py: eval.json's best validation score, as tasks.record_score signs it).
+OBJECTIVE = "the run's selection metric: accuracy, micro-F1 for multilabel, minus MAE for regression"
 
 
 @dataclass
@@ -187,7 +191,7 @@ def _said(study, trial, console: Console) -> None:
         return
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
     if trial.state == TrialState.COMPLETE:
-        what = f"validation accuracy {trial.value:.4f}"
+        what = f"validation score {trial.value:.4f}"
     elif trial.state == TrialState.PRUNED:
         what = f"pruned after epoch {trial.last_step}"
     else:
@@ -246,8 +250,8 @@ def results(target: Target, storage_url: str, console: Console) -> dict | None:
     trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(EXCESS)]
     latest = latest_per_slot(trials)
     keys = list(target.space.params)
-    table = Table(title=f"{target.name}: {len(latest)} trial(s), validation accuracy (objective); runs in {target.root}")
-    for col in ("trial", "state", "val acc", "epochs", "time", *keys, "run"):
+    table = Table(title=f"{target.name}: {len(latest)} trial(s), validation score ({OBJECTIVE}); runs in {target.root}")
+    for col in ("trial", "state", "val score", "epochs", "time", *keys, "run"):
         table.add_column(col, justify="right" if col not in ("state", "run") else "left", overflow="fold")
     for slot, t in sorted(latest.items()):
         seconds = sum(u.duration.total_seconds() for u in trials if u.user_attrs.get("bogc.slot", u.number) == slot
@@ -267,7 +271,7 @@ def results(target: Target, storage_url: str, console: Console) -> dict | None:
         return None
     best = max(done, key=lambda t: (t.value, -t.number))
     path = write_best_recipe(target, best.params, best.value, best.number, study.study_name)
-    console.print(f"best of {target.name}: trial {slot_of_trial(best)}, validation accuracy {best.value:.4f}, "
+    console.print(f"best of {target.name}: trial {slot_of_trial(best)}, validation score {best.value:.4f}, "
                   + ", ".join(f"{k}={_cell(v)}" for k, v in best.params.items()), highlight=False)
     console.print(f"best recipe: {path} (train it with the seeds to report: bogc train {path} --seeds 0,1,2); "
                   f"trials: {csv}", highlight=False)
@@ -285,7 +289,7 @@ def write_best_recipe(target: Target, params: dict[str, Any], value: float, numb
                           parse_overrides([*target.overrides, *SearchSpace.overrides(params)]))
     load_recipe(None, raw=raw)  # still a valid recipe
     head = (f"# Tuned by bogc tune on {datetime.now():%Y-%m-%d %H:%M}: study {study}, best of its trials: trial "
-            f"{number}, validation accuracy {value:.4f} (seed {target.seed}).\n"
+            f"{number}, validation score {value:.4f} ({OBJECTIVE}; seed {target.seed}).\n"
             f"# From {target.recipe_path} with: {', '.join(SearchSpace.overrides(params))}\n")
     path = target.best_recipe()
     path.parent.mkdir(parents=True, exist_ok=True)
