@@ -22,15 +22,21 @@ magnitude, so float16 would lose the small ones), the pickle's own splits (``val
 are counted in the manifest. Labels: preset ``acc2`` = negative (< 0) vs non-negative (>= 0);
 ``acc7`` = sentiment rounded and clipped to -3..3; ``regression`` = the sentiment itself, float32 in
 [-3, 3] as the pickle holds it (task ``regression``: MulT's, CGGM's and MMSA's protocol, trained with an L1
-loss and scored with MAE, Corr, Acc-2, F1, Acc-7). Pickles can run code when loaded: only prepare
-files you trust.
+loss and scored with MAE, Corr, Acc-2, F1, Acc-7). A pickle whose labels hold more than one value per
+segment (IEMOCAP's ``[N, 4, 2]`` emotions) is refused with the command that reads it. Pickles can run
+code when loaded: only prepare files you trust.
+
+``prepare_pickle`` is shared with ``data_prep.mosi`` and ``data_prep.iemocap``; a ``Targets``
+says how the pickle's ``labels`` become the cache's targets (``SENTIMENT`` here, IEMOCAP's emotions
+there).
 """
 
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -55,6 +61,43 @@ TASKS = {"acc2": "classification", "acc7": "classification", "regression": "regr
 DEFAULT_PRESET = "acc2"
 
 
+@dataclass(frozen=True)
+class Targets:
+    """How a pickle's ``labels`` become a cache's targets.
+
+    ``presets``: prepare preset -> class names (classification) or label names (multilabel); ``default``:
+    the preset used without ``--preset``; ``tasks``: preset -> task (``bogc_cli.data.cache.TASKS``),
+    classification when absent; ``convert(labels, preset)``: one split's labels as stored in the pickle
+    (float32, first axis = segments) -> (targets in the task's storage form, ``{row: reason}`` of the
+    segments left out). ``convert`` raises ``ValueError`` with what is wrong when the labels do not fit
+    (the caller names the file and split)."""
+
+    presets: dict[str, list[str]]
+    default: str
+    convert: Callable[[np.ndarray, str], tuple[np.ndarray, dict[int, str]]]
+    tasks: dict[str, str] | None = None
+
+    def task(self, preset: str) -> str:
+        return (self.tasks or {}).get(preset, "classification")
+
+
+def sentiment_targets(labels: np.ndarray, preset: str) -> tuple[np.ndarray, dict[int, str]]:
+    """MOSI/MOSEI: one sentiment score in [-3, 3] per segment (MulT ``[N, 1, 1]``, MMSA ``[N]``) -> classes
+    ``[N]`` by ``labels_for``; no segment is left out."""
+    n = labels.shape[0] if labels.ndim else 0
+    per_segment = labels.reshape(n, -1).shape[1] if labels.size else 1
+    if per_segment != 1:
+        raise ValueError(f"the labels hold {per_segment} values per segment (shape {list(labels.shape)}), not one "
+                         "sentiment score: is this IEMOCAP's emotion pickle? (`bogc prepare iemocap` reads it)")
+    sentiment = labels.reshape(n) if labels.size else np.zeros(0, np.float32)
+    if not np.isfinite(sentiment).all():
+        raise ValueError("labels that are NaN or infinite: use an intact pickle")
+    return labels_for(sentiment, preset), {}
+
+
+SENTIMENT = Targets(PRESETS, DEFAULT_PRESET, sentiment_targets, tasks=TASKS)
+
+
 def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_fraction: float | None = None,
             workers: int = 1, strict: bool = False, log: Log = no_log, overwrite: bool = False) -> Manifest:
     """Prepare the MOSEI cache from a MulT or MMSA feature pickle (see the module doc)."""
@@ -66,17 +109,20 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
 
 def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int], dims: dict[str, int], raw: Path,
                    out: Path, preset: str | None, val_fraction: float | None, strict: bool, log: Log,
-                   overwrite: bool = False) -> Manifest:
-    """Shared by MOSEI and MOSI: ``names`` are the pickle names looked for (preferred first), ``expected`` the
-    published sizes, ``dims`` the audio and vision feature sizes (text: 300 GloVe or 768 BERT)."""
+                   overwrite: bool = False, targets: Targets = SENTIMENT) -> Manifest:
+    """Shared by MOSEI, MOSI and IEMOCAP: ``names`` are the pickle names looked for (preferred first),
+    ``expected`` the published segments per split (checked before any segment is left out), ``dims`` the
+    audio and vision feature sizes (text: 300 GloVe or 768 BERT), ``targets`` how labels become targets.
+    Segments that ``targets`` leaves out are reported as skipped (``<pickle>:<split>[<row>]``)."""
     raw, out = Path(raw), Path(out)
-    preset = choose_preset(dataset, preset, PRESETS, DEFAULT_PRESET)
+    preset = choose_preset(dataset, preset, targets.presets, targets.default)
     if val_fraction is not None:
         raise UserError(f"{dataset} has an official validation split (the pickle's 'valid'): drop --val-fraction")
     path = find_pickle(raw, names, log)
     check_out_folder(out, path.parent)
-    params = {"labels": preset, "classes": PRESETS[preset], "non_finite": "replaced by 0 (as MulT)",
-              "split": "the pickle's train/valid/test", "dtype": "float32"}
+    task = targets.task(preset)
+    params = {"labels": preset, "classes": targets.presets[preset], "task": task,
+              "non_finite": "replaced by 0 (as MulT)", "split": "the pickle's train/valid/test", "dtype": "float32"}
     sources = {"pickle": path.name, "file_list_sha256": file_list_checksum([path]), "expected": expected}
     fingerprint = digest({"dataset": dataset, "params": params, "sources": sources, "version": __version__})
     if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
@@ -84,25 +130,26 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
         return done
     log(f"reading {path}")
     data = load_pickle(path)
-    splits, replaced = {}, {m: 0 for m in MODALITIES}
+    splits, replaced, counts, skipped = {}, {m: 0 for m in MODALITIES}, {}, []
     for split, key in SPLIT_KEYS.items():
-        splits[split] = _split(path, data, key, dims, preset, replaced)
-    require_samples(dataset, {s: len(a) for s, a in splits.items()}, [])
+        splits[split], counts[split] = _split(path, data, key, dims, targets, preset, replaced, skipped)
+    for item in skipped:
+        log(f"skipped {item['file']}: {item['reason']}")
+    require_samples(dataset, {s: len(a) for s, a in splits.items()}, skipped)
     lengths = _check_lengths(path, splits)
     params["non_finite_replaced"] = replaced
     params["sequence_lengths"] = lengths
     params["text_features"] = int(splits["train"].inputs["text"].shape[2])
     params["aligned"] = len(set(lengths.values())) == 1
-    counts = {s: len(a) for s, a in splits.items()}
     if counts != expected:
         message = (f"{dataset}: the pickle has train {counts['train']} / val {counts['val']} / test {counts['test']} "
                    f"segments, not the published {expected['train']:,} / {expected['val']:,} / {expected['test']:,}")
         sources["count_check"] = count_mismatch(message, strict, "use the full aligned pickle", log)
     start_rewrite(out)
     log(f"writing the cache to {out}")
-    return write_cache(out, dataset=dataset, classes=PRESETS[preset], kinds={m: "sequence" for m in MODALITIES},
+    return write_cache(out, dataset=dataset, classes=targets.presets[preset], kinds={m: "sequence" for m in MODALITIES},
                        splits=splits, preset=preset, params=params, sources={**sources, "fingerprint": fingerprint},
-                       task=TASKS[preset])
+                       skipped=skipped, task=task)
 
 
 def find_pickle(raw: Path, names: tuple[str, ...], log: Log = no_log) -> Path:
@@ -155,7 +202,10 @@ def _pick(part: dict, name: str) -> Any:
     return next((part[k] for k in KEYS[name] if k in part), None)
 
 
-def _split(path: Path, data: dict, key: str, dims: dict[str, int], preset: str, replaced: dict[str, int]) -> SplitArrays:
+def _split(path: Path, data: dict, key: str, dims: dict[str, int], targets: Targets, preset: str,
+           replaced: dict[str, int], skipped: list[dict[str, str]]) -> tuple[SplitArrays, int]:
+    """One split of the pickle as arrays, and its number of segments before ``targets`` left any out (those
+    are appended to ``skipped``)."""
     if key not in data or not isinstance(data[key], dict):
         raise UserError(f"{path} has no {key!r} split (it has {', '.join(map(str, data))}): expected train, valid, test")
     part = data[key]
@@ -163,14 +213,16 @@ def _split(path: Path, data: dict, key: str, dims: dict[str, int], preset: str, 
     if missing:
         raise UserError(f"{path}: split {key!r} lacks {', '.join(missing)} (it has {', '.join(map(str, part))})")
     raw_labels = np.asarray(_pick(part, "labels"), dtype=np.float32)
-    sentiment = raw_labels.reshape(len(raw_labels), -1)[:, 0] if raw_labels.size else np.zeros(0, np.float32)
-    if not np.isfinite(sentiment).all():
-        raise UserError(f"{path}: split {key!r} has labels that are NaN or infinite: use an intact pickle")
+    try:
+        labels, dropped = targets.convert(raw_labels, preset)
+    except ValueError as exc:
+        raise UserError(f"{path}: split {key!r} has {exc}") from None
+    n = int(labels.shape[0])
     inputs = {}
     for m in MODALITIES:
         arr = np.asarray(_pick(part, m), dtype=np.float32)
-        if arr.ndim != 3 or arr.shape[0] != sentiment.shape[0]:
-            raise UserError(f"{path}: {key}/{m} has shape {arr.shape}; expected [{sentiment.shape[0]}, T, D] "
+        if arr.ndim != 3 or arr.shape[0] != n:
+            raise UserError(f"{path}: {key}/{m} has shape {arr.shape}; expected [{n}, T, D] "
                             f"(one [T, D] sequence per labelled segment)")
         allowed = TEXT_DIMS if m == "text" else (dims[m],)
         if arr.shape[2] not in allowed:
@@ -180,8 +232,13 @@ def _split(path: Path, data: dict, key: str, dims: dict[str, int], preset: str, 
         replaced[m] += int(bad.sum())
         inputs[m] = np.where(bad, 0.0, arr).astype(np.float32)
     ids = part.get("id", part.get("ids"))
-    ids = [_id_text(i) for i in ids] if ids is not None and len(ids) == len(sentiment) else None
-    return SplitArrays(inputs, labels_for(sentiment, preset), ids)
+    ids = [_id_text(i) for i in ids] if ids is not None and len(ids) == n else None
+    split = SplitArrays(inputs, labels, ids)
+    if dropped:
+        skipped += [{"file": f"{path.name}:{key}[{row}]" + (f" ({ids[row]})" if ids else ""), "reason": reason}
+                    for row, reason in sorted(dropped.items())]
+        split = split.subset(np.array([r for r in range(n) if r not in dropped], np.int64))
+    return split, n
 
 
 def _check_lengths(path: Path, splits: dict[str, SplitArrays]) -> dict[str, int]:
