@@ -35,8 +35,8 @@ def _lazy(module: str) -> Preparer:
 #: Preparers whose data may hold text: they take ``tokenizer`` (a local model directory, ``--tokenizer``) and
 #: ``max_length`` (``--max-length``) and tokenise with ``data_prep.text``. A preparer of a text dataset adds
 #: its name here.
-TEXT_PREPARERS: set[str] = {"arrays", "food101", "mvsa_single"}
+TEXT_PREPARERS: set[str] = {"arrays", "food101", "mvsa_single", "mmimdb"}
 
 PREPARERS: dict[str, Preparer] = {name: _lazy(name) for name in (
-    "avdigits", "mfeat", "arrays", "cremad", "kinetics_sounds", "ave", "mosei", "mosi", "brats_grade", "food101",
-    "mvsa_single")}
+    "avdigits", "mfeat", "arrays", "cremad", "kinetics_sounds", "ave", "mosei", "mosi", "iemocap", "brats_grade",
+    "food101", "mvsa_single", "mmimdb")}

@@ -119,6 +119,29 @@ DATASETS: dict[str, DatasetInfo] = {
             tasks=("classification", "regression"),
         ),
         DatasetInfo(
+            "iemocap",
+            "IEMOCAP emotions (neutral, happy, sad, angry): text (GloVe), audio (COVAREP) and vision (Facet) "
+            "feature sequences from MulT's pickle (aligned or not); its train/valid/test, 2,717 / 798 / 938",
+            ("text", "audio", "vision"),
+            prepare_presets={
+                "multilabel": "MulT's: four present/absent targets, one per emotion (task multilabel) (default)",
+                "4class": "CGGM's: one of the four emotions per segment (task classification); segments with "
+                          "none or several present are left out and reported",
+            },
+            tasks=("multilabel", "classification"),
+        ),
+        DatasetInfo(
+            "mmimdb",
+            "MM-IMDb movie genres: poster (image) + longest plot (text), the authors' 23 genres, multi-label; "
+            "the official split.json, 15,552 / 2,608 / 7,799",
+            ("image", "text"),
+            prepare_presets={
+                "center224": "poster: shorter side 256 px, centre crop 224 (MMBT), uint8 3x224x224; plot tokenised "
+                             "(--tokenizer DIR, or a word vocabulary of train) (default)",
+            },
+            tasks=("multilabel",),
+        ),
+        DatasetInfo(
             "brats_grade",
             "BraTS glioma grade (HGG vs LGG) from 4 MRI sequences (2018-2020 layouts; 2021+ with a grade table); "
             "seeded patient-level split",
