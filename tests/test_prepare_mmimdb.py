@@ -144,3 +144,22 @@ def test_wrong_layout_through_the_real_entry_point(tmp_path):
     proc = run_bogc("prepare", "mmimdb", "--raw", tmp_path / "raw", "--out", tmp_path / "c", timeout=300)
     assert proc.returncode == 2 and "no split.json" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_a_local_tokenizer_tokenises_the_longest_plot(capsys, tmp_path, raw):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "much", "longer", "plot", "about", "love", "paris", "."]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(folder / "vocab.txt")).save_pretrained(str(folder))
+    code, out, err = run_cli(capsys, "prepare", "mmimdb", "--raw", raw, "--out", tmp_path / "c", "--tokenizer", folder,
+                             "--max-length", "12")
+    assert code == 0, out + err
+    manifest = read_manifest(tmp_path / "c")
+    spec = manifest.modalities["text"]
+    assert spec.shape == [2, 12] and spec.tokenizer["kind"] == "pretrained"
+    text = np.asarray(load_split(tmp_path / "c", manifest, "train").inputs["text"])
+    reference = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)(
+        MOVIES["0000001"][1][1], max_length=12, padding="max_length", truncation=True)
+    assert text[0, 0].tolist() == reference["input_ids"] and text[0, 1].tolist() == reference["attention_mask"]
