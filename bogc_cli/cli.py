@@ -124,8 +124,8 @@ def prepare(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="Validation share carved from "
                                                  "train, in (0, 1) (default per dataset: mfeat 0.25, mvsa_single 1/9 "
                                                  "of what its 10% test carve-out leaves (8:1:1), others 0.1; ave, "
-                                                 "mosei and mosi have official validation splits; 0 is refused: "
-                                                 "training picks its best epoch on validation)."),
+                                                 "mosei, mosi, iemocap and mmimdb have official validation splits; 0 "
+                                                 "is refused: training picks its best epoch on validation)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes decoding files (clips, volumes); "
                                 "an interrupted prepare resumes where it stopped."),
     strict: bool = typer.Option(False, "--strict", help="Fail when counts differ from the published ones, or "
