@@ -149,3 +149,11 @@ def count_mismatch(message: str, strict: bool, fix: str, log: Log) -> str:
         raise UserError(f"{message} (--strict): {fix}, or drop --strict")
     log(f"warning: {message}")
     return message
+
+
+def log_problems(log: Log, skipped: list[dict[str, str]], warnings: list[str]) -> None:
+    """Log each skipped file with its reason (``{"file", "reason"}``), then each warning about a kept one."""
+    for item in skipped:
+        log(f"skipped {item['file']}: {item['reason']}")
+    for warning in warnings:
+        log(f"warning: {warning}")

@@ -27,8 +27,8 @@ from bogc_cli.data.cache import Manifest, carve_validation, carve_warnings, writ
 from bogc_cli.data.lfs import FIX as LFS_FIX
 from bogc_cli.data.lfs import is_lfs_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, check_out_folder, count_mismatch, digest, file_list_checksum, require_samples,
-                               reusable_manifest, start_rewrite)
+from data_prep._common import (Log, check_out_folder, count_mismatch, digest, file_list_checksum, log_problems,
+                               require_samples, reusable_manifest, start_rewrite)
 from data_prep.audio_features import kaldi_fbank, log_stft
 from data_prep.clipstore import WARNING, Item, build_store
 from data_prep.media import blank_warning, read_audio, read_frame_images, read_frames, silence_warning
@@ -260,10 +260,7 @@ def prepare_clips(dataset: str, out: Path, listing: ClipListing, preset: AVPrese
     splits, skipped, warnings = build_store(out, listing.items, layout, decode_clip, fingerprint=fingerprint,
                                             workers=workers, log=log, noun="clips")
     skipped = listing.skipped + skipped
-    for item in skipped:
-        log(f"skipped {item['file']}: {item['reason']}")
-    for warning in warnings:
-        log(f"warning: {warning}")
+    log_problems(log, skipped, warnings)
     require_samples(dataset, {s: len(a) for s, a in splits.items() if s != "val" or official_val}, skipped)
     if "val" in splits and not len(splits["val"]):
         warnings.append("every clip carved out for validation was skipped: the cache has no val split (training "

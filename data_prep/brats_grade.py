@@ -48,8 +48,8 @@ from bogc_cli.data.lfs import FIX as LFS_FIX
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, choose_val_fraction, count_mismatch, digest,
-                               file_list_checksum, folders_below, no_log, require_samples, reusable_manifest,
-                               start_rewrite)
+                               file_list_checksum, folders_below, log_problems, no_log, require_samples,
+                               reusable_manifest, start_rewrite)
 from data_prep.clipstore import WARNING, Item, SkipItem, build_store
 
 DATASET = "brats_grade"
@@ -154,10 +154,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     splits, decode_skipped, decode_warnings = build_store(out, items, layout, decode_patient, fingerprint=fingerprint,
                                                           workers=workers, log=log, noun="patients")
     skipped += decode_skipped
-    for item in skipped:
-        log(f"skipped {item['file']}: {item['reason']}")
-    for warning in decode_warnings:
-        log(f"warning: {warning}")
+    log_problems(log, skipped, decode_warnings)
     require_samples(DATASET, {s: len(a) for s, a in splits.items() if s != "val"}, skipped)
     log(f"wrote {sum(len(s) for s in splits.values())} patients, skipped {len(skipped)}")
     return write_manifest(out, dataset=DATASET, classes=CLASSES, kinds={s: PRESETS[preset]["kind"] for s in SEQUENCES},

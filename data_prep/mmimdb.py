@@ -52,7 +52,8 @@ from bogc_cli.data.cache import Manifest, SplitArrays, label_array, write_manife
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer, refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum,
-                               folders_below, no_log, require_samples, reusable_manifest, start_rewrite)
+                               folders_below, log_problems, no_log, require_samples, reusable_manifest,
+                               start_rewrite)
 from data_prep.clipstore import WARNING, Item, SkipItem, build_store
 from data_prep.media import blank_warning, check_media_file
 from data_prep.text import PretrainedTokenizer, WordTokenizer, check_max_length, encode_texts, save_tokenizer, \
@@ -140,7 +141,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
               "split": "split.json's train / dev (-> val) / test", "max_length": length, **notes}
     sources = {"root": str(root), "split_json_sha256": hashlib.sha256(split_path.read_bytes()).hexdigest(),
                "listed": listed, "expected": EXPECTED,
-               "file_list_sha256": file_list_checksum(Path(p) for it in items for p in (it.source.image, it.source.json))}
+               "file_list_sha256": file_list_checksum(Path(p) for it in items
+                                                      for p in (it.source.image, it.source.json))}
     if counts != EXPECTED:
         found = " / ".join(f"{s} {counts[s]}" for s in EXPECTED)
         sources["count_check"] = count_mismatch(
@@ -152,22 +154,15 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
         log(f"{out} already holds this {DATASET} cache; nothing to do")
         return done
-    empty = [s for s in EXPECTED if counts[s] == 0]
-    if empty:
-        raise UserError(f"no usable {DATASET} movie in the {' and '.join(empty)} split of {split_path} "
-                        f"({len(skipped)} skipped{', e.g. ' + skipped[0]['file'] + ': ' + skipped[0]['reason'] if skipped else ''}); "
-                        "no cache was written: fix the raw data and run the same command again")
-    log(f"preparing {len(items)} {DATASET} movies (train {counts['train']}, val {counts['val']}, test {counts['test']}) "
-        f"with preset {poster.name}, {workers} worker(s)")
+    require_samples(DATASET, counts, skipped)  # before decoding: a split with no usable movie
+    log(f"preparing {len(items)} {DATASET} movies (train {counts['train']}, val {counts['val']}, "
+        f"test {counts['test']}) with preset {poster.name}, {workers} worker(s)")
     start_rewrite(out)
     layout = {"image": ((3, poster.crop, poster.crop), "uint8")}
     splits, failed, warnings = build_store(out, items, layout, decode_poster, fingerprint=fingerprint,
                                            workers=workers, log=log, noun="posters")
     skipped += failed
-    for item in skipped:
-        log(f"skipped {item['file']}: {item['reason']}")
-    for warning in warnings:
-        log(f"warning: {warning}")
+    log_problems(log, skipped, warnings)
     require_samples(DATASET, {s: len(a) for s, a in splits.items()}, skipped)
     texts = {s: [movies[k].plot for k in a.ids] for s, a in splits.items()}
     text_tokenizer = pretrained or WordTokenizer.fit(texts["train"])
@@ -221,11 +216,10 @@ def read_split(path: Path) -> dict[str, list[str]]:
     file, a missing id list, or an id listed in two splits."""
     refuse_pointer(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not readable JSON ({exc}): use the split.json of mmimdb.tar.gz") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} holds a {type(data).__name__}, not the {{train, dev, test}} id lists of MM-IMDb")
+        data = json_object(path)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}; expected MM-IMDb's {{train, dev, test}} id lists: use the split.json of "
+                        "mmimdb.tar.gz") from None
     out: dict[str, list[str]] = {}
     for split, keys in SPLIT_KEYS.items():
         key = next((k for k in keys if k in data), None)
@@ -242,16 +236,25 @@ def read_split(path: Path) -> dict[str, list[str]]:
     return out
 
 
+def json_object(path: Path) -> dict[str, Any]:
+    """The JSON object stored in ``path``; ``ValueError`` saying why when it is not readable JSON or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def read_movie(path: Path) -> Movie:
     """A movie's json -> its longest plot and its genres; ``SkipItem`` with the reason when it is missing, a Git
     LFS pointer, unreadable, or lacks a plot or genres."""
     check_media_file(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SkipItem(f"unreadable json ({exc})") from None
-    if not isinstance(data, dict):
-        raise SkipItem(f"json holds a {type(data).__name__}, not a movie's metadata")
+        data = json_object(path)
+    except ValueError as exc:
+        raise SkipItem(f"unreadable json: {exc}") from None
     plots = data.get("plot")
     plots = [plots] if isinstance(plots, str) else plots
     if not isinstance(plots, list) or not any(isinstance(p, str) and p.strip() for p in plots):

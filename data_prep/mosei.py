@@ -45,7 +45,8 @@ from bogc_cli.data.cache import Manifest, SplitArrays, write_cache
 from bogc_cli.data.lfs import refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum,
-                               folders_below, no_log, require_samples, reusable_manifest, start_rewrite)
+                               folders_below, log_problems, no_log, require_samples, reusable_manifest,
+                               start_rewrite)
 
 MODALITIES = ("text", "audio", "vision")
 SPLIT_KEYS = {"train": "train", "val": "valid", "test": "test"}
@@ -133,8 +134,7 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
     splits, replaced, counts, skipped = {}, {m: 0 for m in MODALITIES}, {}, []
     for split, key in SPLIT_KEYS.items():
         splits[split], counts[split] = _split(path, data, key, dims, targets, preset, replaced, skipped)
-    for item in skipped:
-        log(f"skipped {item['file']}: {item['reason']}")
+    log_problems(log, skipped, [])
     require_samples(dataset, {s: len(a) for s, a in splits.items()}, skipped)
     lengths = _check_lengths(path, splits)
     params["non_finite_replaced"] = replaced
@@ -207,7 +207,8 @@ def _split(path: Path, data: dict, key: str, dims: dict[str, int], targets: Targ
     """One split of the pickle as arrays, and its number of segments before ``targets`` left any out (those
     are appended to ``skipped``)."""
     if key not in data or not isinstance(data[key], dict):
-        raise UserError(f"{path} has no {key!r} split (it has {', '.join(map(str, data))}): expected train, valid, test")
+        raise UserError(f"{path} has no {key!r} split (it has {', '.join(map(str, data))}): expected train, valid, "
+                        "test")
     part = data[key]
     missing = [" or ".join(KEYS[k]) for k in (*MODALITIES, "labels") if _pick(part, k) is None]
     if missing:
