@@ -149,6 +149,7 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
             f"{DATASET}: {found} movies with a usable json and poster (split.json lists "
             f"{' / '.join(str(listed[s]) for s in EXPECTED)}), not the published "
             f"{' / '.join(f'{n:,}' for n in EXPECTED.values())}", strict, "use the complete mmimdb.tar.gz", log)
+    movie_warnings += untrained_genres(items, movies, strict, log)
     fingerprint = digest({"dataset": DATASET, "params": params, "sources": sources, "text": text_source,
                           "version": __version__, "items": [(it.key, it.split) for it in items]})
     if (done := reusable_manifest(out, fingerprint, overwrite)) is not None:
@@ -303,6 +304,22 @@ def list_movies(root: Path, ids: dict[str, list[str]], preset: PosterPreset
         notes["warnings"] = [f"{len(without_genre)} movie(s) have none of the 23 genres (kept with an all-zero "
                              f"label row), e.g. {', '.join(without_genre[:5])}"]
     return items, movies, skipped, notes
+
+
+def untrained_genres(items: list[Item], movies: dict[str, Movie], strict: bool, log: Log) -> list[str]:
+    """Genres with movies in val or test but none in train cannot be learnt: a warning (returned, and logged), or a
+    ``UserError`` when ``strict``."""
+    train = multi_hot([movies[it.key].genres for it in items if it.split == "train"]).sum(axis=0)
+    other = multi_hot([movies[it.key].genres for it in items if it.split != "train"]).sum(axis=0)
+    lacking = [GENRES[k] for k in np.flatnonzero((train == 0) & (other > 0))]
+    if not lacking:
+        return []
+    message = (f"{DATASET}: genre(s) {', '.join(lacking)} have movies in val/test but none in train: the model "
+               "cannot learn them")
+    if strict:
+        raise UserError(f"{message} (--strict): use the complete dataset, or drop --strict")
+    log(f"warning: {message}")
+    return [message]
 
 
 def multi_hot(genres: list[tuple[str, ...]]) -> np.ndarray:

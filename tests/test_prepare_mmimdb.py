@@ -61,7 +61,10 @@ def test_cache_labels_text_image_and_counts_warning(capsys, tmp_path, raw):
     assert manifest.splits == {"train": 6, "val": 2, "test": 3}
     assert {m: (s.kind, s.shape, s.dtype) for m, s in manifest.modalities.items()} == {
         "image": ("image", [3, 224, 224], "uint8"), "text": ("text", [2, 128], "int32")}
-    assert "not the published 15,552 / 2,608 / 7,799" in " ".join(out.split())  # the console wraps lines
+    flat = " ".join(out.split())  # the console wraps lines
+    assert "not the published 15,552 / 2,608 / 7,799" in flat
+    assert "Crime, Adventure, Family, Music, Animation, Western have movies in val/test but none in train" in flat
+    assert len(manifest.warnings) == 1
     train = load_split(tmp_path / "c", manifest, "train")
     assert train.ids == SPLIT["train"]
     expected = np.zeros((6, 23), np.uint8)
@@ -93,6 +96,8 @@ def test_same_inputs_nothing_to_do_other_refused(capsys, tmp_path, raw):
     assert any("nothing to do" in m for m in messages)
     code, _, err = run_cli(capsys, "prepare", "mmimdb", "--raw", raw, "--out", tmp_path / "c", "--max-length", "16")
     assert code == 2 and "--overwrite" in err
+    code, _, err = run_cli(capsys, "prepare", "mmimdb", "--raw", raw, "--out", tmp_path / "v", "--val-fraction", "0.2")
+    assert code == 2 and "official validation split" in err and not (tmp_path / "v").exists()
 
 
 def test_bad_files_skipped_and_reported_strict_refuses(capsys, tmp_path):
