@@ -10,8 +10,8 @@ Raw layout (``--raw``: the folder itself or one of its sub-folders up to two lev
 
 Rules, as the dataset's authors' ``make_dataset.py`` (github johnarevalo/gmu-mmimdb) makes them:
 
-- **genres**: the 23 most frequent ones, ``GENRES`` (in the frequency order of the paper's Table 1), one
-  multi-hot column each. The rarer genres met in the json files (News, Adult, Talk-Show, Reality-TV) are
+- **genres**: the 23 most frequent ones, ``GENRES``, one multi-hot column each, in the authors' order (most
+  frequent first: the ``target_names`` their script stores in ``multimodal_imdb.hdf5``). The rarer genres met in the json files (News, Adult, Talk-Show, Reality-TV) are
   left out of the label vector, the movie kept (the authors' ``Y[:, labels]``), and counted in the
   manifest (``params.genres_not_kept``). MMBT's ``scripts/mmimdb.py`` and loaders derived from it
   instead drop the movies holding them (News, or all four) and take the label set from the training
@@ -63,7 +63,8 @@ DATASET = "mmimdb"
 GENRES = ["Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
           "Mystery", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation", "Musical",
           "Western", "Sport", "Short", "Film-Noir"]
-"""The 23 genres the dataset's authors kept (the most frequent ones), in the order of their Table 1."""
+"""The 23 genres the dataset's authors kept (the most frequent ones), in their order (``make_dataset.py``'s
+``target_names``, as stored in their ``multimodal_imdb.hdf5``)."""
 EXPECTED = {"train": 15552, "val": 2608, "test": 7799}
 SPLIT_KEYS = {"train": ("train",), "val": ("dev", "val", "valid"), "test": ("test",)}
 """split.json's key of each split: the official ``dev`` first, spellings met in re-packs after."""
