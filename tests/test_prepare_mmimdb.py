@@ -168,3 +168,29 @@ def test_a_local_tokenizer_tokenises_the_longest_plot(capsys, tmp_path, raw):
     reference = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)(
         MOVIES["0000001"][1][1], max_length=12, padding="max_length", truncation=True)
     assert text[0, 0].tolist() == reference["input_ids"] and text[0, 1].tolist() == reference["attention_mask"]
+
+
+def test_an_interrupted_prepare_resumes(tmp_path, raw, monkeypatch):
+    import data_prep.mmimdb as mmimdb
+
+    real, calls = mmimdb.decode_poster, []
+
+    def stopped_at_the_fifth(item):
+        calls.append(item.key)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(item)
+
+    monkeypatch.setattr(mmimdb, "decode_poster", stopped_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        mmimdb.prepare(raw, tmp_path / "c")
+    assert not (tmp_path / "c" / "manifest.json").exists()
+    monkeypatch.setattr(mmimdb, "decode_poster", real)
+    messages = []
+    manifest = mmimdb.prepare(raw, tmp_path / "c", log=messages.append)
+    assert any("resuming: 4 posters already done" in m for m in messages)
+    assert manifest.splits == {"train": 6, "val": 2, "test": 3}
+    fresh = mmimdb.prepare(raw, tmp_path / "fresh")
+    for split in manifest.splits:
+        np.testing.assert_array_equal(load_split(tmp_path / "c", manifest, split).inputs["image"],
+                                      load_split(tmp_path / "fresh", fresh, split).inputs["image"])
