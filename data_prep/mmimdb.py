@@ -11,12 +11,13 @@ Raw layout (``--raw``: the folder itself or one of its sub-folders up to two lev
 Rules, as the dataset's authors' ``make_dataset.py`` (github johnarevalo/gmu-mmimdb) makes them:
 
 - **genres**: the 23 most frequent ones, ``GENRES``, one multi-hot column each, in the authors' order (most
-  frequent first: the ``target_names`` their script stores in ``multimodal_imdb.hdf5``). The rarer genres met in the json files (News, Adult, Talk-Show, Reality-TV) are
-  left out of the label vector, the movie kept (the authors' ``Y[:, labels]``), and counted in the
-  manifest (``params.genres_not_kept``). MMBT's ``scripts/mmimdb.py`` and loaders derived from it
-  instead drop the movies holding them (News, or all four) and take the label set from the training
-  file; that changes the published counts slightly, so it is not followed here. A movie with none of
-  the 23 genres (the official split has none) would be kept with an all-zero row and a warning.
+  frequent first: the ``target_names`` their script stores in ``multimodal_imdb.hdf5``). The rarer genres
+  met in the json files (News, Adult, Talk-Show, Reality-TV) are left out of the label vector, the movie
+  kept (the authors' ``Y[:, labels]``), and counted in the manifest (``params.genres_not_kept``).
+  MMBT's ``scripts/mmimdb.py`` and loaders derived from it instead drop the movies holding them (News,
+  or all four) and take the label set from the training file; that changes the published counts
+  slightly, so it is not followed here. A movie with none of the 23 genres (the official split has
+  none) would be kept with an all-zero row and a warning.
 - **plot**: the longest text in the json's ``plot`` list (the first of the longest when tied): both the
   authors' script and MMBT's use ``argmax`` of the lengths; movies have several plot summaries of which
   the longest carries the most words. The text is tokenised with ``data_prep.text`` (``--tokenizer DIR``

@@ -147,9 +147,9 @@ def prepare_pickle(dataset: str, names: tuple[str, ...], expected: dict[str, int
         sources["count_check"] = count_mismatch(message, strict, "use the full aligned pickle", log)
     start_rewrite(out)
     log(f"writing the cache to {out}")
-    return write_cache(out, dataset=dataset, classes=targets.presets[preset], kinds={m: "sequence" for m in MODALITIES},
-                       splits=splits, preset=preset, params=params, sources={**sources, "fingerprint": fingerprint},
-                       skipped=skipped, task=task)
+    return write_cache(out, dataset=dataset, classes=targets.presets[preset],
+                       kinds={m: "sequence" for m in MODALITIES}, splits=splits, preset=preset, params=params,
+                       sources={**sources, "fingerprint": fingerprint}, skipped=skipped, task=task)
 
 
 def find_pickle(raw: Path, names: tuple[str, ...], log: Log = no_log) -> Path:
