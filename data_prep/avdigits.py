@@ -44,7 +44,7 @@ from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.data.registry import DATASETS
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_val_fraction, digest, file_list_checksum, folders_below,
-                               no_log, reusable_manifest, start_rewrite)
+                               log_problems, no_log, reusable_manifest, start_rewrite)
 from data_prep.media import EMPTY_AUDIO, silence_warning
 from data_prep.mnist import MnistSource, find_mnist, load_mnist
 
@@ -226,11 +226,8 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     log(f"reading {len(clips)} FSDD recordings from {fsdd_dir}")
     clips, waves, unreadable = load_waves(clips, workers)
     skipped += unreadable
-    for item in skipped:
-        log(f"skipped {item['file']}: {item['reason']}")
     warnings = [f"{c.path}: {w}" for c, wave in zip(clips, waves) if (w := silence_warning(wave))]
-    for warning in warnings:
-        log(f"warning: {warning}")
+    log_problems(log, skipped, warnings)
     count_problem = _check_counts(clips, strict, log)
     if "snr_db" in params:
         log(f"mixing {params['noise']} noise into every recording at {params['snr_db']} dB SNR")

@@ -26,16 +26,14 @@ from typing import Any
 import numpy as np
 
 from bogc_cli import __version__
-from bogc_cli.atomic import save_numpy
 from bogc_cli.data.cache import Manifest, carve_validation, carve_warnings, write_manifest
 from bogc_cli.data.lfs import FIX as LFS_FIX
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer
 from bogc_cli.errors import UserError
-from data_prep._common import (Log, count_mismatch, digest, file_list_checksum, require_samples, reusable_manifest,
-                               start_rewrite)
+from data_prep._common import (Log, count_mismatch, digest, file_list_checksum, log_problems, require_samples,
+                               reusable_manifest, start_rewrite)
 from data_prep.clipstore import Item, SkipItem, build_store
-from data_prep.text import (PretrainedTokenizer, WordTokenizer, check_max_length, encode_texts, save_tokenizer,
-                            text_fingerprint)
+from data_prep.text import PretrainedTokenizer, check_max_length, text_fingerprint, tokenise_splits
 
 PRESETS = {"px224": 224, "px128": 128, "px64": 64}
 DEFAULT_PRESET = "px224"
@@ -202,15 +200,9 @@ def prepare_pairs(dataset: str, out: Path, listing: PairListing, *, preset: str,
     splits, skipped, decode_warnings = build_store(out, items, {"image": ((3, size, size), "uint8")}, decode_image,
                                                    fingerprint=fingerprint, workers=workers, log=log, noun="images")
     skipped = listing.skipped + skipped
-    for item in skipped:
-        log(f"skipped {item['file']}: {item['reason']}")
+    log_problems(log, skipped, [])
     require_samples(dataset, {s: len(a) for s, a in splits.items()}, skipped)
-    text_of = {p.key: p.text for p in pairs}
-    tok = pretrained or WordTokenizer.fit([text_of[k] for k in splits["train"].ids])
-    for name, split in splits.items():
-        save_numpy(out / name / "text.npy", encode_texts([text_of[k] for k in split.ids], tok, length))
-        split.inputs["text"] = np.load(out / name / "text.npy", mmap_mode="r")
-    save_tokenizer(out, "text", tok)
+    tok = tokenise_splits(out, splits, {p.key: p.text for p in pairs}, pretrained, length)
     log(f"wrote {sum(len(s) for s in splits.values())} pairs, skipped {len(skipped)}")
     return write_manifest(out, dataset=dataset, classes=listing.classes, kinds=KINDS, splits=splits, preset=preset,
                           params=params, sources={**sources, "fingerprint": fingerprint}, skipped=skipped,

@@ -49,7 +49,7 @@ import numpy as np
 
 from bogc_cli import __version__
 from bogc_cli.atomic import save_numpy
-from bogc_cli.data.cache import Manifest, SplitArrays, label_array, write_manifest
+from bogc_cli.data.cache import Manifest, label_array, write_manifest
 from bogc_cli.data.lfs import POINTER_REASON, is_lfs_pointer, refuse_pointer
 from bogc_cli.errors import UserError
 from data_prep._common import (Log, check_out_folder, choose_preset, count_mismatch, digest, file_list_checksum,
@@ -57,8 +57,7 @@ from data_prep._common import (Log, check_out_folder, choose_preset, count_misma
                                start_rewrite)
 from data_prep.clipstore import WARNING, Item, SkipItem, build_store
 from data_prep.media import blank_warning, check_media_file
-from data_prep.text import PretrainedTokenizer, WordTokenizer, check_max_length, encode_texts, save_tokenizer, \
-    text_fingerprint
+from data_prep.text import PretrainedTokenizer, check_max_length, text_fingerprint, tokenise_splits
 
 DATASET = "mmimdb"
 GENRES = ["Drama", "Comedy", "Romance", "Thriller", "Crime", "Action", "Adventure", "Horror", "Documentary",
@@ -167,20 +166,14 @@ def prepare(raw: Path, out: Path, preset: str | None = None, seed: int = 0, val_
     skipped += failed
     log_problems(log, skipped, warnings)
     require_samples(DATASET, {s: len(a) for s, a in splits.items()}, skipped)
-    texts = {s: [movies[k].plot for k in a.ids] for s, a in splits.items()}
-    text_tokenizer = pretrained or WordTokenizer.fit(texts["train"])
-    final = {}
+    text_tokenizer = tokenise_splits(out, splits, {k: m.plot for k, m in movies.items()}, pretrained, length)
     for split, arrays in splits.items():
-        tokens = encode_texts(texts[split], text_tokenizer, length)
-        labels = label_array(multi_hot([movies[k].genres for k in arrays.ids]), "multilabel", GENRES,
-                             f"{DATASET} {split} labels")
-        save_numpy(out / split / "text.npy", tokens)
-        save_numpy(out / split / "labels.npy", labels)
-        final[split] = SplitArrays({"image": arrays.inputs["image"], "text": tokens}, labels, arrays.ids)
-    save_tokenizer(out, "text", text_tokenizer)
-    log(f"wrote {sum(len(a) for a in final.values())} movies, skipped {len(skipped)}")
+        arrays.labels = label_array(multi_hot([movies[k].genres for k in arrays.ids]), "multilabel", GENRES,
+                                    f"{DATASET} {split} labels")
+        save_numpy(out / split / "labels.npy", arrays.labels)
+    log(f"wrote {sum(len(a) for a in splits.values())} movies, skipped {len(skipped)}")
     return write_manifest(out, dataset=DATASET, classes=GENRES, kinds={"image": "image", "text": "text"},
-                          splits=final, preset=poster.name, params=params,
+                          splits=splits, preset=poster.name, params=params,
                           sources={**sources, "fingerprint": fingerprint}, skipped=skipped,
                           warnings=movie_warnings + warnings,
                           tokenizers={"text": text_tokenizer.describe(length)}, task="multilabel")
@@ -318,10 +311,7 @@ def untrained_genres(items: list[Item], movies: dict[str, Movie], strict: bool, 
         return []
     message = (f"{DATASET}: genre(s) {', '.join(lacking)} have movies in val/test but none in train: the model "
                "cannot learn them")
-    if strict:
-        raise UserError(f"{message} (--strict): use the complete dataset, or drop --strict")
-    log(f"warning: {message}")
-    return [message]
+    return [count_mismatch(message, strict, "use the complete dataset", log)]
 
 
 def multi_hot(genres: list[tuple[str, ...]]) -> np.ndarray:

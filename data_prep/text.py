@@ -225,9 +225,27 @@ def save_tokenizer(out: Path, modality: str, tokenizer: Tokenizer) -> Path:
     return folder
 
 
+def tokenise_splits(out: Path, splits: dict, text_of: dict[str, str], tokenizer: Tokenizer | None, max_length: int,
+                    modality: str = "text") -> Tokenizer:
+    """Tokenise the texts of a cache's splits, already written to ``out`` (``SplitArrays`` whose ``ids`` key
+    ``text_of``): each split's ``out/<split>/<modality>.npy`` int32 ``[N, 2, max_length]`` is written and
+    attached, memory-mapped, as its ``modality`` input, and the tokenizer saved in the cache. Without a
+    ``tokenizer``, the word vocabulary is fitted on the train split's texts. Returns the tokenizer used."""
+    from bogc_cli.atomic import save_numpy
+
+    tok = tokenizer or WordTokenizer.fit([text_of[k] for k in splits["train"].ids])
+    for name, split in splits.items():
+        path = Path(out) / name / f"{modality}.npy"
+        save_numpy(path, encode_texts([text_of[k] for k in split.ids], tok, max_length))
+        split.inputs[modality] = np.load(path, mmap_mode="r")
+    save_tokenizer(out, modality, tok)
+    return tok
+
+
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 __all__ = ["DEFAULT_MAX_LENGTH", "PretrainedTokenizer", "WordTokenizer", "check_max_length", "check_tokenizer_dir",
-           "encode_texts", "make_tokenizer", "save_tokenizer", "text_fingerprint", "tokenizer_files_sha256"]
+           "encode_texts", "make_tokenizer", "save_tokenizer", "text_fingerprint", "tokenise_splits",
+           "tokenizer_files_sha256"]
