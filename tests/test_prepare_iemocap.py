@@ -4,6 +4,7 @@ multilabel) and CGGM's 4-way class (preset 4class), the counts check, and refusa
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from bogc_cli.data.cache import load_split, read_manifest
 from cli_helpers import run_bogc, run_cli
 from data_prep.iemocap import EMOTIONS, emotion_targets
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": 12, "valid": 4, "test": 5}
 
 
@@ -106,3 +108,38 @@ def test_wrong_pickles_refused_both_ways(capsys, tmp_path):
 def test_missing_pickle_through_the_real_entry_point(tmp_path):
     proc = run_bogc("prepare", "iemocap", "--raw", tmp_path, "--out", tmp_path / "c", timeout=300)
     assert proc.returncode == 2 and "iemocap_data.pkl" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_epoch_of_uniform_on_the_multilabel_cache(capsys, tmp_path, raw):
+    """The shipped recipe (tiny transformers, one epoch) on MulT's four present/absent targets."""
+    folder, _ = raw
+    from data_prep.iemocap import prepare
+
+    prepare(folder, tmp_path / "c")
+    code, out, err = run_cli(capsys, "train", ROOT / "recipes/iemocap/uniform.yaml", "--seeds", "0", "--out",
+                             tmp_path / "r", "--set", f"dataset.root={tmp_path / 'c'}", "--set", "train.epochs=1",
+                             "--set", "train.batch_size=6", "--set", "model.hidden_dim=32", "--set",
+                             "model.mlp_layers=1", "--set", "model.feature_dim=16")
+    assert code == 0, out + err
+    ev = json.loads((tmp_path / "r/iemocap/iemocap/uniform/seed0/eval.json").read_text())
+    assert ev["task"] == "multilabel" and ev["select_metric"] == "micro_f1" and ev["n"] == 5
+    assert set(ev["unimodal_micro_f1"]) == {"text", "audio", "vision"}
+
+
+def test_one_epoch_of_cggm_on_the_4class_cache(tmp_path, raw, capsys):
+    """CGGM's recipe on its target form (classification); on the multilabel cache its task check refuses it."""
+    folder, _ = raw
+    from data_prep.iemocap import prepare
+
+    prepare(folder, tmp_path / "c4", preset="4class")
+    tiny = ["--set", "train.epochs=1", "--set", "train.batch_size=5", "--set", "model.hidden_dim=32", "--set",
+            "model.mlp_layers=1", "--set", "model.feature_dim=16"]
+    code, out, err = run_cli(capsys, "train", ROOT / "recipes/iemocap/cggm.yaml", "--seeds", "0", "--out",
+                             tmp_path / "r", "--set", f"dataset.root={tmp_path / 'c4'}", *tiny)
+    assert code == 0, out + err
+    ev = json.loads((tmp_path / "r/iemocap/iemocap-4class/cggm/seed0/eval.json").read_text())
+    assert ev["task"] == "classification" and ev["n"] == 5 and 0 <= ev["accuracy"] <= 1
+    prepare(folder, tmp_path / "cm")
+    code, out, err = run_cli(capsys, "train", ROOT / "recipes/iemocap/cggm.yaml", "--seeds", "0", "--out",
+                             tmp_path / "r2", "--set", f"dataset.root={tmp_path / 'cm'}", *tiny)
+    assert code == 2 and "multilabel" in err and not (tmp_path / "r2" / "iemocap").exists()

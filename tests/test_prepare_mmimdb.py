@@ -15,6 +15,8 @@ from bogc_cli.data.cache import load_split, read_manifest
 from cli_helpers import run_bogc, run_cli
 from data_prep.mmimdb import GENRES
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # id -> (genres, plots); train 6, dev 2, test 3 in split.json
 MOVIES = {
     "0000001": (["Drama", "Romance"], ["A short plot.", "A much longer plot about love and loss in Paris."]),
@@ -194,3 +196,19 @@ def test_an_interrupted_prepare_resumes(tmp_path, raw, monkeypatch):
     for split in manifest.splits:
         np.testing.assert_array_equal(load_split(tmp_path / "c", manifest, split).inputs["image"],
                                       load_split(tmp_path / "fresh", fresh, split).inputs["image"])
+
+
+def test_one_epoch_of_bogc_on_the_prepared_cache(capsys, tmp_path, raw):
+    """The recipe as shipped (tiny encoders, one epoch): BCE per genre, selection on validation micro-F1."""
+    from data_prep.mmimdb import prepare
+
+    prepare(raw, tmp_path / "c", max_length=16)
+    code, out, err = run_cli(capsys, "train", ROOT / "recipes/mmimdb/bogc.yaml", "--seeds", "0", "--out", tmp_path / "r",
+                             "--set", f"dataset.root={tmp_path / 'c'}", "--set", "train.epochs=1",
+                             "--set", "train.batch_size=4", "--set", "model.encoders.image=cnn-small",
+                             "--set", "model.cnn_channels=[4, 8]", "--set", "model.feature_dim=16",
+                             "--set", "model.hidden_dim=32", "--set", "model.mlp_layers=1")
+    assert code == 0, out + err
+    ev = json.loads((tmp_path / "r/mmimdb/mmimdb/bogc/seed0/eval.json").read_text())
+    assert ev["task"] == "multilabel" and ev["select_metric"] == "micro_f1" and ev["n"] == 3
+    assert 0 <= ev["micro_f1"] <= 1 and set(ev["unimodal_micro_f1"]) == {"image", "text"}
