@@ -233,6 +233,7 @@ def test_multilabel_end_to_end_through_the_real_entry_point(capsys, tmp_path):
     done = run_bogc(*_train_args(cache, tmp_path / "r", "joint"), timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "selected on validation micro_f1" in " ".join(done.stdout.split())
+    assert "train exact-match" in done.stdout and "train acc " not in done.stdout  # the tally named for its task
     run = tmp_path / "r/quickstart/arrays/joint/seed0"
     ev = json.loads((run / "eval.json").read_text())
     assert ev["task"] == "multilabel" and ev["select_metric"] == "micro_f1" and ev["n"] == 12

@@ -7,12 +7,19 @@ from rich.markup import escape as rich_escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+#: The per-epoch line's name for the tally's ``train_accuracy`` (tasks/losses.py ``batch_hits``) per task.
+TRAIN_HITS = {"classification": "train acc", "multilabel": "train exact-match", "regression": "train acc-2"}
+
+
 class TrainProgress:
     """Shows epoch, step, the last step's loss, last validation accuracy and the run's ETA (``-`` for a figure
     not known yet: the loss before the first step, validation accuracy before the first epoch ends)."""
 
-    def __init__(self, console: Console, title: str, epochs: int, steps_per_epoch: int, metric: str = "accuracy"):
+    def __init__(self, console: Console, title: str, epochs: int, steps_per_epoch: int, metric: str = "accuracy",
+                 task: str = "classification"):
         self.console = console
+        # what the tally's train_accuracy counts (tasks/losses.py batch_hits), named for the task
+        self.train_label = TRAIN_HITS[task]
         self.metric = metric  # the validation figure shown: the run's selection metric
         label = "acc" if metric == "accuracy" else metric
         self.title = title
@@ -67,7 +74,7 @@ class TrainProgress:
         else:
             self.console.print(
                 f"{self.title} epoch {record['epoch']}/{self.epochs}  loss {record['train_loss']:.4f}  "
-                f"train acc {record['train_accuracy']:.3f}  val {label} {self.val_acc:.3f}  "
+                f"{self.train_label} {record['train_accuracy']:.3f}  val {label} {self.val_acc:.3f}  "
                 f"lr {record['lr']:.2e}  {record['epoch_time_s']:.1f}s"
                 + (f"  skipped {record['bad_steps']} non-finite step(s)" if record.get("bad_steps") else ""),
                 highlight=False)

@@ -208,7 +208,7 @@ def _fit(ctx: RunContext, state: RunState) -> list[float]:
     title = f"{recipe.dataset_label()}/{method_label(recipe)}/seed{recipe.seed}"
     step_ms: list[float] = []
     with GracefulStop() as stop, TrainProgress(ctx.console, title, recipe.train.epochs, len(ctx.loaders.train),
-                                                  ctx.parts.model.task.metric) \
+                                                  ctx.parts.model.task.metric, ctx.parts.model.task.task) \
             as progress:
         for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
             step_ms += _run_epoch(ctx, state, epoch, stop, progress)
