@@ -120,7 +120,8 @@ def test_list_shows_the_options_of_arrays():
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("│ arrays"))
     end = next(i for i, line in enumerate(lines) if i > start and line.startswith("└"))
-    row = " ".join(" ".join(cell.strip() for cell in line.split("│")) for line in lines[start:end])
+    cells = [line.split("│") for line in lines[start:end]]  # a wrapped row: each column's text, line by line
+    row = " ".join(" ".join(line[c].strip() for line in cells if c < len(line)) for c in range(len(cells[0])))
     for option in ("root=<your folder>", "kinds", "val_fraction", "split_seed"):
         assert option in row, (option, row)
 
