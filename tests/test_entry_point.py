@@ -76,7 +76,9 @@ def _fake_run(tmp_path):
 def _ctrl_c_in(target: str) -> str:
     """Python lines that make ``target`` (module.attribute) send this process a real SIGINT when called."""
     module, name = target.rsplit(".", 1)
-    return (f"import os, signal, time\nimport {module} as m\n"
+    # Python's own Ctrl-C handler, as in a terminal: a test run started in the background (`pytest &`) passes
+    # its children SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
+    return (f"import os, signal, time\nimport {module} as m\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
             f"def interrupted(*a, **k):\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(30)\n"
             f"m.{name} = interrupted")
 

@@ -68,7 +68,7 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.parametrize("sig, workers, group", [
-    (signal.SIGKILL, 0, False),
+    pytest.param(signal.SIGKILL, 0, False, marks=pytest.mark.slow),  # SIGKILL-workers covers it, with workers
     pytest.param(signal.SIGTERM, 0, False, marks=pytest.mark.slow),  # SIGTERM-job-workers covers it, with workers
     (signal.SIGKILL, 2, False),  # resumed as soon as the main process is gone: no worker may hold the folder
     (signal.SIGTERM, 2, True),  # a scheduler's preemption signals the workers too: they must not die of it

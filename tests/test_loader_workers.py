@@ -84,6 +84,7 @@ def _bogc_train(out: Path, workers: int, *extra: str) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # the whole-run test below checks the same and more streams (CI time)
 def test_epoch_two_loss_is_the_same_with_0_and_2_workers(tmp_path, reliability):
     """The issue's case: quickstart, same seed, `num_workers: 0` vs 2 (7.417153 vs 7.408306 before)."""
     for w in (0, 2):
