@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# BOGC ablation (docs/ablation.md): joint, uniform, bogc at defaults and one variant per
-# reconstructed choice (the table in docs/ablation.md was measured when relative evidence was
-# the default, so there `bogc` is relative and `bogc-snr` today's default), 3 seeds each, on avdigits and mfeat weak3; then the report.
+# The first BOGC ablation (docs/ablation.md): joint, uniform, bogc at the recipe's defaults and one variant per
+# reconstructed choice, 3 seeds each, on avdigits and mfeat weak3; then the report. Its table was measured when
+# relative evidence and frame dims were the defaults (there `bogc` is relative and `bogc-snr` the next default);
+# the recipes now say frame: modality, so `bogc` here is today's default and the variants change one option of it.
 #   bash benchmarks/bogc_ablation.sh [RESULTS_DIR] [DATASETS]
 # Needs the prepared caches data/avdigits and data/mfeat (see README).
 # The issue-18 ablation (5 seeds; avdigits-avmnist, mfeat weak3, the synthetic imbalance sweep; the paper's

@@ -52,6 +52,7 @@ VARIANTS = {
     "joint": ("joint", {}),
     "uniform": ("uniform", {}),
     "bogc": ("bogc", {}),
+    "bogc-dims": ("bogc", {"frame": "dims"}),  # the default before the issue-18 ablation (frame: modality now)
     "bogc-chunks2": ("bogc", {"chunks": 2}),
     "bogc-ema": ("bogc", {"moments": "ema"}),
     "bogc-relative": ("bogc", {"evidence": "relative"}),

@@ -102,17 +102,18 @@ def test_bogc_recipe_trains_and_plots(tmp_path):
     assert result.test["accuracy"] > 0.2
 
 
-def test_diagnostics_report_the_weights_applied_not_the_raw_ones():
+@pytest.mark.parametrize("frame", ["modality", "dims"])
+def test_diagnostics_report_the_weights_applied_not_the_raw_ones(frame):
     """Issue 17 (kind 9): with w_max below many raw weights, the logged weights are the clipped ones the update
     used: their mean and spread over each source's dimensions, all within [0, w_max]."""
     w_max = 1.2
-    bogc, model = setup("bogc", {"w_max": w_max})
+    bogc, model = setup("bogc", {"w_max": w_max, "frame": frame})
     x = batch()
     mu, var, *_ = bogc._microbatch_moments(x)
     logs = bogc._apply(mu, var)
     assert logs["bogc.clipped"] > 0.05  # the raw weights of many dimensions were above w_max
     (group,) = bogc.groups  # the two-source encoder blocks
-    cal = calibration.calibrate_segments(group.stack(mu), group.stack(var), group.segments, "snr", "dims",
+    cal = calibration.calibrate_segments(group.stack(mu), group.stack(var), group.segments, "snr", frame,
                                          w_max=w_max)
     assert cal.weights.max() > w_max and torch.equal(cal.applied, cal.weights.clamp(0, w_max))
     index = {s: i for i, s in enumerate(bogc.sources.sources)}
