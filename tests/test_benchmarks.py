@@ -116,3 +116,46 @@ def test_balance_cost_tables(capsys, tmp_path):
     verdict = re.search(r"conflict_every=50: joint with conflict sampling on / off = (\d\.\d{3}) \(.*limit 1\.05: "
                         r"(within|ABOVE)\)", out)
     assert verdict and float(verdict.group(1)) > 1
+
+
+def _fake_ablation(root: Path, shift: dict[str, float]) -> None:
+    """Run directories of recipes/paper/ablation.yaml with known accuracies: uniform's seeds s get
+    0.80 + 0.01 s (+ a per-dataset offset), every other method the same plus ``shift[method]`` and a little noise."""
+    import json
+
+    import numpy as np
+
+    import ablation_tables
+
+    rng = np.random.default_rng(0)
+    for d, dataset in enumerate(ablation_tables.DATASETS):
+        for method in ablation_tables.METHODS:
+            for seed in range(5):
+                acc = 0.80 + 0.01 * seed + 0.001 * d + shift.get(method, 0.0) + (
+                    0 if method == "uniform" else float(rng.normal(0, 0.001)))
+                run = root / dataset / method / f"seed{seed}"
+                run.mkdir(parents=True)
+                heads = {"audio": acc, "image": acc, "mor": acc, "a": acc, "b": acc}
+                (run / "eval.json").write_text(json.dumps({"accuracy": acc, "val_accuracy": acc,
+                                                           "unimodal_accuracy": heads}))
+                (run / "metrics.jsonl").write_text(json.dumps({"method.bogc.weight_mean.fused": 0.5,
+                                                               "method.bogc.weight_std.fused": 0.25}) + "\n")
+
+
+def test_ablation_tables_mark_and_pool_the_paired_t_test(tmp_path, capsys):
+    """A method 2 points above uniform on every seed is marked † on every dataset and pooled at +2 points;
+    one within 0.1 points of noise is not marked; a missing run exits 2 and names the file."""
+    import ablation_tables
+
+    _fake_ablation(tmp_path, {"mmpareto": 0.02})
+    assert ablation_tables.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    test = out.split("**Test accuracy**")[1].split("**Each")[0]
+    mmpareto = next(line for line in test.splitlines() if line.startswith("| mmpareto |"))
+    assert mmpareto.count("†") == 5 and re.search(r"\+(1\.99|2\.00|2\.01) pts, p = 0\.000 \|$", mmpareto)
+    joint = next(line for line in test.splitlines() if line.startswith("| joint |"))
+    assert "†" not in joint.split("|")[2]
+    assert "| bogc-dims | fused 0.50 (spread 0.25)" in out
+    (tmp_path / "mfeat-weak3" / "joint" / "seed3" / "eval.json").unlink()
+    assert ablation_tables.main([str(tmp_path)]) == 2
+    assert "mfeat-weak3/joint/seed3/eval.json is missing" in capsys.readouterr().err
