@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
 from cli_helpers import run_cli
@@ -90,6 +91,9 @@ def test_a_sweep_runs_end_to_end_lists_failures_and_a_rerun_redoes_nothing(capsy
                                    "method.tag=broken" in t for t in tasks)
 
 
+# 47 s; -m slow for CI's 15 minutes: a rerun that skips finished cells is checked by the end-to-end sweep test above,
+# and a killed cell's resume by tests/test_kill_resume.py
+@pytest.mark.slow
 def test_a_killed_sweep_finishes_on_rerun_without_redoing_finished_cells(capsys, tmp_path):
     sweep = _sweep(tmp_path, ["uniform", "joint"], seeds=(0, 1))
     root = tmp_path / "results" / "tiny"
