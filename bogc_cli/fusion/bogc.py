@@ -11,7 +11,8 @@ Defaults are chosen on validation accuracy, never test (docs/ablation.md): ``fra
 issue-18 ablation (5 seeds on avdigits-avmnist, mfeat weak3 and the synthetic imbalance sweep: mean validation
 accuracy 0.851 against 0.846 for ``frame: dims``, the default before it; not a significant difference, paired
 p = 0.24; the same cost). Deviation from the paper's reading (``moments: laplace``, ``evidence: precision``):
-neither raised validation accuracy beyond ``frame: modality`` alone, and ``laplace`` costs 4.5x as much.
+neither raised validation accuracy beyond ``frame: modality`` alone, and ``laplace`` costs 4.6x as much
+(CPU time per run on avdigits-avmnist).
 
 Options (``method.*``): ``moments`` (microbatch | ema | laplace), ``chunks`` (4), ``beta`` (0.9),
 ``evidence`` (snr | relative | precision), ``evidence_scale`` (1.0), ``frame`` (modality | dims | sign),
