@@ -3,11 +3,12 @@
     bogc reproduce recipes/paper/ablation.yaml --jobs 2
     python benchmarks/ablation_tables.py results/ablation18
 
-Prints Markdown: validation and test accuracy per dataset (mean ± sample standard deviation over seeds; †: a
-two-sided paired t-test over that dataset's seeds against ``uniform`` gives p < 0.05), their mean over the
-datasets and the paired t-test pooled over every (dataset, seed) pair; each modality's own head; and the
-weights BOGC applied in the last epoch (``method.bogc.weight_mean.<source>`` and ``weight_std``, mean over
-seeds). ``bogc report`` writes the per-dataset tables too; this adds the pooled test and the weights.
+Prints Markdown: validation and test accuracy per dataset (mean ± sample standard deviation over seeds; †:
+``bogc report``'s paired t-test against ``uniform``, bogc_cli/report/significance.py, gives p < 0.05), their
+mean over the datasets and the same test pooled over every (dataset, seed) pair; each modality's own head; and
+the weights BOGC applied in the last epoch (``method.bogc.weight_mean.<source>`` and ``weight_std``, mean over
+seeds). The runs are read as ``bogc report`` reads them (``find_runs``), which writes the per-dataset tables
+too; this adds the pooled test and the weights.
 
 Exit 2 with the missing run named when a cell has not finished (``eval.json`` absent).
 """
@@ -15,12 +16,13 @@ Exit 2 with the missing run named when a cell has not finished (``eval.json`` ab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from scipy import stats
+import pandas as pd
+
+from bogc_cli.report.aggregate import EVAL_FILE, UNIMODAL_PREFIX, find_runs, read_jsonl
+from bogc_cli.report.significance import REFERENCE, marks, paired_tests
 
 DATASETS = ["avdigits-avmnist", "mfeat-weak3", "synthetic-r1", "synthetic-r2", "synthetic-r4"]
 METHODS = ["joint", "uniform", "bogc-dims", "bogc-laplace", "bogc-precision", "bogc-modality",
@@ -36,69 +38,72 @@ class Missing(Exception):
     pass
 
 
-def _eval(root: Path, dataset: str, method: str, seed: int) -> dict:
-    path = root / dataset / method / f"seed{seed}" / "eval.json"
-    if not path.is_file():
-        raise Missing(f"{path} is missing: run `bogc reproduce recipes/paper/ablation.yaml` (it resumes) first")
-    return json.loads(path.read_text())
+def load_runs(root: Path, seeds: list[int]) -> pd.DataFrame:
+    """The ablation's runs (``bogc report``'s ``find_runs``), every dataset x method x seed; ``Missing`` names the
+    first ``eval.json`` that is not there."""
+    runs = find_runs(root)
+    runs = runs[runs["dataset"].isin(DATASETS) & runs["method"].isin(METHODS) & runs["seed"].isin(seeds)]
+    have = set(zip(runs["dataset"], runs["method"], runs["seed"]))
+    for dataset in DATASETS:
+        for method in METHODS:
+            for seed in seeds:
+                if (dataset, method, seed) not in have:
+                    path = root / dataset / method / f"seed{seed}" / EVAL_FILE
+                    raise Missing(f"{path} is missing: run `bogc reproduce recipes/paper/ablation.yaml` (it resumes) "
+                                  "first")
+    return runs
 
 
-def values(root: Path, method: str, key: str, datasets: list[str], seeds: list[int]) -> np.ndarray:
-    """``[datasets, seeds]`` of ``eval.json``'s ``key`` (``a/b`` for nested keys)."""
-    out = []
-    for dataset in datasets:
-        row = []
-        for seed in seeds:
-            v = _eval(root, dataset, method, seed)
-            for k in key.split("/"):
-                v = v[k]
-            row.append(float(v))
-        out.append(row)
-    return np.array(out)
+def _cell(values: pd.Series) -> str:
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
 
 
-def accuracy_table(root: Path, key: str, seeds: list[int]) -> list[str]:
-    uni = values(root, "uniform", key, DATASETS, seeds)
-    table = {m: values(root, m, key, DATASETS, seeds) for m in METHODS}
-    best = [max(x[i].mean() for x in table.values()) for i in range(len(DATASETS))]
+def accuracy_table(runs: pd.DataFrame, value: str) -> list[str]:
+    means = runs.pivot_table(index="method", columns="dataset", values=value, aggfunc="mean")
+    mark = paired_tests(runs, value, "dataset").set_index(["method", "dataset"])["p"]
+    # pooled: every (dataset, seed) is one pair
+    pooled = runs.assign(seed=runs["dataset"] + "/" + runs["seed"].astype(str), pool="all")
+    pooled_p = paired_tests(pooled, value, "pool").set_index("method")["p"]
+    reference = runs.loc[runs["method"] == REFERENCE, value].mean()
     lines = ["| method | " + " | ".join(DATASETS) + " | mean | vs uniform, pooled pairs |",
              "|---" * (len(DATASETS) + 3) + "|"]
-    for m, x in table.items():
+    for m in METHODS:
+        mine = runs[runs["method"] == m]
         cells = []
-        for i in range(len(DATASETS)):
-            mark = "" if m == "uniform" or stats.ttest_rel(x[i], uni[i]).pvalue >= 0.05 else "†"
-            cell = f"{x[i].mean():.3f} ± {x[i].std(ddof=1):.3f}{mark}"
-            cells.append(f"**{cell}**" if x[i].mean() == best[i] else cell)
-        pooled = "-" if m == "uniform" else (f"{(x - uni).mean() * 100:+.2f} pts, "
-                                             f"p = {stats.ttest_rel(x.ravel(), uni.ravel()).pvalue:.3f}")
-        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + f" | {x.mean():.4f} | {pooled} |")
+        for dataset in DATASETS:
+            cell = _cell(mine.loc[mine["dataset"] == dataset, value])
+            if m != REFERENCE:
+                cell += marks(pd.Series([mark[(m, dataset)]])).iloc[0]
+            cells.append(f"**{cell}**" if means.loc[m, dataset] == means[dataset].max() else cell)
+        total = mine[value].mean()
+        vs = "-" if m == REFERENCE else f"{(total - reference) * 100:+.2f} pts, p = {pooled_p[m]:.3f}"
+        lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + f" | {total:.4f} | {vs} |")
     return lines
 
 
-def heads_table(root: Path, seeds: list[int]) -> list[str]:
+def heads_table(runs: pd.DataFrame) -> list[str]:
     lines = ["| method | " + " | ".join(f"{d} {h}" for d, h in HEADS) + " |", "|---" * (len(HEADS) + 1) + "|"]
     for m in METHODS:
-        cells = [values(root, m, f"unimodal_accuracy/{h}", [d], seeds)[0] for d, h in HEADS]
-        lines.append(f"| {m} | " + " | ".join(f"{x.mean():.3f} ± {x.std(ddof=1):.3f}" for x in cells) + " |")
+        mine = runs[runs["method"] == m]
+        cells = [_cell(mine.loc[mine["dataset"] == d, UNIMODAL_PREFIX + h]) for d, h in HEADS]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
 
-def weights_table(root: Path, seeds: list[int]) -> list[str]:
+def weights_table(runs: pd.DataFrame) -> list[str]:
     lines = ["| variant | " + " | ".join(WEIGHT_DATASETS) + " |", "|---" * (len(WEIGHT_DATASETS) + 1) + "|"]
     for m in (m for m in METHODS if m.startswith("bogc")):
         cells = []
         for dataset in WEIGHT_DATASETS:
             found: dict[str, list[float]] = {}
-            for seed in seeds:
-                _eval(root, dataset, m, seed)  # a finished run
-                path = root / dataset / m / f"seed{seed}" / "metrics.jsonl"
-                last = json.loads(path.read_text().splitlines()[-1])
+            for run_dir in runs.loc[(runs["method"] == m) & (runs["dataset"] == dataset), "run_dir"]:
+                last = read_jsonl(Path(run_dir) / "metrics.jsonl")[-1]
                 for k, v in last.items():
                     if k.startswith("method.bogc.weight_"):
                         found.setdefault(k.removeprefix("method.bogc.weight_"), []).append(v)
             sources = sorted(k.removeprefix("mean.") for k in found if k.startswith("mean."))
-            cells.append(", ".join(f"{s} {np.mean(found['mean.' + s]):.2f} (spread {np.mean(found['std.' + s]):.2f})"
-                                   for s in sources))
+            mean = {k: sum(v) / len(v) for k, v in found.items()}
+            cells.append(", ".join(f"{s} {mean['mean.' + s]:.2f} (spread {mean['std.' + s]:.2f})" for s in sources))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
@@ -108,16 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", type=Path, help="the sweep's results folder (results/ablation18)")
     ap.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1 (5)")
     args = ap.parse_args(argv)
-    seeds = list(range(args.seeds))
     try:
-        blocks = [("Validation accuracy", accuracy_table(args.results, "val_accuracy", seeds)),
-                  ("Test accuracy", accuracy_table(args.results, "accuracy", seeds)),
-                  ("Each modality's own head (test accuracy)", heads_table(args.results, seeds)),
-                  ("Weights applied in the last epoch: mean (spread over dimensions)",
-                   weights_table(args.results, seeds))]
+        runs = load_runs(args.results, list(range(args.seeds)))
     except Missing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    blocks = [("Validation accuracy", accuracy_table(runs, "val_accuracy")),
+              ("Test accuracy", accuracy_table(runs, "accuracy")),
+              ("Each modality's own head (test accuracy)", heads_table(runs)),
+              ("Weights applied in the last epoch: mean (spread over dimensions)", weights_table(runs))]
     for title, lines in blocks:
         print(f"\n**{title}**\n")
         print("\n".join(lines))

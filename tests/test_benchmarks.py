@@ -136,8 +136,9 @@ def _fake_ablation(root: Path, shift: dict[str, float]) -> None:
                 run = root / dataset / method / f"seed{seed}"
                 run.mkdir(parents=True)
                 heads = {"audio": acc, "image": acc, "mor": acc, "a": acc, "b": acc}
-                (run / "eval.json").write_text(json.dumps({"accuracy": acc, "val_accuracy": acc,
-                                                           "unimodal_accuracy": heads}))
+                (run / "eval.json").write_text(json.dumps({
+                    "experiment": "ablation18", "dataset": dataset, "method": method, "seed": seed,
+                    "accuracy": acc, "val_accuracy": acc, "unimodal_accuracy": heads}))
                 (run / "metrics.jsonl").write_text(json.dumps({"method.bogc.weight_mean.fused": 0.5,
                                                                "method.bogc.weight_std.fused": 0.25}) + "\n")
 
